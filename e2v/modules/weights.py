@@ -1,0 +1,150 @@
+"""Read and write diffusers-layout weight folders (``config.json`` + safetensors, optionally sharded).
+
+The official SkyReels-A2 / Wan2.1 releases keep each component in such a folder (``transformer/``, ``vae/``).
+Loading streams tensor by tensor from memory-mapped shards into an already-built module, so peak host memory
+stays near the module itself plus one tensor; nothing is unpickled (pickle checkpoints are refused).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+CONFIG_NAME = "config.json"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+class CheckpointError(ValueError):
+    """A weights folder that cannot be loaded; the message names the file and what was expected."""
+
+
+def read_config(folder: str | os.PathLike) -> dict[str, Any]:
+    """The parsed ``config.json`` of a component folder."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"weights folder {folder} does not exist or is not a directory")
+    path = folder / CONFIG_NAME
+    if not path.is_file():
+        raise CheckpointError(f"{folder} has no {CONFIG_NAME}; expected a diffusers-layout component folder")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path} is not valid JSON: {err}") from err
+
+
+def shard_files(folder: str | os.PathLike) -> list[Path]:
+    """The safetensors files holding a folder's weights: from ``*.safetensors.index.json`` or a single file."""
+    folder = Path(folder)
+    indexes = sorted(folder.glob("*.safetensors.index.json"))
+    if indexes:
+        try:
+            weight_map = json.loads(indexes[0].read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as err:
+            raise CheckpointError(f"{indexes[0]} is not a safetensors index (needs a 'weight_map'): {err}") from err
+        files = [folder / name for name in sorted(set(weight_map.values()))]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise CheckpointError(f"{indexes[0]} lists shard(s) missing from {folder}: {', '.join(missing)}")
+        return files
+    files = sorted(folder.glob("*.safetensors"))
+    if files:
+        return files
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise CheckpointError(
+            f"{folder} holds only pickle weights ({', '.join(pickles)}); e2v loads safetensors only, since "
+            "unpickling can run arbitrary code. Convert the file to safetensors first."
+        )
+    raise CheckpointError(f"{folder} has no *.safetensors weights (nor a *.safetensors.index.json)")
+
+
+@torch.no_grad()
+def load_weights(module: torch.nn.Module, folder: str | os.PathLike) -> None:
+    """Copy every tensor of a weights folder into ``module``'s parameters and persistent buffers.
+
+    Streams one tensor at a time; casts to each parameter's dtype. Raises :class:`CheckpointError` naming
+    missing keys, unexpected keys and shape mismatches together.
+    """
+    targets = dict(module.state_dict(keep_vars=True))
+    seen: set[str] = set()
+    unexpected: list[str] = []
+    mismatched: list[str] = []
+    for path in shard_files(folder):
+        try:
+            handle = safe_open(str(path), framework="pt", device="cpu")
+        except Exception as err:  # safetensors raises its own error types for bad headers
+            raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from err
+        with handle as shard:
+            for key in shard.keys():
+                target = targets.get(key)
+                if target is None:
+                    unexpected.append(key)
+                    continue
+                shape = tuple(shard.get_slice(key).get_shape())
+                if shape != tuple(target.shape):
+                    mismatched.append(f"{key}: checkpoint {shape} vs model {tuple(target.shape)}")
+                    continue
+                target.copy_(shard.get_tensor(key))
+                seen.add(key)
+    missing = sorted(set(targets) - seen)
+    if missing or unexpected or mismatched:
+        lines = [f"weights in {folder} do not match {type(module).__name__}:"]
+        for label, keys in (("missing", missing), ("unexpected", sorted(unexpected)), ("wrong shape", mismatched)):
+            if keys:
+                shown = ", ".join(keys[:20]) + (f", ... ({len(keys)} in all)" if len(keys) > 20 else "")
+                lines.append(f"  {label} keys: {shown}")
+        raise CheckpointError("\n".join(lines))
+
+
+def _atomic_write_json(path: Path, payload: dict[str, Any]) -> None:
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
+        json.dump(payload, tmp, indent=2, sort_keys=True)
+    os.replace(tmp.name, path)
+
+
+def save_weights(
+    module: torch.nn.Module,
+    config: dict[str, Any],
+    folder: str | os.PathLike,
+    max_shard_bytes: int = 5 * 1024**3,
+    prefix: str = "diffusion_pytorch_model",
+) -> None:
+    """Write ``config.json`` and the module's state as safetensors (sharded with an index past ``max_shard_bytes``).
+
+    Every file is written to a temporary name and renamed, so a crash never leaves a half-written shard.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for key, tensor in state.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][key] = tensor
+        size += nbytes
+    names = (
+        [f"{prefix}.safetensors"]
+        if len(shards) == 1
+        else [f"{prefix}-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    )
+    for name, shard in zip(names, shards):
+        tmp = folder / f".{name}.tmp"
+        save_file(shard, str(tmp), metadata={"format": "pt"})
+        os.replace(tmp, folder / name)
+    if len(shards) > 1:
+        weight_map = {key: name for name, shard in zip(names, shards) for key in shard}
+        total = sum(t.numel() * t.element_size() for t in state.values())
+        _atomic_write_json(
+            folder / f"{prefix}.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map}
+        )
+    _atomic_write_json(folder / CONFIG_NAME, config)
