@@ -1,0 +1,33 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="e2v",
+    version="0.1.0",
+    description="Lightning-based training framework for elements-to-video (E2V) diffusion (SkyReels-A2)",
+    python_requires=">=3.11",
+    packages=find_packages(include=["e2v", "e2v.*"]),
+    package_data={"e2v": ["assets/**/*", "recipes/**/*.yaml"]},
+    include_package_data=True,
+    install_requires=[
+        "torch==2.14.1",
+        "torchvision==0.29.1",
+        "lightning==2.6.6",
+        "jsonargparse[signatures]==4.53.0",
+        "transformers==5.24.0",
+        "tokenizers==0.23.3",
+        "safetensors==0.8.0",
+        "mlflow==3.17.2",
+        "av==18.1.0",
+        "opencv-python-headless==4.14.0.94",
+        "scikit-image==0.26.0",
+        "bitsandbytes==0.50.2",
+        "numpy==2.4.6",
+        "pillow==13.0.0",
+        "tqdm==4.70.1",
+    ],
+    extras_require={
+        "test": ["pytest==9.0.3", "diffusers==0.42.1", "accelerate==1.15.0"],
+        "face": ["dlib-bin", "face_recognition_models"],
+    },
+    entry_points={"console_scripts": ["e2v=e2v.cli:main"]},
+)
