@@ -1,0 +1,213 @@
+"""Video and image file I/O: PyAV decoding with seeking and an fps stride, atomic mp4/PNG writers.
+
+Decoded videos are ``uint8 [F, H, W, 3]`` RGB tensors; the datamodule converts them to ``[3, F, H, W]`` in [-1, 1].
+Every failure to read a file (missing, corrupt, truncated, too short) raises :class:`VideoDecodeError` naming the
+file and the reason, so a bad manifest entry can be reported and skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+from PIL import Image
+
+# Frames whose timestamp is within this many seconds of a sampling target count as "at" the target.
+_TIME_EPS = 1e-4
+
+
+class VideoDecodeError(RuntimeError):
+    """A video that cannot be decoded as asked; the message names the file and the reason."""
+
+
+def _open(path: str | os.PathLike) -> av.container.InputContainer:
+    if not Path(path).is_file():
+        raise VideoDecodeError(f"{path}: file not found")
+    try:
+        container = av.open(str(path))
+    except (av.error.FFmpegError, OSError) as err:
+        raise VideoDecodeError(f"{path}: cannot open as a video ({err})") from err
+    if not container.streams.video:
+        container.close()
+        raise VideoDecodeError(f"{path}: has no video stream")
+    return container
+
+
+def _native_fps(stream: av.video.stream.VideoStream, path: str | os.PathLike) -> float:
+    rate = stream.average_rate or stream.base_rate or stream.guessed_rate
+    if not rate or rate <= 0:
+        raise VideoDecodeError(f"{path}: the video stream has no frame rate")
+    return float(rate)
+
+
+def probe_video(path: str | os.PathLike) -> dict:
+    """Container metadata: ``dict(frames, fps, width, height, duration)`` (duration in seconds).
+
+    ``frames`` comes from the stream header when it has one, otherwise from counting the demuxed packets.
+    """
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        fps = _native_fps(stream, path)
+        frames = stream.frames
+        if not frames:
+            frames = sum(1 for packet in container.demux(stream) if packet.size)
+        if stream.duration is not None and stream.time_base is not None:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            duration = container.duration / av.time_base
+        else:
+            duration = frames / fps
+        return dict(frames=int(frames), fps=fps, width=stream.width, height=stream.height, duration=duration)
+    except av.error.FFmpegError as err:
+        raise VideoDecodeError(f"{path}: corrupt video ({err})") from err
+    finally:
+        container.close()
+
+
+def read_video(
+    path: str | os.PathLike,
+    num_frames: int | None,
+    fps: float | None = None,
+    start: float = 0.0,
+    end: float | None = None,
+) -> torch.Tensor:
+    """Decode ``num_frames`` RGB frames from ``start`` seconds, sampled at ``fps`` (native rate when None).
+
+    Sampling targets are ``start + k / fps``; each takes the first frame at or after it (a target fps above the
+    native rate repeats frames). Frames at or after ``end`` seconds are not used. ``num_frames=None`` returns
+    every sampled frame of the window.
+
+    Returns ``uint8 [F, H, W, 3]``. Raises VideoDecodeError for missing/corrupt/truncated files and for windows
+    with fewer than ``num_frames`` frames.
+    """
+    if num_frames is not None and num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1 or None, got {num_frames}")
+    if fps is not None and fps <= 0:
+        raise ValueError(f"fps must be > 0, got {fps}")
+    if start < 0 or (end is not None and end <= start):
+        raise ValueError(f"bad clip window start={start}, end={end} for {path}")
+    container = _open(path)
+    frames: list[np.ndarray] = []
+    try:
+        stream = container.streams.video[0]
+        native_fps = _native_fps(stream, path)
+        step = 1.0 / (fps or native_fps)
+        if start > 0 and stream.time_base is not None:
+            container.seek(int(start / stream.time_base), stream=stream, backward=True, any_frame=False)
+        target = start
+        for index, frame in enumerate(container.decode(stream)):
+            time = frame.time if frame.time is not None else index / native_fps
+            if end is not None and time >= end - _TIME_EPS:
+                break
+            if time < target - _TIME_EPS:
+                continue
+            image = frame.to_ndarray(format="rgb24")
+            while time >= target - _TIME_EPS and (num_frames is None or len(frames) < num_frames):
+                frames.append(image)
+                target += step
+            if num_frames is not None and len(frames) >= num_frames:
+                break
+    except av.error.FFmpegError as err:
+        raise VideoDecodeError(f"{path}: corrupt or truncated video ({err})") from err
+    finally:
+        container.close()
+    wanted = num_frames if num_frames is not None else 1
+    if len(frames) < wanted:
+        window = f"[{start:g}s, {'end' if end is None else f'{end:g}s'})"
+        raise VideoDecodeError(
+            f"{path}: too short, got {len(frames)} frame(s) in {window} at {fps or 'native'} fps, "
+            f"expected {wanted}"
+        )
+    return torch.from_numpy(np.stack(frames))
+
+
+def _to_uint8_frames(video: torch.Tensor | np.ndarray) -> np.ndarray:
+    """``[3, F, H, W]`` float in [-1, 1] or ``uint8 [F, H, W, 3]`` -> contiguous ``uint8 [F, H, W, 3]``."""
+    if isinstance(video, torch.Tensor):
+        if video.dtype == torch.uint8:
+            video = video.cpu().numpy()
+        else:
+            if video.ndim != 4 or video.shape[0] != 3:
+                raise ValueError(f"float video must be [3, F, H, W] in [-1, 1], got shape {tuple(video.shape)}")
+            video = ((video.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+            video = video.permute(1, 2, 3, 0).cpu().numpy()
+    if video.dtype != np.uint8 or video.ndim != 4 or video.shape[-1] != 3:
+        raise ValueError(f"video must be uint8 [F, H, W, 3] or float [3, F, H, W], got {video.dtype} {video.shape}")
+    return np.ascontiguousarray(video)
+
+
+def _atomic_target(path: Path) -> Path:
+    """A fresh temporary path next to ``path`` with the same suffix (so the format is inferred from it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def write_video(path: str | os.PathLike, video: torch.Tensor | np.ndarray, fps: float, crf: int = 17) -> None:
+    """Write an mp4 (h264, yuv420p) atomically: encode to a temp file in the same folder, then ``os.replace``.
+
+    ``video``: ``[3, F, H, W]`` float in [-1, 1] or ``uint8 [F, H, W, 3]``; H and W must be even (yuv420p).
+    ``crf``: x264 constant rate factor, 0 = lossless luma/chroma planes (chroma is still 2x subsampled).
+    """
+    frames = _to_uint8_frames(video)
+    count, height, width, _ = frames.shape
+    if count == 0 or height % 2 or width % 2:
+        raise ValueError(f"{path}: need >= 1 frame with even height and width for yuv420p, got {frames.shape}")
+    if fps <= 0:
+        raise ValueError(f"{path}: fps must be > 0, got {fps}")
+    path = Path(path)
+    tmp = _atomic_target(path)
+    try:
+        with av.open(str(tmp), mode="w", format="mp4") as container:
+            stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            stream.options = {"crf": str(crf), "preset": "veryfast"}
+            for image in frames:
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+            container.mux(stream.encode())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_image(path: str | os.PathLike, image: torch.Tensor | np.ndarray) -> None:
+    """Write a PNG atomically. ``image``: ``uint8 [H, W, 3|4]`` or float ``[3, H, W]`` in [-1, 1]."""
+    if isinstance(image, torch.Tensor):
+        if image.dtype != torch.uint8:
+            if image.ndim != 3 or image.shape[0] != 3:
+                raise ValueError(f"{path}: float image must be [3, H, W] in [-1, 1], got {tuple(image.shape)}")
+            image = ((image.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0)
+        image = image.cpu().numpy()
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] not in (3, 4):
+        raise ValueError(f"{path}: image must be uint8 [H, W, 3|4], got {image.dtype} {image.shape}")
+    path = Path(path)
+    tmp = _atomic_target(path)
+    try:
+        Image.fromarray(np.ascontiguousarray(image)).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_image(path: str | os.PathLike) -> torch.Tensor:
+    """Read an image as ``uint8 [H, W, 3]`` RGB; transparent pixels are composited onto white."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: image file not found")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("RGBA", "LA", "P") and (img.mode != "P" or "transparency" in img.info):
+                rgba = img.convert("RGBA")
+                white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                img = Image.alpha_composite(white, rgba)
+            array = np.asarray(img.convert("RGB"))
+    except OSError as err:
+        raise ValueError(f"{path}: cannot decode image ({err})") from err
+    return torch.from_numpy(array.copy())
