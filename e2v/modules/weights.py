@@ -148,3 +148,13 @@ def save_weights(
             folder / f"{prefix}.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map}
         )
     _atomic_write_json(folder / CONFIG_NAME, config)
+
+
+def parse_dtype(value: str | torch.dtype | None) -> torch.dtype | None:
+    """A torch dtype from a recipe value (``"bfloat16"``, ``"torch.float16"``, a dtype, or None)."""
+    if value is None or isinstance(value, torch.dtype):
+        return value
+    dtype = getattr(torch, str(value).removeprefix("torch."), None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"unknown dtype {value!r}; expected a torch dtype name such as 'float32' or 'bfloat16'")
+    return dtype
