@@ -66,11 +66,14 @@ def shard_files(folder: str | os.PathLike) -> list[Path]:
 
 
 @torch.no_grad()
-def load_weights(module: torch.nn.Module, folder: str | os.PathLike) -> None:
+def load_weights(
+    module: torch.nn.Module, folder: str | os.PathLike, ignore_unexpected: tuple[str, ...] = ()
+) -> None:
     """Copy every tensor of a weights folder into ``module``'s parameters and persistent buffers.
 
     Streams one tensor at a time; casts to each parameter's dtype. Raises :class:`CheckpointError` naming
-    missing keys, unexpected keys and shape mismatches together.
+    missing keys, unexpected keys and shape mismatches together. Checkpoint keys containing one of the
+    ``ignore_unexpected`` substrings are skipped when the module has no such key (known-unused official tensors).
     """
     targets = dict(module.state_dict(keep_vars=True))
     seen: set[str] = set()
@@ -85,7 +88,8 @@ def load_weights(module: torch.nn.Module, folder: str | os.PathLike) -> None:
             for key in shard.keys():
                 target = targets.get(key)
                 if target is None:
-                    unexpected.append(key)
+                    if not any(pattern in key for pattern in ignore_unexpected):
+                        unexpected.append(key)
                     continue
                 shape = tuple(shard.get_slice(key).get_shape())
                 if shape != tuple(target.shape):
