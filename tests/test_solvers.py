@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from e2v.modules.solvers import FlowEuler, UniPC, flow_sigmas, shift_sigmas
+from e2v.modules.solvers import FlowEuler, UniPC, flow_sigmas
 from e2v.registry import build
 
 
@@ -95,9 +95,3 @@ def test_solver_errors():
     with pytest.raises(ValueError, match="consecutive"):
         solver.step(torch.zeros(1), 2, torch.zeros(1))
 
-
-def test_shift_maps_unit_interval_onto_itself():
-    t = torch.linspace(0, 1, 11)
-    shifted = shift_sigmas(t, 8.0)
-    assert shifted[0] == 0 and shifted[-1] == 1
-    assert torch.all(shifted >= t)

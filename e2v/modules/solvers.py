@@ -18,14 +18,10 @@ import math
 
 import torch
 
+from e2v.modules.flow import TIMESTEP_SCALE, shift_time
 from e2v.registry import register
 
 NUM_TRAIN_TIMESTEPS = 1000
-
-
-def shift_sigmas(sigmas: torch.Tensor, shift: float) -> torch.Tensor:
-    """Time shift ``t -> s t / (1 + (s - 1) t)``; ``shift > 1`` spends more steps at high noise."""
-    return shift * sigmas / (1 + (shift - 1) * sigmas)
 
 
 def flow_sigmas(num_steps: int, shift: float) -> torch.Tensor:
@@ -33,7 +29,7 @@ def flow_sigmas(num_steps: int, shift: float) -> torch.Tensor:
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     sigmas = torch.linspace(1, 1 / NUM_TRAIN_TIMESTEPS, num_steps + 1, dtype=torch.float64)[:-1]
-    sigmas = shift_sigmas(sigmas, shift)
+    sigmas = shift_time(sigmas, shift)
     if abs(sigmas[0].item() - 1) < 1e-6:
         sigmas[0] -= 1e-6  # keeps log(1 - sigma) finite for UniPC
     return torch.cat([sigmas, sigmas.new_zeros(1)]).float()
@@ -55,7 +51,7 @@ class FlowSolver:
             self.num_steps = num_steps
         self.sigmas = flow_sigmas(self.num_steps, self.shift)
         self.reset()
-        return self.sigmas[:-1] * NUM_TRAIN_TIMESTEPS
+        return self.sigmas[:-1] * TIMESTEP_SCALE
 
     def reset(self) -> None:
         """Forget any multistep history (call before sampling a new video)."""
