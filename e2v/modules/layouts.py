@@ -78,6 +78,10 @@ class A2Layout:
         head = self.condition_video(refs, prefix)
         return torch.cat([head, video[:, :, : num_frames - prefix]], dim=2)
 
+    def num_references(self, cond: torch.Tensor) -> int:
+        """N, read off the mask channels of a condition ``[B,20,T,h,w]`` (a batch shares N)."""
+        return max(1, int(cond[0, 0].flatten(1).amax(1).gt(0).sum()))
+
     def dit_input(self, noisy: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         return torch.cat([noisy, cond.to(noisy.dtype)], dim=1)
 
@@ -120,6 +124,10 @@ class TemporalAppendLayout:
 
     def target_video(self, video: torch.Tensor, refs: torch.Tensor) -> torch.Tensor:
         return video
+
+    def num_references(self, cond: torch.Tensor) -> int:
+        """N = the appended latent frames of a condition ``[B,16,N,h,w]``."""
+        return cond.shape[2]
 
     def dit_input(self, noisy: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         return torch.cat([noisy, cond.to(noisy.dtype)], dim=2)

@@ -1,0 +1,97 @@
+"""The ``e2v`` command: LightningCLI subcommands (fit, validate, test, predict) plus e2v's own.
+
+    e2v fit --config recipes/tiny/e2v.yaml [--trainer.max_steps 100 ...]
+    e2v registry                      # every registered component, by kind
+    e2v data synth --out data/world   # the synthetic E2V world
+    e2v data check manifest.jsonl     # validate a triplet manifest
+    e2v cache ...                     # precompute latents and encoder states
+    e2v generate --ref a.png --ref b.png --prompt "..." --checkpoint last.ckpt --out video.mp4
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Callable
+
+USAGE = """usage: e2v {fit,validate,test,predict} --config RECIPE.yaml [overrides]
+       e2v registry [KIND]
+       e2v data {synth,check} ...
+       e2v cache ...
+       e2v generate ...
+"""
+
+# name -> "module:function" taking argv and returning an exit code; imported only when used (lightning is slow).
+COMMANDS: dict[str, str] = {
+    "registry": "e2v.cli:registry_command",
+    "cache": "e2v.datamodules.commands:cache_command",
+    "generate": "e2v.pipeline.generate:generate_command",
+}
+DATA_COMMANDS: dict[str, str] = {
+    "synth": "e2v.datamodules.synth:synth_command",
+    "check": "e2v.datamodules.commands:check_command",
+}
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
+
+def resolve(target: str) -> Callable[[list[str]], int]:
+    module, function = target.split(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def registry_command(argv: list[str]) -> int:
+    """Print every registered component (or those of one kind) with its one-line description."""
+    from e2v import registry
+
+    kinds = argv or list(registry.KINDS)
+    for kind in kinds:
+        entries = registry.entries(kind)
+        print(f"{kind}:")
+        for entry in entries:
+            print(f"  {entry.name:<18} {entry.description}")
+        if not entries:
+            print("  (none registered)")
+    return 0
+
+
+def lightning_main(argv: list[str]) -> None:
+    """Run a LightningCLI subcommand; model and data are chosen by ``class_path`` in the recipe."""
+    from lightning.pytorch import LightningDataModule, LightningModule
+    from lightning.pytorch.cli import LightningCLI
+
+    from e2v.loggers import MLflowSaveConfigCallback
+
+    LightningCLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_callback=MLflowSaveConfigCallback,
+        save_config_kwargs={"overwrite": True},
+        args=argv,
+        parser_kwargs={"prog": "e2v"},
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE, end="")
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command in COMMANDS:
+        return resolve(COMMANDS[command])(rest)
+    if command == "data":
+        if not rest or rest[0] not in DATA_COMMANDS:
+            print(f"usage: e2v data {{{','.join(DATA_COMMANDS)}}} ...", file=sys.stderr)
+            return 2
+        return resolve(DATA_COMMANDS[rest[0]])(rest[1:])
+    if command in LIGHTNING_COMMANDS or command.startswith("-"):
+        lightning_main(argv)
+        return 0
+    print(f"e2v: unknown command {command!r}\n{USAGE}", file=sys.stderr, end="")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""``E2VDiffusion``: trains the video DiT on (prompt, references, video) triplets with rectified flow.
+
+Components come from registry specs (``{"name": "wan", "preset": "tiny"}``): the DiT is trained; the VAE, text encoder
+and image encoder are frozen, kept out of the optimizer, of FSDP sharding and of checkpoints (their weights come from
+their own specs). The reference layout decides how references enter the DiT (A2 frame repeat, temporal append, ...).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+
+from e2v import registry
+from e2v.tasks.optim import configure_optimization
+from e2v.modules.flow import TIMESTEP_SCALE, noisy_latents, velocity_target
+from e2v.tasks.frozen import build_frozen, restore_prefixes, strip_prefixes
+
+log = logging.getLogger(__name__)
+
+FROZEN = ("vae", "text_encoder", "image_encoder")
+TIMESTEP_BUCKETS = 4
+
+
+class E2VDiffusion(LightningModule):
+    """Rectified-flow training of the E2V DiT.
+
+    Batches are either online (``video [B,3,F,H,W]``, ``refs [B,N,3,H,W]``, ``refs_clip [B,N,3,S,S]``, ``caption``)
+    or from the latent cache (``latents``, ``condition``, ``text``, ``image``). Text dropout zeroes the text states
+    (e2v's null text, also used by the sampler's unconditional branch); reference dropout zeroes the image tokens and
+    the layout condition (the null reference condition of dual guidance).
+    """
+
+    def __init__(
+        self,
+        dit: dict[str, Any] | str = {"name": "wan", "preset": "tiny"},
+        vae: dict[str, Any] | str = {"name": "wan", "preset": "tiny"},
+        text_encoder: dict[str, Any] | str | None = {"name": "umt5", "preset": "tiny"},
+        image_encoder: dict[str, Any] | str | None = {"name": "clip", "preset": "tiny"},
+        layout: dict[str, Any] | str = "a2",
+        timestep_sampler: dict[str, Any] | str = {"name": "logit_normal"},
+        text_dropout: float = 0.1,
+        reference_dropout: float = 0.05,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        max_nonfinite_steps: int = 0,
+        sample_solver: dict[str, Any] | str = {"name": "euler", "shift": 3.0},
+        seed: int = 0,
+    ):
+        """
+        Args:
+            dit / vae / text_encoder / image_encoder / layout / timestep_sampler / sample_solver: registry specs.
+            text_dropout, reference_dropout: per-sample probabilities of dropping the prompt / the references (CFG).
+            optimizer, lr_scheduler: callables from the recipe (``class_path`` + ``init_args``), e.g. torch AdamW or
+                bitsandbytes AdamW8bit.
+            max_nonfinite_steps: how many steps with a NaN/inf loss may be skipped (each reported) before the run
+                stops with an error; 0 stops at the first one.
+            seed: base of the per-step random streams (timesteps, noise, dropout), so a resumed run draws the same.
+        """
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.layout = registry.build("reference_layout", layout)
+        self.timestep_sampler = registry.build("timestep_sampler", timestep_sampler)
+        self.dit = registry.build("dit", dit)
+        self.vae = build_frozen("vae", vae)
+        self.text_encoder = build_frozen("text_encoder", text_encoder)
+        self.image_encoder = build_frozen("image_encoder", image_encoder) if self.layout.uses_image_tokens else None
+        self._check_channels()
+        self.nonfinite_steps = 0
+
+    def _check_channels(self) -> None:
+        dit_in = self.dit.config.in_channels
+        if dit_in != self.layout.in_channels:
+            raise ValueError(
+                f"the {type(self.layout).__name__} layout feeds {self.layout.in_channels} channels but the DiT "
+                f"expects in_channels={dit_in}; pick a matching DiT preset or override in_channels"
+            )
+
+    # ----------------------------------------------------------------------------------------------- conditioning
+    @torch.no_grad()
+    def encode_batch(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Latent inputs of a batch: ``x0 [B,16,T,h,w]``, ``condition``, ``text [B,L,D]``, ``image`` or None, ``num_refs``."""
+        if "latents" in batch:
+            image = batch.get("image") if self.layout.uses_image_tokens else None
+            condition = batch["condition"]
+            return {
+                "x0": batch["latents"],
+                "condition": condition,
+                "text": batch["text"],
+                "image": image,
+                "num_refs": self.layout.num_references(condition),
+            }
+        video, refs = batch["video"], batch["refs"]
+        x0 = self.vae.normalize(self.vae.encode(self.layout.target_video(video, refs)))
+        condition = self.layout.condition(self.vae, refs, video.shape[2])
+        text = self.text_encoder(list(batch["caption"])).to(x0.dtype)
+        image = self.image_encoder(batch["refs_clip"]).to(x0.dtype) if self.image_encoder is not None else None
+        return {"x0": x0, "condition": condition, "text": text, "image": image, "num_refs": refs.shape[1]}
+
+    def step_generator(self, stream: int, device: torch.device | str | None = None) -> torch.Generator:
+        """A generator seeded by (seed, global step, rank, stream): the same draws after a resume."""
+        seed = ((self.hparams.seed * 1_000_003 + self.global_step) * 131 + self.global_rank) * 7 + stream
+        return torch.Generator(device=device or self.device).manual_seed(seed % (2**63))
+
+    def drop_conditions(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Zero the text of a random ``text_dropout`` share of samples and the references of ``reference_dropout``."""
+        b = inputs["x0"].shape[0]
+        gen = self.step_generator(stream=2)
+        out = dict(inputs)
+        drop_text = torch.rand(b, generator=gen, device=self.device) < self.hparams.text_dropout
+        drop_refs = torch.rand(b, generator=gen, device=self.device) < self.hparams.reference_dropout
+        out["text"] = inputs["text"] * ~drop_text[:, None, None]
+        cond = inputs["condition"]
+        out["condition"] = cond * ~drop_refs.reshape(-1, *([1] * (cond.dim() - 1)))
+        if inputs["image"] is not None:
+            out["image"] = inputs["image"] * ~drop_refs[:, None, None]
+        return out
+
+    # ---------------------------------------------------------------------------------------------------- training
+    def predict_velocity(
+        self, x_t: torch.Tensor, t: torch.Tensor, condition: torch.Tensor, text: torch.Tensor, image: torch.Tensor | None
+    ) -> torch.Tensor:
+        """DiT velocity for noisy latents ``x_t [B,16,T,h,w]`` at flow times ``t [B]``."""
+        out = self.dit(self.layout.dit_input(x_t, condition), t * TIMESTEP_SCALE, text, image)
+        return self.layout.video_output(out, condition)
+
+    def flow_loss(self, inputs: dict[str, torch.Tensor], t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Per-sample velocity MSE ``[B]``, weighted over latent frames by the layout."""
+        x0 = inputs["x0"]
+        pred = self.predict_velocity(noisy_latents(x0, noise, t), t, inputs["condition"], inputs["text"], inputs["image"])
+        per_frame = (pred.float() - velocity_target(x0, noise).float()).pow(2).mean(dim=(1, 3, 4))  # [B, T]
+        weights = self.layout.loss_weights(inputs["num_refs"], x0.shape[2]).to(per_frame)
+        return (per_frame * weights).sum(1) / weights.sum()
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        inputs = self.drop_conditions(self.encode_batch(batch))
+        x0 = inputs["x0"]
+        t = self.timestep_sampler(x0.shape[0], generator=self.step_generator(stream=0, device="cpu")).to(self.device)
+        noise = torch.randn(x0.shape, generator=self.step_generator(stream=1), device=self.device, dtype=x0.dtype)
+        per_sample = self.flow_loss(inputs, t, noise)
+        loss = per_sample.mean()
+        if not torch.isfinite(loss):
+            return self.handle_nonfinite(loss, batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=x0.shape[0])
+        self.log_timestep_buckets(per_sample.detach(), t, "train")
+        return loss
+
+    def handle_nonfinite(self, loss: torch.Tensor, batch: dict[str, Any]) -> None:
+        """Skip a step whose loss is NaN/inf (reported), or stop once ``max_nonfinite_steps`` are used up."""
+        self.nonfinite_steps += 1
+        ids = batch.get("id", "?")
+        message = (
+            f"non-finite loss ({loss.item()}) at global step {self.global_step} (batch ids: {ids}); "
+            f"{self.nonfinite_steps} such step(s) so far, limit max_nonfinite_steps={self.hparams.max_nonfinite_steps}"
+        )
+        if self.nonfinite_steps > self.hparams.max_nonfinite_steps:
+            raise FloatingPointError(message + ". Lower the learning rate, check the data, or raise the limit.")
+        log.warning("skipping the step: %s", message)
+        self.log("train/nonfinite_steps", float(self.nonfinite_steps))
+        return None
+
+    def log_timestep_buckets(self, per_sample: torch.Tensor, t: torch.Tensor, stage: str) -> None:
+        """Log the loss per flow-time bucket (``t`` in [0, .25), [.25, .5), ...): where the model still struggles."""
+        buckets = (t.clamp(0, 1 - 1e-6) * TIMESTEP_BUCKETS).long()
+        for k in range(TIMESTEP_BUCKETS):
+            chosen = buckets == k
+            if chosen.any():
+                lo, hi = k / TIMESTEP_BUCKETS, (k + 1) / TIMESTEP_BUCKETS
+                self.log(f"{stage}/loss_t{lo:.2f}-{hi:.2f}", per_sample[chosen].mean(), batch_size=int(chosen.sum()))
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        """Velocity loss at evenly spaced flow times (deterministic: the same noise every validation)."""
+        inputs = self.encode_batch(batch)
+        x0 = inputs["x0"]
+        b = x0.shape[0]
+        t = (torch.arange(b, device=self.device, dtype=torch.float32) + 0.5) / b
+        gen = torch.Generator(device=self.device).manual_seed(self.hparams.seed + batch_idx)
+        noise = torch.randn(x0.shape, generator=gen, device=self.device, dtype=x0.dtype)
+        per_sample = self.flow_loss(inputs, t, noise)
+        loss = per_sample.mean()
+        self.log("val/loss", loss, prog_bar=True, batch_size=b, sync_dist=True)
+        self.log_timestep_buckets(per_sample, t, "val")
+        return loss
+
+    # -------------------------------------------------------------------------------------------- optim / scaling
+    def configure_optimizers(self) -> Any:
+        return configure_optimization(self.dit.parameters(), self.optimizer_factory, self.lr_scheduler_factory)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        grads = [p.grad for p in self.dit.parameters() if p.grad is not None]
+        if grads:
+            norm = torch.nn.utils.get_total_norm(grads)
+            norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+            self.log("train/grad_norm", norm, prog_bar=False)
+
+    def configure_model(self) -> None:
+        """FSDP2 under ``ModelParallelStrategy``: shard each DiT block, then the DiT itself; frozen parts replicate."""
+        if self.device_mesh is None:
+            return
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = self.device_mesh["data_parallel"]
+        for block in self.dit.blocks:
+            fully_shard(block, mesh=mesh)
+        fully_shard(self.dit, mesh=mesh)
+
+    # ------------------------------------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        strip_prefixes(checkpoint["state_dict"], FROZEN)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        restore_prefixes(self, checkpoint["state_dict"], FROZEN)
+
+    # --------------------------------------------------------------------------------------------------- sampling
+    def make_pipeline(self, solver: dict[str, Any] | str | None = None):
+        """An :class:`~e2v.pipeline.pipeline.E2VPipeline` sharing this module's components."""
+        from e2v.pipeline.pipeline import E2VPipeline
+
+        return E2VPipeline(
+            dit=self.dit,
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            image_encoder=self.image_encoder,
+            layout=self.layout,
+            solver=registry.build("solver", solver or self.hparams.sample_solver),
+        )

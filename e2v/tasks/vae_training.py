@@ -1,0 +1,87 @@
+"""``VAETraining``: trains or fine-tunes the Wan VAE (reconstruction + KL, optional perceptual term)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+
+from e2v import registry
+from e2v.tasks.optim import configure_optimization
+from e2v.tasks.frozen import build_frozen
+
+
+class VAETraining(LightningModule):
+    """Loss = L1 + MSE reconstruction of ``batch["video"] [B,3,F,H,W]`` + ``kl_weight`` KL + ``perceptual_weight`` LPIPS-like.
+
+    When ``export_dir`` is set, the trained VAE is written there at the end of fit as a diffusers-layout folder
+    (``config.json`` + safetensors), which the E2V recipe loads with ``vae: {name: wan, weights: <export_dir>}``.
+    """
+
+    def __init__(
+        self,
+        vae: dict[str, Any] | str = {"name": "wan", "preset": "tiny"},
+        kl_weight: float = 1e-6,
+        perceptual: dict[str, Any] | str | None = None,
+        perceptual_weight: float = 0.0,
+        perceptual_frames: int = 2,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        export_dir: str | None = None,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.vae = registry.build("vae", vae)
+        self.perceptual = build_frozen("feature_net", perceptual)
+
+    def reconstruct(self, video: torch.Tensor, sample: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``video [B,3,F,H,W]`` -> (reconstruction, posterior mean, log-variance)."""
+        mean, logvar = self.vae.encode_distribution(video)
+        z = mean
+        if sample:
+            gen = torch.Generator(device=self.device).manual_seed(self.hparams.seed * 1_000_003 + self.global_step)
+            z = mean + (0.5 * logvar).exp() * torch.randn(mean.shape, generator=gen, device=self.device, dtype=mean.dtype)
+        return self.vae.decode(z), mean, logvar
+
+    def losses(self, video: torch.Tensor, sample: bool) -> dict[str, torch.Tensor]:
+        recon, mean, logvar = self.reconstruct(video, sample)
+        out = {
+            "l1": F.l1_loss(recon, video),
+            "mse": F.mse_loss(recon, video),
+            "kl": 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).mean(),
+        }
+        loss = out["l1"] + out["mse"] + self.hparams.kl_weight * out["kl"]
+        if self.perceptual is not None and self.hparams.perceptual_weight > 0:
+            frames = torch.linspace(0, video.shape[2] - 1, self.hparams.perceptual_frames).long().tolist()
+            out["perceptual"] = self.perceptual(recon[:, :, frames].transpose(1, 2).flatten(0, 1),
+                                                video[:, :, frames].transpose(1, 2).flatten(0, 1))
+            loss = loss + self.hparams.perceptual_weight * out["perceptual"]
+        out["loss"] = loss
+        out["psnr"] = 10 * torch.log10(4.0 / out["mse"].detach().clamp_min(1e-10))
+        return out
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        out = self.losses(batch["video"], sample=True)
+        if not torch.isfinite(out["loss"]):
+            raise FloatingPointError(f"non-finite VAE loss at step {self.global_step} (batch ids: {batch.get('id')})")
+        self.log_dict({f"train/{k}": v for k, v in out.items()}, prog_bar=False, batch_size=batch["video"].shape[0])
+        self.log("train/loss", out["loss"], prog_bar=True, batch_size=batch["video"].shape[0])
+        return out["loss"]
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        out = self.losses(batch["video"], sample=False)
+        self.log_dict({f"val/{k}": v for k, v in out.items()}, prog_bar=True, batch_size=batch["video"].shape[0])
+
+    def configure_optimizers(self) -> Any:
+        return configure_optimization(self.vae.parameters(), self.optimizer_factory, self.lr_scheduler_factory)
+
+    def on_fit_end(self) -> None:
+        if self.hparams.export_dir and self.trainer.is_global_zero:
+            self.vae.save_pretrained(Path(self.hparams.export_dir))
