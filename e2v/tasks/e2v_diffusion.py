@@ -37,7 +37,7 @@ class E2VDiffusion(LightningModule):
 
     def __init__(
         self,
-        dit: dict[str, Any] | str = {"name": "wan", "preset": "tiny"},
+        dit: dict[str, Any] | str = {"name": "wan", "preset": "tiny", "image_dim": 32},
         vae: dict[str, Any] | str = {"name": "wan", "preset": "tiny"},
         text_encoder: dict[str, Any] | str | None = {"name": "umt5", "preset": "tiny"},
         image_encoder: dict[str, Any] | str | None = {"name": "clip", "preset": "tiny"},
@@ -71,16 +71,23 @@ class E2VDiffusion(LightningModule):
         self.vae = build_frozen("vae", vae)
         self.text_encoder = build_frozen("text_encoder", text_encoder)
         self.image_encoder = build_frozen("image_encoder", image_encoder) if self.layout.uses_image_tokens else None
-        self._check_channels()
+        self._check_widths()
         self.nonfinite_steps = 0
 
-    def _check_channels(self) -> None:
-        dit_in = self.dit.config.in_channels
-        if dit_in != self.layout.in_channels:
-            raise ValueError(
-                f"the {type(self.layout).__name__} layout feeds {self.layout.in_channels} channels but the DiT "
-                f"expects in_channels={dit_in}; pick a matching DiT preset or override in_channels"
-            )
+    def _check_widths(self) -> None:
+        """The DiT's input channels and context widths must match the layout and the encoders (clear error if not)."""
+        cfg = self.dit.config
+        pairs = [("in_channels", cfg.in_channels, f"the {type(self.layout).__name__} layout", self.layout.in_channels)]
+        if self.text_encoder is not None:
+            pairs.append(("text_dim", cfg.text_dim, "the text encoder's width", self.text_encoder.dim))
+        if self.image_encoder is not None:
+            pairs.append(("image_dim", cfg.image_dim, "the image encoder's width", self.image_encoder.dim))
+        for key, dit_value, source, value in pairs:
+            if dit_value != value:
+                raise ValueError(
+                    f"DiT config {key}={dit_value} does not match {source} ({value}); set dit.{key}: {value} in the "
+                    "recipe or pick matching components"
+                )
 
     # ----------------------------------------------------------------------------------------------- conditioning
     @torch.no_grad()
