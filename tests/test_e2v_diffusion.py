@@ -1,0 +1,75 @@
+import pytest
+import torch
+
+from e2v.tasks.e2v_diffusion import E2VDiffusion
+
+TEXT = {"name": "umt5", "preset": "tiny", "max_length": 16}
+
+
+def make_batch(b=2, n=2, frames=13, size=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "video": torch.rand(b, 3, frames, size, size, generator=g) * 2 - 1,
+        "refs": torch.rand(b, n, 3, size, size, generator=g) * 2 - 1,
+        "refs_clip": torch.rand(b, n, 3, 32, 32, generator=g) * 2 - 1,
+        "caption": ["a red star over grass", "a cat"][:b],
+        "id": [f"clip{i}" for i in range(b)],
+    }
+
+
+@pytest.fixture(scope="module")
+def module():
+    torch.manual_seed(0)
+    return E2VDiffusion(text_encoder=TEXT)
+
+
+def test_only_the_dit_trains(module):
+    loss = module.training_step(make_batch(), 0)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert all(p.grad is not None for p in module.dit.parameters() if p.requires_grad)
+    for frozen in (module.vae, module.text_encoder, module.image_encoder):
+        assert all(p.grad is None and not p.requires_grad for p in frozen.parameters())
+    module.zero_grad()
+    opt = module.configure_optimizers()
+    assert {id(p) for g in opt.param_groups for p in g["params"]} == {id(p) for p in module.dit.parameters()}
+
+
+def test_cached_batch_gives_the_same_loss_as_online(module):
+    batch = make_batch()
+    inputs = module.encode_batch(batch)
+    cached = {"latents": inputs["x0"], "condition": inputs["condition"], "text": inputs["text"], "image": inputs["image"]}
+    assert module.encode_batch(cached)["num_refs"] == 2
+    with torch.no_grad():
+        online = module.training_step(batch, 0)
+        from_cache = module.training_step(cached, 0)
+    torch.testing.assert_close(online, from_cache)
+
+
+def test_dropout_zeroes_text_and_references():
+    module = E2VDiffusion(text_encoder=TEXT, text_dropout=1.0, reference_dropout=1.0)
+    inputs = module.drop_conditions(module.encode_batch(make_batch()))
+    assert inputs["text"].abs().sum() == 0 and inputs["image"].abs().sum() == 0 and inputs["condition"].abs().sum() == 0
+    assert inputs["num_refs"] == 2
+
+
+def test_nonfinite_loss_is_skipped_then_stops():
+    module = E2VDiffusion(text_encoder=TEXT, max_nonfinite_steps=1)
+    with torch.no_grad():
+        module.dit.proj_out.weight.fill_(float("nan"))
+    assert module.training_step(make_batch(), 0) is None
+    with pytest.raises(FloatingPointError, match="non-finite loss .* max_nonfinite_steps=1"):
+        module.training_step(make_batch(), 1)
+
+
+def test_width_mismatch_is_a_clear_error():
+    with pytest.raises(ValueError, match="text_dim=48 does not match the text encoder's width \\(32\\)"):
+        E2VDiffusion(text_encoder=TEXT, dit={"name": "wan", "preset": "tiny", "image_dim": 32, "text_dim": 48})
+
+
+def test_checkpoint_holds_only_trained_weights(module):
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    assert checkpoint["state_dict"] and all(k.startswith("dit.") for k in checkpoint["state_dict"])
+    module.on_load_checkpoint(checkpoint)
+    module.load_state_dict(checkpoint["state_dict"], strict=True)
