@@ -53,3 +53,77 @@ def check_command(argv: list[str] | None = None) -> int:
         }
         _write_json_atomic(args.json, payload)
     return 1 if report.bad else 0
+
+
+def _spec(text: str | None):
+    """A registry spec from the command line: JSON (``'{"name": "wan", "preset": "tiny"}'``) or a bare name."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def cache_command(argv: list[str] | None = None) -> int:
+    """``e2v cache MANIFEST --out DIR``: precompute latents, condition, text states and image tokens (resumable)."""
+    import torch
+
+    from e2v import registry
+    from e2v.datamodules.cache import StaleCacheError, build_cache
+
+    parser = argparse.ArgumentParser(prog="e2v cache", description=cache_command.__doc__)
+    parser.add_argument("manifest", type=Path, help="JSONL triplet manifest")
+    parser.add_argument("--out", type=Path, required=True, help="cache folder (an interrupted run resumes)")
+    parser.add_argument("--vae", required=True, help='registry spec, e.g. \'{"name": "wan", "weights": "ckpt/vae"}\'')
+    parser.add_argument("--text-encoder", required=True, help='registry spec, e.g. \'{"name": "umt5", "path": ...}\'')
+    parser.add_argument("--image-encoder", default=None, help="registry spec (needed when the layout uses image tokens)")
+    parser.add_argument("--layout", default="a2", help="reference layout spec (default a2)")
+    parser.add_argument("--frames", type=int, default=17)
+    parser.add_argument("--height", type=int, default=256)
+    parser.add_argument("--width", type=int, default=256)
+    parser.add_argument("--buckets", default=None, help="JSON [[frames, height, width], ...]; overrides the above")
+    parser.add_argument("--fps", type=float, default=None)
+    parser.add_argument("--image-size", type=int, default=None, help="reference square side (default: encoder's)")
+    parser.add_argument("--max-references", type=int, default=3)
+    parser.add_argument("--min-references", type=int, default=1)
+    parser.add_argument("--records-per-shard", type=int, default=64)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+
+    layout = registry.build("reference_layout", _spec(args.layout))
+    vae = registry.build("vae", _spec(args.vae)).to(args.device).eval()
+    text_encoder = registry.build("text_encoder", _spec(args.text_encoder)).to(args.device).eval()
+    image_encoder = registry.build("image_encoder", _spec(args.image_encoder))
+    if image_encoder is not None:
+        image_encoder = image_encoder.to(args.device).eval()
+    elif layout.uses_image_tokens:
+        parser.error(f"the {args.layout} layout uses image tokens: pass --image-encoder")
+    image_size = args.image_size or getattr(image_encoder, "image_size", 224)
+    buckets = json.loads(args.buckets) if args.buckets else [[args.frames, args.height, args.width]]
+    try:
+        cache = build_cache(
+            args.manifest,
+            args.out,
+            vae,
+            text_encoder,
+            image_encoder,
+            layout,
+            buckets,
+            fps=args.fps,
+            image_size=image_size,
+            max_references=args.max_references,
+            min_references=args.min_references,
+            records_per_shard=args.records_per_shard,
+            dtype=getattr(torch, args.dtype),
+            device=args.device,
+            on_shard=lambda done, total: print(f"shard {done}/{total} written", flush=True),
+        )
+    except (StaleCacheError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{cache.dir}: {len(cache.records)} records cached, {len(cache.skipped)} skipped (key {cache.index['key']})")
+    for skipped in cache.skipped[:20]:
+        print(f"  skipped {skipped['id']}: {skipped['reason']}: {skipped['message']}")
+    return 0

@@ -440,12 +440,19 @@ class TripletDataModule(L.LightningDataModule):
         from e2v.datamodules.cache import CachedTripletDataset, LatentCache
 
         cache = LatentCache(self.cache_dir)
-        module = getattr(self.trainer, "lightning_module", None) if self._trainer_attached() else None
-        components = [getattr(module, name, None) for name in ("vae", "text_encoder", "image_encoder", "layout")]
-        if module is not None and all(c is not None for c in components):
-            cache.check_components(*components)
+        cache.check_settings(
+            buckets=[list(b) for b in self.buckets],
+            fps=self.fps,
+            image_size=self.image_size,
+            max_references=self.max_references,
+        )
+        module = self.trainer.lightning_module if self._trainer_attached() else None
+        if module is not None and all(hasattr(module, name) for name in ("vae", "text_encoder", "layout")):
+            cache.check_components(module.vae, module.text_encoder, getattr(module, "image_encoder", None), module.layout)
         dataset = CachedTripletDataset(cache)
         self._num_records += len(dataset) + len(cache.skipped)
+        for skipped in cache.skipped:
+            self.record_skip(skipped["id"] or skipped.get("where", "?"), skipped["reason"], skipped["message"])
         return _Split(dataset, dataset.bucket_keys(), dataset.ref_counts())
 
     def _trainer_attached(self) -> bool:

@@ -1,0 +1,328 @@
+"""Latent cache: precomputed training inputs, so a run skips video decoding and the frozen encoders.
+
+For each manifest record the cache stores (written by :func:`build_cache`, ``e2v cache``):
+``latents [16,T,h,w]`` normalised x0 latents of ``layout.target_video``, ``condition`` (``layout.condition``),
+``text [n,text_dim]`` (the prompt's states, trailing zero padding trimmed; padded back on load) and
+``image [N*tok,image_dim]`` (when the layout uses image tokens).
+
+Layout on disk: ``shard_00000.safetensors`` ... (``records_per_shard`` manifest records each, tensors named
+``{slot}/latents`` etc.) plus ``index.json`` listing completed shards, skipped records and the cache key.
+Every file is written to a temp name and renamed, and the index is rewritten after each shard, so a killed run
+resumes where it stopped and never exposes a half-written shard. The key hashes the identities of the VAE,
+encoders and layout (class, config, a weight fingerprint) and the data settings; a cache whose key differs from
+the components at hand is refused with :class:`StaleCacheError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch.utils.data import Dataset
+
+from e2v.datamodules.manifest import RecordError, check_references, check_video, read_manifest
+from e2v.datamodules.triplets import SampleKey, Skipped, TripletDataset, assign_bucket, check_buckets
+
+INDEX_NAME = "index.json"
+CACHE_VERSION = 1
+_FINGERPRINT_SAMPLES = 65536  # elements hashed per tensor (evenly strided), plus the exact float64 sum
+
+
+class StaleCacheError(RuntimeError):
+    """The cache was written with other components or data settings than the ones in use."""
+
+
+def _plain_config(obj: Any) -> Any:
+    """A JSON-able description of a component's configuration (config object, dataclass or simple attributes)."""
+    config = getattr(obj, "config", None)
+    if config is None and hasattr(obj, "model"):
+        config = getattr(obj.model, "config", None)
+    if hasattr(config, "to_dict"):
+        config = config.to_dict()
+    elif dataclasses.is_dataclass(config):
+        config = dataclasses.asdict(config)
+    if isinstance(config, dict):
+        config = {k: v for k, v in config.items() if not k.startswith("_") and k != "transformers_version"}
+    simple = {
+        k: v
+        for k, v in vars(obj).items()
+        if not k.startswith("_") and k != "training" and isinstance(v, (int, float, str, bool, type(None)))
+    }
+    return json.loads(json.dumps({"config": config, "attributes": simple}, sort_keys=True, default=str))
+
+
+@torch.no_grad()
+def weight_fingerprint(module: Any) -> str | None:
+    """A digest of a module's state dict: names, shapes, dtypes, exact sums and a strided sample of values."""
+    if not isinstance(module, torch.nn.Module):
+        return None
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        flat = tensor.detach().reshape(-1)
+        stride = max(1, flat.numel() // _FINGERPRINT_SAMPLES)
+        sample = flat[::stride].to("cpu", torch.float32).contiguous()
+        digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|{flat.double().sum().item():.10e}|".encode())
+        digest.update(sample.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def component_identity(component: Any) -> dict[str, Any] | None:
+    """What identifies a component for the cache: its class, configuration and weight fingerprint."""
+    if component is None:
+        return None
+    cls = type(component)
+    return {
+        "class": f"{cls.__module__}.{cls.__qualname__}",
+        "config": _plain_config(component),
+        "weights": weight_fingerprint(component),
+    }
+
+
+def cache_identity(vae, text_encoder, image_encoder, layout, settings: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "vae": component_identity(vae),
+        "text_encoder": component_identity(text_encoder),
+        "image_encoder": component_identity(image_encoder),
+        "layout": component_identity(layout),
+        "settings": settings,
+    }
+
+
+def identity_key(identity: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
+        json.dump(payload, tmp, indent=1, sort_keys=True)
+    os.replace(tmp.name, path)
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def trim_text(text: torch.Tensor) -> torch.Tensor:
+    """``[L, D]`` zero-padded text states -> the rows up to the last non-zero one (at least one row)."""
+    nonzero = torch.nonzero(text.abs().amax(-1) > 0)
+    length = int(nonzero[-1]) + 1 if len(nonzero) else 1
+    return text[:length]
+
+
+@torch.no_grad()
+def encode_sample(sample: dict[str, Any], vae, text_encoder, image_encoder, layout, device="cpu") -> dict:
+    """One online sample (unbatched, from :class:`TripletDataset`) -> its cached tensors (unbatched, on CPU).
+
+    Exactly what the online training step computes: ``x0 = normalize(encode(target_video))``, the layout's
+    condition, text states and image tokens.
+    """
+    video = sample["video"][None].to(device)
+    refs = sample["refs"][None].to(device)
+    x0 = vae.normalize(vae.encode(layout.target_video(video, refs)))
+    out = {
+        "latents": x0[0],
+        "condition": layout.condition(vae, refs, video.shape[2])[0],
+        "text": trim_text(text_encoder([sample["caption"]])[0]),
+    }
+    if image_encoder is not None and layout.uses_image_tokens:
+        out["image"] = image_encoder(sample["refs_clip"][None].to(device))[0]
+    return {name: tensor.cpu() for name, tensor in out.items()}
+
+
+def _shard_name(shard: int) -> str:
+    return f"shard_{shard:05d}.safetensors"
+
+
+def build_cache(
+    manifest: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    vae,
+    text_encoder,
+    image_encoder,
+    layout,
+    buckets: list[list[int]],
+    fps: float | None = None,
+    image_size: int = 224,
+    max_references: int = 3,
+    min_references: int = 1,
+    records_per_shard: int = 64,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    on_shard: Callable[[int, int], None] | None = None,
+) -> "LatentCache":
+    """Encode every usable record of ``manifest`` into ``out_dir``; resumes a run that stopped part-way.
+
+    Record i goes to shard ``i // records_per_shard`` (by manifest order of the parsed records), so a rerun
+    rebuilds exactly the missing shards. Records that fail (bad files, too short, too many references for the
+    layout) are listed in the index under ``skipped``. ``on_shard(done, total)`` is called after each shard.
+    Raises StaleCacheError when ``out_dir`` holds a cache of other components, settings or manifest.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    buckets = check_buckets(buckets)
+    settings = {
+        "buckets": [list(b) for b in buckets],
+        "fps": fps,
+        "image_size": image_size,
+        "max_references": max_references,
+        "min_references": min_references,
+        "dtype": str(dtype).removeprefix("torch."),
+    }
+    identity = cache_identity(vae, text_encoder, image_encoder, layout, settings)
+    report = read_manifest(manifest)
+    records = report.good
+    num_shards = (len(records) + records_per_shard - 1) // records_per_shard
+    index = {
+        "version": CACHE_VERSION,
+        "key": identity_key(identity),
+        "identity": identity,
+        "manifest": str(Path(manifest).resolve()),
+        "manifest_sha256": _file_sha256(Path(manifest)),
+        "records_per_shard": records_per_shard,
+        "num_shards": num_shards,
+        "text_length": getattr(text_encoder, "max_length", None),
+        "manifest_errors": [{"where": b.where, "id": b.id, "reason": b.reason, "message": b.message} for b in report.bad],
+        "shards": {},
+    }
+    index_path = out_dir / INDEX_NAME
+    if index_path.is_file():
+        previous = json.loads(index_path.read_text())
+        for field in ("key", "manifest_sha256", "records_per_shard"):
+            if previous.get(field) != index[field]:
+                raise StaleCacheError(
+                    f"{out_dir} holds a cache with another {field} ({previous.get(field)} vs {index[field]}): "
+                    "it was written with other components, settings or manifest. Use a new directory or delete it."
+                )
+        index["shards"] = {k: v for k, v in previous["shards"].items() if (out_dir / v["file"]).is_file()}
+    for stale in out_dir.glob(".shard_*.tmp"):
+        stale.unlink()
+    dataset = TripletDataset(records, buckets, fps, image_size, max_references, shuffle_references=False)
+    shortest = min(f for f, _, _ in buckets)
+    for shard in range(num_shards):
+        if str(shard) in index["shards"]:
+            continue
+        tensors: dict[str, torch.Tensor] = {}
+        entries, skipped = [], []
+        for slot, i in enumerate(range(shard * records_per_shard, min(len(records), (shard + 1) * records_per_shard))):
+            record = records[i]
+            try:
+                check_references(record, decode=False, min_references=min_references)
+                bucket = assign_bucket(check_video(record, shortest, fps, decode=False), record, buckets, fps)
+                num_refs = min(len(record.references), max_references)
+                layout.check(num_refs, buckets[bucket][0])
+                sample = dataset.load(SampleKey(i, bucket, num_refs, 0, 0, 0))
+                encoded = encode_sample(sample, vae, text_encoder, image_encoder, layout, device)
+            except (RecordError, ValueError) as err:
+                reason = err.reason if isinstance(err, RecordError) else "layout"
+                skipped.append({"id": record.id, "reason": reason, "message": str(err)})
+                continue
+            for name, tensor in encoded.items():
+                tensors[f"{slot}/{name}"] = tensor.to(dtype).contiguous()
+            entries.append(
+                {"id": record.id, "slot": slot, "bucket": list(buckets[bucket]), "num_refs": num_refs,
+                 "caption": record.caption}
+            )
+        file = _shard_name(shard)
+        tmp = out_dir / f".{file}.tmp"
+        save_file(tensors, str(tmp), metadata={"format": "pt", "key": index["key"]})
+        os.replace(tmp, out_dir / file)
+        index["shards"][str(shard)] = {"file": file, "records": entries, "skipped": skipped}
+        _write_json_atomic(index_path, index)
+        if on_shard is not None:
+            on_shard(len(index["shards"]), num_shards)
+    _write_json_atomic(index_path, index)
+    return LatentCache(out_dir)
+
+
+class LatentCache:
+    """A completed cache folder: its index, records and key check."""
+
+    def __init__(self, cache_dir: str | os.PathLike):
+        self.dir = Path(cache_dir)
+        path = self.dir / INDEX_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"{self.dir} is not a latent cache (no {INDEX_NAME}); build one with `e2v cache`")
+        self.index = json.loads(path.read_text())
+        if self.index.get("version") != CACHE_VERSION:
+            raise StaleCacheError(f"{path}: cache format version {self.index.get('version')}, expected {CACHE_VERSION}")
+        done, total = len(self.index["shards"]), self.index["num_shards"]
+        if done < total:
+            raise RuntimeError(f"{self.dir}: the cache is incomplete ({done} of {total} shards); rerun `e2v cache`")
+        self.records = [
+            {**entry, "file": shard["file"]}
+            for _, shard in sorted(self.index["shards"].items(), key=lambda item: int(item[0]))
+            for entry in shard["records"]
+        ]
+        self.skipped = [s for shard in self.index["shards"].values() for s in shard["skipped"]]
+        self.skipped += self.index["manifest_errors"]
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return self.index["identity"]["settings"]
+
+    def check_components(self, vae, text_encoder, image_encoder, layout) -> None:
+        """Raise StaleCacheError naming each component that differs from the ones the cache was written with."""
+        current = cache_identity(vae, text_encoder, image_encoder, layout, self.settings)
+        if identity_key(current) == self.index["key"]:
+            return
+        stored = self.index["identity"]
+        changed = [name for name in current if current[name] != stored.get(name)]
+        raise StaleCacheError(
+            f"stale cache {self.dir}: written with other {', '.join(changed)} than the current ones "
+            f"(key {self.index['key']} vs {identity_key(current)}). Rebuild it with `e2v cache` or drop cache_dir."
+        )
+
+    def check_settings(self, **settings: Any) -> None:
+        """Raise StaleCacheError when data settings (buckets, fps, ...) differ from the cache's."""
+        wrong = {k: (self.settings.get(k), v) for k, v in settings.items() if self.settings.get(k) != v}
+        if wrong:
+            details = ", ".join(f"{k}: cache {old!r} vs now {new!r}" for k, (old, new) in wrong.items())
+            raise StaleCacheError(f"stale cache {self.dir}: written with other data settings ({details})")
+
+
+class CachedTripletDataset(Dataset):
+    """Cached samples: ``latents``, ``condition``, ``text [L,D]`` (zero-padded back), ``image``, ``caption``, ``id``."""
+
+    def __init__(self, cache: LatentCache):
+        self.cache = cache
+        self.text_length = cache.index["text_length"]
+        self._handles: dict[str, Any] = {}
+        self._pid = None
+
+    def __len__(self) -> int:
+        return len(self.cache.records)
+
+    def bucket_keys(self) -> list[tuple]:
+        return [tuple(r["bucket"]) for r in self.cache.records]
+
+    def ref_counts(self) -> list[int]:
+        return [r["num_refs"] for r in self.cache.records]
+
+    def _shard(self, file: str):
+        if self._pid != os.getpid():  # memory-mapped handles are opened per worker process
+            self._handles, self._pid = {}, os.getpid()
+        if file not in self._handles:
+            self._handles[file] = safe_open(str(self.cache.dir / file), framework="pt", device="cpu")
+        return self._handles[file]
+
+    def __getitem__(self, key: SampleKey | int) -> dict[str, Any] | Skipped:
+        record = self.cache.records[key.index if isinstance(key, SampleKey) else key]
+        shard = self._shard(record["file"])
+        prefix = f"{record['slot']}/"
+        sample = {name.removeprefix(prefix): shard.get_tensor(name) for name in shard.keys() if name.startswith(prefix)}
+        text = sample["text"]
+        if self.text_length and text.shape[0] < self.text_length:
+            sample["text"] = torch.cat([text, text.new_zeros(self.text_length - text.shape[0], text.shape[1])])
+        return {**sample, "caption": record["caption"], "id": record["id"]}

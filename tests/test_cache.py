@@ -1,0 +1,115 @@
+"""Latent cache: equals online encoding, refuses stale components, resumes after a killed run."""
+
+import json
+
+import pytest
+import torch
+from test_manifest import make_world
+
+from e2v.datamodules.cache import LatentCache, StaleCacheError, build_cache
+from e2v.datamodules.commands import cache_command
+from e2v.datamodules.triplets import TripletDataModule
+from e2v.modules.image_encoder import ImageEncoder
+from e2v.modules.layouts import A2Layout
+from e2v.modules.text_encoder import TextEncoder
+from e2v.modules.vae import WanVAE
+
+BUCKETS = [[9, 16, 32], [9, 32, 16]]
+TEXT_LENGTH = 24
+
+
+@pytest.fixture(scope="module")
+def components():
+    torch.manual_seed(0)
+    return dict(
+        vae=WanVAE.from_preset("tiny").eval(),
+        text_encoder=TextEncoder.from_preset("tiny", max_length=TEXT_LENGTH),
+        image_encoder=ImageEncoder.from_preset("tiny"),
+        layout=A2Layout(),
+    )
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("world")
+    return make_world(root, count=3, frames=10, refs=2, sizes=((24, 48), (48, 24)))
+
+
+@pytest.fixture(scope="module")
+def cli_cache(world, components, tmp_path_factory):
+    """A cache written by `e2v cache` from registry specs (the tiny VAE is random: its weights go via a folder)."""
+    root = tmp_path_factory.mktemp("cli_cache")
+    components["vae"].save_pretrained(root / "vae")
+    argv = [str(world), "--out", str(root / "cache"), "--layout", "a2",
+            "--vae", json.dumps({"name": "wan", "weights": str(root / "vae")}),
+            "--image-encoder", json.dumps({"name": "clip", "preset": "tiny"}),
+            "--text-encoder", json.dumps({"name": "umt5", "preset": "tiny", "max_length": TEXT_LENGTH}),
+            "--buckets", json.dumps(BUCKETS), "--records-per-shard", "2"]
+    assert cache_command(argv) == 0
+    return root / "cache"
+
+
+def build(manifest, out, components, **kwargs):
+    return build_cache(manifest, out, **components, buckets=BUCKETS, image_size=32, records_per_shard=2, **kwargs)
+
+
+@torch.no_grad()
+def test_cache_equals_online_encoding(world, cli_cache, components):
+    vae, text_encoder, image_encoder, layout = components.values()
+    settings = dict(buckets=BUCKETS, image_size=32, batch_size=1, shuffle_references=False)
+    cached = TripletDataModule(str(world), cache_dir=str(cli_cache), **settings)
+    online = TripletDataModule(str(world), **settings)
+    cached_batches = {b["id"][0]: b for b in cached.train_dataloader()}
+    online_batches = [b for b in online.train_dataloader()]
+    assert sorted(cached_batches) == ["c0", "c1", "c2"]
+    for batch in online_batches:
+        hit = cached_batches[batch["id"][0]]
+        x0 = vae.normalize(vae.encode(layout.target_video(batch["video"], batch["refs"])))
+        condition = layout.condition(vae, batch["refs"], batch["video"].shape[2])
+        text = text_encoder(batch["caption"])
+        image = image_encoder(batch["refs_clip"])
+        assert hit["latents"].shape == x0.shape == (1, 16, 3, *[s // 8 for s in batch["video"].shape[-2:]])
+        assert hit["condition"].shape == condition.shape and condition.shape[1] == 20
+        assert hit["text"].shape == (1, TEXT_LENGTH, text_encoder.dim) and hit["image"].shape == image.shape
+        for name, expected in (("latents", x0), ("condition", condition), ("text", text), ("image", image)):
+            torch.testing.assert_close(hit[name], expected, atol=1e-4, rtol=1e-4, msg=name)
+
+
+def test_stale_cache_is_refused(world, cli_cache, components):
+    cache = LatentCache(cli_cache)
+    cache.check_components(*components.values())  # same components: accepted
+    changed = WanVAE.from_preset("tiny").eval()
+    with torch.no_grad():
+        next(changed.parameters()).add_(1e-3)
+    with pytest.raises(StaleCacheError, match="stale cache .* other vae"):
+        cache.check_components(changed, components["text_encoder"], components["image_encoder"], components["layout"])
+    with pytest.raises(StaleCacheError, match="other key"):
+        build(world, cli_cache, {**components, "vae": changed})
+    other_layout = {**components, "layout": A2Layout(reference_loss_weight=0.5)}
+    with pytest.raises(StaleCacheError, match="other layout"):
+        cache.check_components(*other_layout.values())
+    dm = TripletDataModule(str(world), buckets=[[9, 16, 32]], image_size=32, cache_dir=str(cli_cache))
+    with pytest.raises(StaleCacheError, match="buckets"):
+        dm.setup("fit")
+
+
+def test_killed_cache_run_resumes(world, tmp_path, components):
+    out = tmp_path / "cache"
+
+    def kill_after_first_shard(done, total):
+        if done == 1:
+            raise KeyboardInterrupt("killed")
+
+    with pytest.raises(KeyboardInterrupt):
+        build(world, out, components, on_shard=kill_after_first_shard)
+    assert sorted(p.name for p in out.iterdir()) == ["index.json", "shard_00000.safetensors"]
+    with pytest.raises(RuntimeError, match="incomplete .1 of 2 shards"):
+        LatentCache(out)
+    first_shard = (out / "shard_00000.safetensors").stat().st_mtime_ns
+    (out / ".shard_00001.safetensors.tmp").write_bytes(b"half-written")  # a shard cut off mid-write
+    progress = []
+    cache = build(world, out, components, on_shard=lambda done, total: progress.append((done, total)))
+    assert progress == [(2, 2)]  # only the missing shard was encoded
+    assert (out / "shard_00000.safetensors").stat().st_mtime_ns == first_shard
+    assert not list(out.glob(".*.tmp"))
+    assert [r["id"] for r in cache.records] == ["c0", "c1", "c2"]
