@@ -85,6 +85,17 @@ def test_float_video_roundtrip(tmp_path):
     assert (decoded.float() - expected).abs().max() <= 3
 
 
+def test_encoding_is_reproducible(tmp_path):
+    """Same frames -> same bytes, whatever was encoded before in this process."""
+    rng = np.random.default_rng(0)
+    video = rng.integers(0, 256, (9, 32, 48, 3), dtype=np.uint8)
+    video = np.repeat(np.repeat(video[:, ::8, ::8], 8, axis=1), 8, axis=2)[:, :32, :48]
+    write_video(tmp_path / "first.mp4", video, fps=8)
+    write_video(tmp_path / "other.mp4", rng.integers(0, 256, (9, 64, 64, 3), dtype=np.uint8), fps=8)
+    write_video(tmp_path / "second.mp4", video, fps=8)
+    assert (tmp_path / "first.mp4").read_bytes() == (tmp_path / "second.mp4").read_bytes()
+
+
 def test_write_rejects_bad_input(tmp_path):
     with pytest.raises(ValueError, match="even"):
         write_video(tmp_path / "odd.mp4", np.zeros((2, 15, 16, 3), np.uint8), fps=8)

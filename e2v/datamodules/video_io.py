@@ -150,11 +150,15 @@ def _atomic_target(path: Path) -> Path:
     return Path(tmp)
 
 
-def write_video(path: str | os.PathLike, video: torch.Tensor | np.ndarray, fps: float, crf: int = 17) -> None:
+def write_video(
+    path: str | os.PathLike, video: torch.Tensor | np.ndarray, fps: float, crf: int = 17, threads: int = 0
+) -> None:
     """Write an mp4 (h264, yuv420p) atomically: encode to a temp file in the same folder, then ``os.replace``.
 
     ``video``: ``[3, F, H, W]`` float in [-1, 1] or ``uint8 [F, H, W, 3]``; H and W must be even (yuv420p).
     ``crf``: x264 constant rate factor, 0 = lossless luma/chroma planes (chroma is still 2x subsampled).
+    ``threads``: encoder threads, 0 = x264's choice (use 1 for many small encodes in parallel processes).
+    x264's macroblock tree is off: with it, output depends on earlier encodes in the same process.
     """
     frames = _to_uint8_frames(video)
     count, height, width, _ = frames.shape
@@ -168,7 +172,8 @@ def write_video(path: str | os.PathLike, video: torch.Tensor | np.ndarray, fps: 
         with av.open(str(tmp), mode="w", format="mp4") as container:
             stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
             stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-            stream.options = {"crf": str(crf), "preset": "veryfast"}
+            stream.options = {"crf": str(crf), "preset": "veryfast", "x264-params": "no-mbtree=1"}
+            stream.codec_context.thread_count = threads
             for image in frames:
                 container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
             container.mux(stream.encode())
