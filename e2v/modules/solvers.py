@@ -46,10 +46,9 @@ class FlowSolver:
         self.sigmas = flow_sigmas(num_steps, shift)
 
     def timesteps(self, num_steps: int | None = None) -> torch.Tensor:
-        """``[n]`` DiT timesteps (``1000 * sigma``, float32) for ``n`` steps (default ``num_steps``); resets state."""
-        if num_steps is not None:
-            self.num_steps = num_steps
-        self.sigmas = flow_sigmas(self.num_steps, self.shift)
+        """``[n]`` DiT timesteps (``1000 * sigma``, float32) for ``n`` steps (default ``num_steps``) of this run;
+        sets ``sigmas`` and resets the multistep state."""
+        self.sigmas = flow_sigmas(num_steps or self.num_steps, self.shift)
         self.reset()
         return self.sigmas[:-1] * TIMESTEP_SCALE
 

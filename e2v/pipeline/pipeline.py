@@ -1,0 +1,362 @@
+"""``E2VPipeline``: references + prompt -> video with the E2V DiT (SkyReels-A2 inference, plus speed switches).
+
+Sampling: encode the prompt (and the negative prompt), the references (CLIP tokens and the layout's condition),
+draw noise from ``seed`` on the CPU (the same video on any device), then ``steps`` solver steps where every guidance
+branch runs in ONE batched DiT forward, and finally decode and cut the reference prefix frames.
+
+Guidance branches (stacked along the batch): ``full`` (prompt + references), ``textless`` (negative prompt +
+references), ``null`` (negative prompt, no references: zero image tokens and zero layout condition, as in
+training's reference dropout). The negative prompt ``""`` is e2v's null text: zero text states, as in training's
+text dropout.
+  - text CFG (official, ``guidance`` 5.0): ``v = v_textless + g (v_full - v_textless)``
+  - dual guidance (``image_guidance`` set): ``v = v_null + s_img (v_textless - v_null) + s_txt (v_full - v_textless)``
+
+Speed switches: :meth:`E2VPipeline.enable_step_cache`, :meth:`compile`, :meth:`quantize`, ``tile`` (VAE tiled
+decode), ``offload`` (each component on the compute device only while used), and ``parallel`` (sequence /
+CFG parallelism, see :mod:`e2v.pipeline.parallel`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from e2v import registry
+from e2v.datamodules.references import load_reference, pad_to_white_square, prepare_reference, to_float_image
+from e2v.modules.layouts import latent_frames
+from e2v.modules.quantize import quantize_linears
+from e2v.modules.weights import CheckpointError
+from e2v.pipeline.step_cache import StepCache
+
+ReferenceImage = Union[str, os.PathLike, torch.Tensor, "PIL.Image.Image"]  # noqa: F821
+DEFAULT_SOLVER = {"name": "unipc", "shift": 8.0, "num_steps": 50}
+SIZE_MULTIPLE = 16  # VAE /8 then DiT patch /2
+WEIGHT_FOLDERS = ("transformer", "vae", "text_encoder", "tokenizer", "image_encoder", "image_processor")
+# DiT layers kept in full precision by quantize(): embed_inputs reads their weight dtypes; the output projection
+# is tiny and sensitive.
+DIT_QUANTIZE_SKIP = ("condition_embedder.*", "proj_out")
+
+
+def load_reference_image(image: ReferenceImage) -> torch.Tensor:
+    """A reference as float ``[3, H, W]`` in [-1, 1] from a path, a PIL image, a float ``[3, H, W]`` tensor in
+    [-1, 1] or a ``uint8 [H, W, 3]`` tensor. Missing / unreadable files raise an error naming the file."""
+    if isinstance(image, (str, os.PathLike)):
+        return load_reference(image)
+    if isinstance(image, torch.Tensor):
+        if image.dtype == torch.uint8 and image.ndim == 3 and image.shape[-1] == 3:
+            return to_float_image(image)
+        if image.is_floating_point() and image.ndim == 3 and image.shape[0] == 3:
+            return image.float().clamp(-1, 1)
+        raise ValueError(
+            f"a reference tensor must be float [3, H, W] in [-1, 1] or uint8 [H, W, 3], got {image.dtype} "
+            f"{tuple(image.shape)}"
+        )
+    if hasattr(image, "convert"):  # PIL.Image
+        return to_float_image(torch.from_numpy(np.asarray(image.convert("RGB")).copy()))
+    raise TypeError(f"a reference must be a path, a PIL image or a tensor, got {type(image).__name__}")
+
+
+def _weights_root_check(folder: Path, needed: Sequence[str]) -> None:
+    if not folder.is_dir():
+        raise CheckpointError(f"weights folder {folder} does not exist or is not a directory")
+    missing = [name for name in needed if not (folder / name).is_dir()]
+    if missing:
+        raise CheckpointError(
+            f"weights folder {folder} is missing component folder(s): {', '.join(f'{m}/' for m in missing)}; "
+            f"expected the official layout {', '.join(f'{n}/' for n in WEIGHT_FOLDERS)}"
+        )
+
+
+class E2VPipeline:
+    """Elements-to-video sampler. Components: ``dit``, ``vae``, ``text_encoder``, ``image_encoder`` (None when
+    the layout uses no image tokens), ``layout`` (reference layout) and ``solver``.
+
+    Args:
+        device: compute device (default: CUDA if available, else CPU).
+        offload: keep every component on the CPU and move each to ``device`` only while it runs.
+        tile: VAE tile size in pixels for encoding/decoding large frames (None: no tiling).
+        parallel: a :class:`~e2v.pipeline.parallel.ParallelConfig` for sequence / CFG parallelism (None: off).
+    """
+
+    def __init__(
+        self,
+        dit: nn.Module,
+        vae: nn.Module,
+        text_encoder: nn.Module,
+        image_encoder: Optional[nn.Module],
+        layout: Any,
+        solver: Any,
+        device: Optional[Union[str, torch.device]] = None,
+        offload: bool = False,
+        tile: Optional[int] = None,
+        parallel: Any = None,
+    ) -> None:
+        self.dit, self.vae, self.text_encoder, self.image_encoder = dit, vae, text_encoder, image_encoder
+        self.layout, self.solver = layout, solver
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.offload = offload
+        self.parallel = parallel
+        self.step_cache: Optional[StepCache] = None
+        if dit.config.in_channels != layout.in_channels:
+            raise ValueError(
+                f"the DiT takes {dit.config.in_channels} input channels but the {type(layout).__name__} layout "
+                f"produces {layout.in_channels}"
+            )
+        if layout.uses_image_tokens and image_encoder is None:
+            raise ValueError(f"the {type(layout).__name__} layout uses image tokens but no image encoder was given")
+        for module in self.modules():
+            module.eval().requires_grad_(False)
+            if not offload:
+                module.to(self.device)
+        vae.enable_tiling(tile)
+
+    def modules(self) -> list[nn.Module]:
+        return [m for m in (self.text_encoder, self.image_encoder, self.vae, self.dit) if m is not None]
+
+    # ------------------------------------------------------------------------------------------- construction
+    @classmethod
+    def from_weights(
+        cls,
+        folder: Union[str, os.PathLike],
+        layout: Any = None,
+        solver: Any = None,
+        dtype: Optional[Union[str, torch.dtype]] = None,
+        **kwargs: Any,
+    ) -> "E2VPipeline":
+        """Load the official SkyReels-A2 / Wan2.1 release root (``transformer/``, ``vae/``, ``text_encoder/``,
+        ``tokenizer/``, ``image_encoder/``, ``image_processor/``). ``layout`` defaults to ``a2`` for a 36-channel
+        DiT, ``temporal_append`` otherwise; ``dtype`` applies to the DiT and the text encoder."""
+        folder = Path(folder)
+        _weights_root_check(folder, ("transformer", "vae", "text_encoder", "tokenizer"))
+        dit = registry.build("dit", {"name": "wan", "weights": str(folder / "transformer"), "dtype": dtype})
+        layout = registry.build("reference_layout", layout or ("a2" if dit.config.in_channels == 36 else "temporal_append"))
+        image_encoder = None
+        if layout.uses_image_tokens:
+            _weights_root_check(folder, ("image_encoder", "image_processor"))
+            image_encoder = registry.build("image_encoder", {"name": "clip", "path": str(folder)})
+        return cls(
+            dit=dit,
+            vae=registry.build("vae", {"name": "wan", "weights": str(folder / "vae")}),
+            text_encoder=registry.build("text_encoder", {"name": "umt5", "path": str(folder), "dtype": dtype}),
+            image_encoder=image_encoder,
+            layout=layout,
+            solver=registry.build("solver", solver or DEFAULT_SOLVER),
+            **kwargs,
+        )
+
+    @classmethod
+    def from_checkpoint(
+        cls, ckpt_path: Union[str, os.PathLike], solver: Any = None, ema: bool = True, **kwargs: Any
+    ) -> "E2VPipeline":
+        """An e2v Lightning checkpoint of ``E2VDiffusion``: components rebuilt from its hyper-parameters (the frozen
+        VAE / encoders from their own specs), DiT weights from the state dict, or from the EMA callback's weights
+        when present and ``ema``. ``solver`` defaults to the run's ``sample_solver``."""
+        path = Path(ckpt_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint {path} not found")
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        hparams = checkpoint.get("hyper_parameters")
+        if not isinstance(hparams, dict) or "dit" not in hparams or "state_dict" not in checkpoint:
+            raise CheckpointError(
+                f"{path} is not an E2VDiffusion checkpoint: expected 'hyper_parameters' with component specs "
+                "(dit, vae, text_encoder, image_encoder, layout) and a 'state_dict'"
+            )
+        layout = registry.build("reference_layout", hparams.get("layout", "a2"))
+        dit = registry.build("dit", hparams["dit"])
+        state = {k[len("dit.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("dit.")}
+        if ema:
+            state.update(_ema_weights(checkpoint))
+        result = dit.load_state_dict(state, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise CheckpointError(
+                f"{path}: DiT weights do not match the DiT built from its spec {hparams['dit']}: "
+                f"missing {result.missing_keys[:10]}, unexpected {result.unexpected_keys[:10]}"
+            )
+        image_spec = hparams.get("image_encoder")
+        return cls(
+            dit=dit,
+            vae=registry.build("vae", hparams.get("vae", "wan")),
+            text_encoder=registry.build("text_encoder", hparams.get("text_encoder", "umt5")),
+            image_encoder=registry.build("image_encoder", image_spec) if layout.uses_image_tokens else None,
+            layout=layout,
+            solver=registry.build("solver", solver or hparams.get("sample_solver") or DEFAULT_SOLVER),
+            **kwargs,
+        )
+
+    # ------------------------------------------------------------------------------------------ speed switches
+    def enable_step_cache(self, threshold: Optional[float], warmup: int = 1) -> "E2VPipeline":
+        """Skip the DiT blocks when the first block's modulated input changed less than ``threshold`` (relative L1)
+        since the last computed step (None: off). Typical thresholds: 0.05 (safe) .. 0.2 (fast)."""
+        reduce = self.parallel.all_reduce_sp if self.parallel is not None else None
+        self.step_cache = None if threshold is None else StepCache(threshold, warmup, reduce)
+        return self
+
+    def compile(self, **options: Any) -> "E2VPipeline":
+        """``torch.compile`` each DiT block in place (the blocks dominate the run time; shapes stay static)."""
+        for block in self.dit.blocks:
+            block.compile(**options)
+        return self
+
+    def quantize(self, mode: str) -> "E2VPipeline":
+        """Weight-only ``int8`` / ``nf4`` quantisation (bitsandbytes) of the DiT's and the text encoder's Linears."""
+        quantize_linears(self.dit, mode, skip=DIT_QUANTIZE_SKIP)
+        quantize_linears(self.text_encoder.model, mode)
+        return self
+
+    @contextlib.contextmanager
+    def _on_device(self, module: Optional[nn.Module]) -> Iterator[None]:
+        """With offload: move ``module`` to the compute device for the block and back to the CPU after."""
+        if not self.offload or module is None:
+            yield
+            return
+        module.to(self.device)
+        try:
+            yield
+        finally:
+            module.to("cpu")
+
+    # ------------------------------------------------------------------------------------------------ inputs
+    def _check_request(self, num_refs: int, height: int, width: int, frames: int) -> None:
+        if height <= 0 or width <= 0 or height % SIZE_MULTIPLE or width % SIZE_MULTIPLE:
+            raise ValueError(f"height and width must be positive multiples of {SIZE_MULTIPLE}, got {height}x{width}")
+        self.layout.check(num_refs, frames)
+
+    def prepare_references(
+        self, refs: Sequence[ReferenceImage], kinds: Optional[Sequence[str]], height: int, width: int
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Layout-ready references ``[1, N, 3, H, W]`` and image-encoder squares ``[1, N, 3, S, S]`` (or None)."""
+        kinds = list(kinds) if kinds is not None else ["object"] * len(refs)
+        if len(kinds) != len(refs):
+            raise ValueError(f"got {len(kinds)} reference kinds for {len(refs)} references")
+        images = [load_reference_image(image) for image in refs]
+        layout_refs = torch.stack([prepare_reference(img, kind, height, width) for img, kind in zip(images, kinds)])
+        clip_refs = None
+        if self.image_encoder is not None:
+            clip_refs = torch.stack([pad_to_white_square(img, self.image_encoder.image_size) for img in images])[None]
+        return layout_refs[None], clip_refs
+
+    @torch.no_grad()
+    def encode_text(self, prompt: str, negative_prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt and negative prompt states ``[1, L, D]`` each (negative ``""``: zeros, the null text)."""
+        with self._on_device(self.text_encoder):
+            prompts = [prompt] + ([negative_prompt] if negative_prompt else [])
+            states = self.text_encoder(prompts).float()
+        negative = states[1:] if negative_prompt else torch.zeros_like(states[:1])
+        return states[:1].to(self.device), negative.to(self.device)
+
+    # --------------------------------------------------------------------------------------------- denoising
+    def predict(self, dit_input: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor,
+                image: Optional[torch.Tensor], step: int, num_steps: int) -> torch.Tensor:
+        """One DiT forward ``[G, C_in, T, h, w] -> [G, 16, T, h, w]`` through the step cache and token sharding."""
+        dit = self.dit
+        inputs = dit.embed_inputs(dit_input, timestep, text, image)
+        rope = dit.rope(inputs.grid)
+        tokens = inputs.tokens
+        attention = dit.attention
+        if self.parallel is not None:
+            tokens, rope, attention = self.parallel.shard_tokens(tokens, rope, dit)
+        if self.step_cache is not None:
+            tokens = self.step_cache.run(dit, tokens, inputs, rope, attention, step, num_steps)
+        else:
+            tokens = dit.run_blocks(tokens, inputs, rope, attention)
+        if self.parallel is not None:
+            tokens = self.parallel.gather_tokens(tokens)
+        return dit.head(tokens, inputs.temb, inputs.grid)
+
+    def velocity(self, latents: torch.Tensor, timestep: torch.Tensor, branches: dict[str, torch.Tensor],
+                 step: int, num_steps: int) -> torch.Tensor:
+        """Velocities of all guidance branches ``[G, 16, T, h, w]`` for ``latents [1, 16, T, h, w]``."""
+        condition, text, image = branches["condition"], branches["text"], branches["image"]
+        if self.parallel is not None:
+            condition, text, image = self.parallel.split_branches(condition, text, image)
+        x = latents.expand(condition.shape[0], *latents.shape[1:])
+        dit_input = self.layout.dit_input(x, condition)
+        out = self.predict(dit_input, timestep.expand(x.shape[0]), text, image, step, num_steps)
+        out = self.layout.video_output(out, condition).float()
+        return self.parallel.gather_branches(out) if self.parallel is not None else out
+
+    @staticmethod
+    def combine(velocities: torch.Tensor, guidance: float, image_guidance: Optional[float]) -> torch.Tensor:
+        """Guided velocity ``[1, ...]`` from the branch velocities ``[G, ...]`` (full, textless, null)."""
+        if velocities.shape[0] == 1:
+            return velocities
+        full, textless = velocities[0:1], velocities[1:2]
+        if image_guidance is None:
+            return textless + guidance * (full - textless)
+        null = velocities[2:3]
+        return null + image_guidance * (textless - null) + guidance * (full - textless)
+
+    # ------------------------------------------------------------------------------------------------- call
+    @torch.no_grad()
+    def __call__(
+        self,
+        refs: Sequence[ReferenceImage],
+        prompt: str,
+        negative_prompt: str = "",
+        kinds: Optional[Sequence[str]] = None,
+        height: int = 480,
+        width: int = 832,
+        frames: int = 81,
+        steps: Optional[int] = None,
+        guidance: float = 5.0,
+        image_guidance: Optional[float] = None,
+        seed: int = 0,
+        progress: bool = True,
+    ) -> torch.Tensor:
+        """Generate a video ``[3, F - prefix, H, W]`` in [-1, 1] (``prefix = layout.prefix_frames(N)``).
+
+        ``refs``: N >= 1 images (paths, PIL images, tensors); ``kinds``: one per reference (default ``"object"``;
+        ``"background"`` is cover-cropped instead of white-padded). ``steps``: solver steps (default the solver's
+        ``num_steps``). ``guidance``: text CFG scale (1 = off); ``image_guidance``: reference scale of dual guidance.
+        """
+        if not refs:
+            raise ValueError("at least one reference image is needed")
+        self._check_request(len(refs), height, width, frames)
+        layout_refs, clip_refs = self.prepare_references(refs, kinds, height, width)
+        branches = self._branches(prompt, negative_prompt, layout_refs, clip_refs, frames, guidance, image_guidance)
+
+        vae_factor = self.vae.spatial_factor
+        shape = (1, self.vae.z_dim, latent_frames(frames), height // vae_factor, width // vae_factor)
+        latents = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(self.device)
+        timesteps = self.solver.timesteps(steps).to(self.device)
+        if self.step_cache is not None:
+            self.step_cache.reset()
+        with self._on_device(self.dit):
+            for i, t in enumerate(tqdm(timesteps, desc="sampling", disable=not progress)):
+                velocities = self.velocity(latents, t.reshape(1), branches, i, len(timesteps))
+                latents = self.solver.step(self.combine(velocities, guidance, image_guidance), i, latents)
+        with self._on_device(self.vae):
+            video = self.vae.decode(self.vae.denormalize(latents.to(self.device)))[0].float()
+        return video[:, self.layout.prefix_frames(len(refs)) :].clamp(-1, 1).cpu()
+
+    def _branches(self, prompt: str, negative_prompt: str, layout_refs: torch.Tensor,
+                  clip_refs: Optional[torch.Tensor], frames: int, guidance: float,
+                  image_guidance: Optional[float]) -> dict[str, torch.Tensor]:
+        """Batched conditions of the guidance branches: ``condition``, ``text`` and ``image`` (or None), ``[G, ...]``."""
+        text, negative = self.encode_text(prompt, negative_prompt)
+        image = None
+        if clip_refs is not None:
+            with self._on_device(self.image_encoder):
+                image = self.image_encoder(clip_refs.to(self.device)).float()
+        with self._on_device(self.vae):
+            condition = self.layout.condition(self.vae, layout_refs.to(self.device, self.vae.dtype), frames).float()
+        count = 3 if image_guidance is not None else 2 if guidance != 1 else 1
+        texts = [text, negative, negative][:count]
+        conditions = [condition, condition, torch.zeros_like(condition)][:count]
+        images = None if image is None else torch.cat([image, image, torch.zeros_like(image)][:count])
+        return {"condition": torch.cat(conditions), "text": torch.cat(texts), "image": images}
+
+
+def _ema_weights(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The DiT's EMA weights (names without ``dit.``) from an EMA callback state in the checkpoint, if any."""
+    for state in (checkpoint.get("callbacks") or {}).values():
+        if isinstance(state, dict) and isinstance(state.get("shadow"), dict):
+            return {k[len("dit.") :]: v for k, v in state["shadow"].items() if k.startswith("dit.")}
+    return {}
