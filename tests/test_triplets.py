@@ -116,3 +116,37 @@ def test_bad_samples_while_training_stop_past_the_limit(tmp_path):
         (tmp_path / "clips" / f"c{i}.mp4").unlink()
     with pytest.raises(SkipLimitError, match="2 of 4 records are bad"):
         epoch_batches(dm)
+
+
+def test_lightning_resume_continues_at_the_checkpointed_data_position(tmp_path):
+    import lightning as L
+
+    class Recorder(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(()))
+            self.seen = []
+
+        def training_step(self, batch, batch_idx):
+            self.seen.append(batch["id"])
+            return (batch["video"].mean() - self.weight) ** 2
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    manifest = make_world(tmp_path, count=8, frames=6)
+    kwargs = dict(frames=5, height=16, width=16, batch_size=2, image_size=16, seed=4)
+
+    def fit(max_steps, ckpt_path=None):
+        model, dm = Recorder(), TripletDataModule(str(manifest), **kwargs)
+        trainer = L.Trainer(max_steps=max_steps, accelerator="cpu", logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+        trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
+        return model.seen, trainer
+
+    uninterrupted, _ = fit(7)  # 4 batches per epoch: crosses an epoch boundary
+    first, trainer = fit(3)
+    trainer.save_checkpoint(tmp_path / "mid.ckpt")
+    assert torch.load(tmp_path / "mid.ckpt", weights_only=False)["TripletDataModule"]["batches_done"] == 3
+    resumed, _ = fit(7, ckpt_path=tmp_path / "mid.ckpt")
+    assert first + resumed == uninterrupted

@@ -243,13 +243,18 @@ class BucketBatchSampler(Sampler[list[SampleKey]]):
         ]
 
     def __iter__(self) -> Iterator[list[SampleKey]]:
+        """The rest of the current epoch; a new iteration after the epoch's last batch starts the next epoch.
+
+        Lightning stops at ``len(loader)`` batches without exhausting the iterator, so the position advances as
+        batches are handed out rather than when the loop ends.
+        """
         plan = self.plan(self.epoch)
-        if self.batches_done >= len(plan):  # resumed at the very end of an epoch
+        if self.batches_done >= len(plan):
             self.epoch, self.batches_done = self.epoch + 1, 0
             plan = self.plan(self.epoch)
-        for step in range(self.batches_done, len(plan)):
-            yield plan[step]
-        self.epoch, self.batches_done = self.epoch + 1, 0
+        while self.batches_done < len(plan):
+            self.batches_done += 1
+            yield plan[self.batches_done - 1]
 
     def __len__(self) -> int:
         return len(self.plan(self.epoch))
