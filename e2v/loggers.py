@@ -1,0 +1,179 @@
+"""Experiment tracking: an MLflow logger on a local sqlite store, and a LightningCLI config saver that logs the recipe.
+
+Layout of a run (``save_dir`` defaults to ``runs``)::
+
+    runs/mlflow.db                              the tracking store (sqlite; mlflow 3 refuses bare file stores)
+    runs/mlartifacts/<experiment id>/<run id>/   MLflow artifacts (config.yaml, samples/...)
+    runs/<experiment name>/<run id>/             the run folder: config.yaml, checkpoints/, samples/
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+from lightning.pytorch.cli import SaveConfigCallback
+from lightning.pytorch.loggers import MLFlowLogger
+
+import e2v
+
+_PARAM_LIMIT = 250  # Lightning (and old MLflow servers) cut parameter values here
+
+
+def git_state(folder: str | os.PathLike | None = None) -> dict[str, str]:
+    """``{"e2v.git_commit": sha, "e2v.git_dirty": "true"|"false"}`` for the checkout holding ``folder``, or {}."""
+    folder = str(folder or Path(e2v.__file__).resolve().parent)
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", folder, *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if not commit:
+        return {}
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return {"e2v.git_commit": commit, "e2v.git_dirty": "true" if dirty else "false"}
+
+
+class E2VMLFlowLogger(MLFlowLogger):
+    """Lightning's MLFlowLogger defaulting to ``sqlite:///<save_dir>/mlflow.db`` with artifacts in
+    ``<save_dir>/mlartifacts``, tagged with e2v's version and git commit, with a local run folder (:attr:`log_dir`).
+
+    The store is ``tracking_uri`` if given, else the ``MLFLOW_TRACKING_URI`` environment variable, else the sqlite
+    file. ``save_dir`` is always a local folder, so Lightning's checkpoints and config land under it.
+    """
+
+    def __init__(
+        self,
+        experiment_name: str = "e2v",
+        run_name: str | None = None,
+        save_dir: str = "runs",
+        tracking_uri: str | None = None,
+        tags: dict[str, Any] | None = None,
+        log_model: Literal[True, False, "all"] = False,
+        prefix: str = "",
+        artifact_location: str | None = None,
+        run_id: str | None = None,
+        synchronous: bool | None = None,
+    ) -> None:
+        root = Path(save_dir).resolve()
+        tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        if not tracking_uri:
+            root.mkdir(parents=True, exist_ok=True)
+            tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
+            artifact_location = artifact_location or (root / "mlartifacts").as_uri()
+        tags = {"e2v.version": e2v.__version__, **git_state(), **(tags or {})}
+        super().__init__(
+            experiment_name=experiment_name,
+            run_name=run_name,
+            tracking_uri=tracking_uri,
+            tags=tags,
+            save_dir=str(root),
+            log_model=log_model,
+            prefix=prefix,
+            artifact_location=artifact_location,
+            run_id=run_id,
+            synchronous=synchronous,
+        )
+        self._root = root
+
+    @property
+    def save_dir(self) -> str:
+        """The local root folder (also when the tracking store is remote)."""
+        return str(self._root)
+
+    @property
+    def name(self) -> str:
+        """The experiment name (Lightning puts checkpoints in ``save_dir/name/version``)."""
+        return self._experiment_name
+
+    @property
+    def log_dir(self) -> str:
+        """The run folder ``<save_dir>/<experiment name>/<run id>`` (creates the run; meaningful on rank 0)."""
+        return str(self._root / self._experiment_name / str(self.run_id))
+
+
+def mlflow_logger(trainer: pl.Trainer) -> MLFlowLogger | None:
+    """The trainer's first MLflow logger, or None."""
+    return next((logger for logger in trainer.loggers if isinstance(logger, MLFlowLogger)), None)
+
+
+def run_dir(trainer: pl.Trainer) -> Path:
+    """The folder for this run's files: the first logger's ``log_dir`` if it has one, else ``default_root_dir``.
+
+    Not collective (unlike ``trainer.log_dir``): call it from rank-zero-only code.
+    """
+    logger = trainer.loggers[0] if trainer.loggers else None
+    return Path(getattr(logger, "log_dir", None) or trainer.default_root_dir)
+
+
+def _short_params(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Flatten nested dicts to ``a.b.c`` keys, keeping scalar leaves whose text fits an MLflow param."""
+    params = {}
+    for key, value in config.items():
+        name = re.sub(r"[^\w\-. /]", "_", f"{prefix}{key}")
+        if isinstance(value, dict):
+            params.update(_short_params(value, f"{name}."))
+        elif isinstance(value, (str, int, float, bool)) or value is None:
+            if len(str(value)) <= _PARAM_LIMIT:
+                params[name] = str(value)
+    return params
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temp file in the same folder and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+class MLflowSaveConfigCallback(SaveConfigCallback):
+    """Writes the fully resolved recipe to ``<run folder>/config.yaml`` and logs it to the MLflow run as an
+    artifact (the source of truth: params are cut at 250 characters), plus its short scalar values as
+    ``recipe.*`` params.
+
+    Works with any logger (or none): the run folder is :func:`run_dir`; MLflow logging happens when the trainer
+    has an MLflow logger.
+    """
+
+    def __init__(
+        self,
+        parser,
+        config,
+        config_filename: str = "config.yaml",
+        overwrite: bool = False,
+        multifile: bool = False,
+        save_to_log_dir: bool = False,
+    ) -> None:
+        super().__init__(parser, config, config_filename, overwrite, multifile, save_to_log_dir)
+
+    def save_config(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        path = run_dir(trainer) / self.config_filename
+        if path.exists() and not self.overwrite:
+            raise RuntimeError(
+                f"{path} already exists; refusing to overwrite a previous run's config "
+                '(set save_config_kwargs={"overwrite": True} to allow it)'
+            )
+        write_text_atomic(path, self.parser.dump(self.config, skip_none=False))
+        logger = mlflow_logger(trainer)
+        if logger is None:
+            return
+        from mlflow.entities import Param
+
+        logger.experiment.log_artifact(logger.run_id, str(path))
+        params = [Param(key, value) for key, value in _short_params(self.config.as_dict(), "recipe.").items()]
+        for start in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
+            logger.experiment.log_batch(logger.run_id, params=params[start : start + 100])
