@@ -130,6 +130,15 @@ def test_background_reference_is_another_view(world):
     assert checked
 
 
+@pytest.mark.slow
+def test_worker_pool_writes_the_same_world(world, tmp_path):
+    out, result = world
+    pooled = synth.synthesize_world(tmp_path, seed=3, progress=False, **{**SETTINGS, "workers": 2})
+    assert read_jsonl(pooled["train"]) == read_jsonl(result["train"])
+    for record in read_jsonl(result["train"]):
+        assert (tmp_path / record["video"]).read_bytes() == (out / record["video"]).read_bytes()
+
+
 def test_synth_command(tmp_path):
     argv = ["--out", str(tmp_path), "--clips", "2", "--heldout", "1", "--frames", "5", "--height", "16",
             "--width", "16", "--max-elements", "2", "--workers", "1"]
