@@ -215,3 +215,33 @@ def test_clear_errors(pipe, tmp_path):
     with pytest.raises(CheckpointError, match="not an E2VDiffusion checkpoint"):
         torch.save({"state_dict": {}}, tmp_path / "bad.ckpt")
         E2VPipeline.from_checkpoint(tmp_path / "bad.ckpt")
+
+
+def test_generate_command_writes_videos_atomically(pipe, tmp_path):
+    from e2v.datamodules.video_io import probe_video
+    from e2v.pipeline.generate import generate_command, parse_reference
+
+    assert parse_reference("a/b.png:background") == ("a/b.png", "background")
+    assert parse_reference("a/b.png") == ("a/b.png", None)
+    specs = dict(
+        dit={"name": "wan", "preset": "tiny", "image_dim": 32},
+        vae={"name": "wan", "preset": "tiny"},
+        text_encoder={"name": "umt5", "preset": "tiny", "max_length": 16},
+        image_encoder={"name": "clip", "preset": "tiny"},
+        layout="a2",
+    )
+    state = {f"dit.{k}": v for k, v in pipe.dit.state_dict().items()}
+    torch.save({"state_dict": state, "hyper_parameters": specs}, tmp_path / "run.ckpt")
+    refs = tiny_refs(2)
+    for i, ref in enumerate(refs):
+        save_image(tmp_path / f"ref{i}.png", ref)
+    args = ["--checkpoint", str(tmp_path / "run.ckpt"), "--ref", str(tmp_path / "ref0.png"),
+            "--ref", f"{tmp_path / 'ref1.png'}:background", "--prompt", "a cat", "--height", "16", "--width", "32",
+            "--frames", "9", "--steps", "2", "--step-cache", "0.1", "--no-progress"]
+    out, compare = tmp_path / "out.mp4", tmp_path / "compare.mp4"
+    assert generate_command(args + ["--out", str(out), "--compare", str(compare)]) == 0
+    assert probe_video(out)["frames"] == 4 and probe_video(out)["width"] == 32
+    assert probe_video(compare)["width"] > 32
+    missing = args + ["--ref", str(tmp_path / "nope.png"), "--out", str(tmp_path / "fail.mp4")]
+    assert generate_command(missing) == 1
+    assert not list(tmp_path.glob("fail*")) and not list(tmp_path.glob(".fail*"))

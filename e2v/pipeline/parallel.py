@@ -124,12 +124,13 @@ class ParallelConfig:
         """This rank's contiguous token shard ``[B, S/sp, dim]``, its RoPE rows and the Ulysses attention."""
         if self.sp_group is None:
             return tokens, rope, dit.attention
-        size, rank = self.sp_size, dist.get_rank(self.sp_group)
+        size = self.sp_size
         if tokens.shape[1] % size:
             raise ValueError(
                 f"sequence parallel over {size} ranks needs the token count ({tokens.shape[1]} = latent frames x "
                 f"height/16 x width/16) divisible by {size}; pick another resolution or frame count"
             )
+        rank = dist.get_rank(self.sp_group)
         cos, sin = rope
         local_rope = (cos.chunk(size)[rank], sin.chunk(size)[rank])
         attention = UlyssesAttention(resolve_backend(dit.attention), self.sp_group)
