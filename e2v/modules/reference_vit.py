@@ -31,6 +31,7 @@ from e2v.modules.weights import CheckpointError, load_weights, read_config, save
 from e2v.registry import register
 
 ENCODER_PREFIX = "encoder."  # where ReferenceEncoderTraining keeps the encoder in its state_dict
+ENCODER_CONFIG_KEY = "encoder_config"  # where it stores the encoder's full config in a Lightning checkpoint
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor] | 
     """The encoder's ``(state_dict, config options)`` stored at ``path``.
 
     ``path`` is a ``ReferenceEncoderTraining`` Lightning checkpoint (encoder weights under ``encoder.``, options
-    from its ``encoder`` hyper-parameter), a ``.safetensors`` file (options in its metadata, if written by e2v) or a
+    from its ``encoder_config`` entry or else its ``encoder`` hyper-parameter), a ``.safetensors`` file (options in its metadata, if written by e2v) or a
     weights folder (returns ``None`` weights: :func:`e2v.modules.weights.load_weights` streams them).
     """
     path = Path(path)
@@ -190,8 +191,8 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor] | 
     state = {k[len(ENCODER_PREFIX):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(ENCODER_PREFIX)}
     if not state:
         raise CheckpointError(f"{path} holds no '{ENCODER_PREFIX}*' weights; is it a ReferenceEncoderTraining checkpoint?")
-    spec = (checkpoint.get("hyper_parameters") or {}).get("encoder") or {}
-    return state, _config_options(spec if isinstance(spec, dict) else {})
+    config = checkpoint.get(ENCODER_CONFIG_KEY) or (checkpoint.get("hyper_parameters") or {}).get("encoder")
+    return state, _config_options(config if isinstance(config, dict) else {})
 
 
 def _config_options(options: dict[str, Any]) -> dict[str, Any]:
