@@ -139,3 +139,60 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
     bad = {"shadow": {"other.weight": torch.zeros(1)}, "num_updates": 1, "last_step": 1}
     with pytest.raises(RuntimeError, match="does not match the module's trainable parameters"):
         ema.load_state_dict(bad)
+
+
+def _fsdp2_worker(rank, world, port, cpu_offload, out_dir):
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Linear(5, 3))
+        model[0].requires_grad_(False)
+        fully_shard(model, mesh=init_device_mesh("cpu", (world,)))
+        ema = EMA(decay=0.75, cpu_offload=cpu_offload)
+        ema._module = model
+        ema._init_shadow(model)
+        assert set(ema.shadow) == {"1.weight", "1.bias"}
+        assert all(isinstance(e, DTensor) != cpu_offload for e in ema.shadow.values())
+        full = lambda: {n: p.full_tensor().clone() for n, p in model.named_parameters() if p.requires_grad}
+        start = full()
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(0.5).add_(1.0)  # stands in for an optimizer step on the local shards
+        ema.update(model)
+        reference = {n: 0.75 * start[n] + 0.25 * w for n, w in full().items()}
+        state = ema.state_dict()  # full tensors, gathered one by one
+        for name in reference:
+            torch.testing.assert_close(state["shadow"][name], reference[name], rtol=0, atol=1e-6)
+        with ema.swapped(model):
+            assert torch.allclose(model[1].weight.full_tensor(), reference["1.weight"])
+        assert torch.allclose(model[1].weight.full_tensor(), full()["1.weight"])
+        resumed = EMA(decay=0.75, cpu_offload=cpu_offload)
+        resumed._module = model
+        resumed._init_shadow(model)
+        resumed.load_state_dict(state)  # resharded locally, no communication
+        again = resumed.state_dict()["shadow"]
+        assert all(torch.equal(again[n], state["shadow"][n]) for n in state["shadow"])
+        if rank == 0:
+            (out_dir / f"ok_{cpu_offload}").write_text("ok")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cpu_offload", [False, True])
+def test_fsdp2_sharded_ema(tmp_path, cpu_offload):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_fsdp2_worker, args=(2, port, cpu_offload, tmp_path), nprocs=2, join=True)
+    assert (tmp_path / f"ok_{cpu_offload}").exists()
