@@ -1,0 +1,185 @@
+"""Generation speed: e2v's pipeline vs an official-style sampling loop, same weights, same seed, same run.
+
+Baseline ("official-style", as the SkyReels-A2 / diffusers Wan I2V pipeline samples): diffusers'
+``WanTransformer3DModel`` loaded from the same weights (saved with ``save_pretrained``; float64 RoPE tables),
+cond and uncond as two sequential forwards per step, diffusers' ``UniPCMultistepScheduler`` (flow prediction,
+integer timesteps), no caching. Conditioning (text / image encoders, layout condition) and the VAE decode are
+shared with ours, so both runs do the same work outside the denoising loop.
+
+Ours: :class:`E2VPipeline` (cond + uncond in one batched forward, fp32 RoPE tables), then the same with the step
+cache. Prints end-to-end and denoising-loop wall-time ratios against the baseline, and the PSNR of the decoded
+frames (cached vs uncached; ours vs baseline as a sanity check).
+
+Weights: a "small" random DiT by default (no trained weights exist offline), or ``--checkpoint run.ckpt`` from
+``e2v fit``; random weights make the step-cache accuracy unrepresentative of a trained model (report both).
+
+    python benchmarks/bench_generate.py [--steps 20] [--threshold 0.1] [--checkpoint run.ckpt]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import tempfile
+import time
+
+import torch
+
+from e2v import registry
+from e2v.pipeline.pipeline import E2VPipeline
+
+SMALL_DIT = dict(num_attention_heads=4, attention_head_dim=64, ffn_dim=1024, num_layers=8, text_dim=32,
+                 freq_dim=64, image_dim=32, added_kv_proj_dim=256, in_channels=36)
+
+
+def small_pipeline(args) -> E2VPipeline:
+    solver = {"name": "unipc", "num_steps": args.steps, "shift": args.shift}
+    if args.checkpoint:
+        return E2VPipeline.from_checkpoint(args.checkpoint, solver=solver, device=args.device)
+    registry.entries()
+    torch.manual_seed(0)
+    return E2VPipeline(
+        dit=registry.build("dit", {"name": "wan", "preset": "tiny", **SMALL_DIT}),
+        vae=registry.build("vae", "wan"),
+        text_encoder=registry.build("text_encoder", {"name": "umt5", "max_length": 512}),  # official: 512 tokens
+        image_encoder=registry.build("image_encoder", "clip"),
+        layout=registry.build("reference_layout", "a2"),
+        solver=registry.build("solver", solver),
+        device=args.device,
+    )
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of two videos in [-1, 1] (peak = the full range)."""
+    mse = ((a.float() - b.float()) / 2).pow(2).mean().item()
+    return math.inf if mse == 0 else 10 * math.log10(1 / mse)
+
+
+def refs_for(count: int) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(7)
+    return [torch.rand(3, 96 + 16 * i, 80, generator=generator) * 2 - 1 for i in range(count)]
+
+
+def synchronize(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+class LoopTimer:
+    """Wall time of the denoising loop: from the first DiT call to the last (conditioning and decode excluded)."""
+
+    def __init__(self) -> None:
+        self.start = self.end = None
+
+    def tick(self, device) -> None:
+        synchronize(device)
+        now = time.perf_counter()
+        self.start = self.start or now
+        self.end = now
+
+
+@torch.no_grad()
+def baseline_generate(pipe: E2VPipeline, model, request: dict, timer: LoopTimer) -> torch.Tensor:
+    """Official-style sampling with diffusers' transformer and scheduler, sequential cond / uncond."""
+    from diffusers import UniPCMultistepScheduler
+
+    height, width, frames = request["height"], request["width"], request["frames"]
+    layout_refs, clip_refs = pipe.prepare_references(request["refs"], None, height, width)
+    branches = pipe._branches(request["prompt"], "", layout_refs, clip_refs, frames, request["guidance"], None)
+    condition, text, image = branches["condition"][:1], branches["text"], branches["image"]
+    factor = pipe.vae.spatial_factor
+    shape = (1, pipe.vae.z_dim, (frames - 1) // 4 + 1, height // factor, width // factor)
+    latents = torch.randn(shape, generator=torch.Generator().manual_seed(request["seed"])).to(pipe.device)
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                        flow_shift=pipe.solver.shift, solver_order=2)
+    scheduler.set_timesteps(request["steps"], device=pipe.device)
+    timer.tick(pipe.device)
+    for t in scheduler.timesteps:
+        x = pipe.layout.dit_input(latents, condition)
+        timestep = t.expand(1)
+        cond = model(x, timestep, text[0:1], image[0:1], return_dict=False)[0]
+        uncond = model(x, timestep, text[1:2], image[1:2], return_dict=False)[0]
+        latents = scheduler.step(uncond + request["guidance"] * (cond - uncond), t, latents).prev_sample
+    timer.tick(pipe.device)
+    video = pipe.vae.decode(pipe.vae.denormalize(latents))[0].float()
+    return video[:, pipe.layout.prefix_frames(len(request["refs"])) :].cpu()
+
+
+def ours_generate(pipe: E2VPipeline, request: dict, timer: LoopTimer) -> torch.Tensor:
+    original = pipe.predict
+
+    def timed_predict(*args, **kwargs):
+        timer.tick(pipe.device)  # the first call starts the loop clock
+        out = original(*args, **kwargs)
+        timer.tick(pipe.device)
+        return out
+
+    pipe.predict = timed_predict
+    try:
+        args = {k: v for k, v in request.items() if k != "refs"}
+        return pipe(request["refs"], progress=False, **args)
+    finally:
+        del pipe.predict
+
+
+def measure(fn, repeats: int):
+    """(output, best end-to-end seconds, best loop seconds) over ``repeats`` runs."""
+    best_total = best_loop = math.inf
+    out = None
+    for _ in range(repeats):
+        timer = LoopTimer()
+        start = time.perf_counter()
+        out = fn(timer)
+        best_total = min(best_total, time.perf_counter() - start)
+        best_loop = min(best_loop, timer.end - timer.start)
+    return out, best_total, best_loop
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", default=None)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--shift", type=float, default=5.0)
+    parser.add_argument("--threshold", type=float, default=0.1, help="step-cache threshold")
+    parser.add_argument("--height", type=int, default=128)
+    parser.add_argument("--width", type=int, default=128)
+    parser.add_argument("--frames", type=int, default=17)
+    parser.add_argument("--refs", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from diffusers import WanTransformer3DModel
+
+    pipe = small_pipeline(args)
+    with tempfile.TemporaryDirectory() as folder:
+        pipe.dit.save_pretrained(folder)
+        baseline_model = WanTransformer3DModel.from_pretrained(folder).to(pipe.device).eval()
+    request = dict(refs=refs_for(args.refs), prompt="a cat chases a red ball over a brick wall", height=args.height,
+                   width=args.width, frames=args.frames, steps=args.steps, guidance=5.0, seed=0)
+    cfg = pipe.dit.config
+    print(f"device {pipe.device}, threads {torch.get_num_threads()}; DiT {cfg.num_layers} layers x dim {cfg.dim}; "
+          f"{args.frames} frames {args.width}x{args.height}, {args.refs} refs, {args.steps} UniPC steps, CFG 5")
+
+    base_video, base_total, base_loop = measure(
+        lambda timer: baseline_generate(pipe, baseline_model, request, timer), args.repeats)
+    pipe.enable_step_cache(None)
+    ours_video, ours_total, ours_loop = measure(lambda timer: ours_generate(pipe, request, timer), args.repeats)
+    pipe.enable_step_cache(args.threshold)
+    cached_video, cached_total, cached_loop = measure(lambda timer: ours_generate(pipe, request, timer), args.repeats)
+    cache = pipe.step_cache
+
+    print(f"{'run':34s} {'total s':>8s} {'loop s':>8s} {'x total':>8s} {'x loop':>8s}")
+    for name, total, loop in (("baseline (diffusers, sequential)", base_total, base_loop),
+                              ("ours (batched CFG)", ours_total, ours_loop),
+                              (f"ours + step cache {args.threshold}", cached_total, cached_loop)):
+        print(f"{name:34s} {total:8.2f} {loop:8.2f} {base_total / total:8.2f} {base_loop / loop:8.2f}")
+    print(f"step cache: {cache.computed} of {cache.computed + cache.skipped} steps computed")
+    print(f"PSNR cached vs uncached: {psnr(cached_video, ours_video):.1f} dB; "
+          f"ours vs baseline: {psnr(ours_video, base_video):.1f} dB")
+
+
+if __name__ == "__main__":
+    main()
