@@ -145,7 +145,7 @@ def test_pieces_reproduce_forward():
     with torch.no_grad():
         inputs = model.embed_inputs(latents, timestep, text, image)
         rope = model.rope(inputs.grid)
-        assert inputs.grid == (3, 2, 3) and rope[0].shape == (18, 1, 8)
+        assert inputs.grid == (3, 2, 3) and rope[0].shape == rope[1].shape == (18, 1, 16)
         tokens = model.run_blocks(inputs.tokens, inputs, rope, blocks=[0])
         tokens = model.run_blocks(tokens, inputs, rope, blocks=[1])
         torch.testing.assert_close(model.head(tokens, inputs.temb, inputs.grid), model(latents, timestep, text, image))

@@ -191,7 +191,12 @@ class WanRotaryPosEmbed(nn.Module):
         self.freqs_sin.copy_(angles.sin())
 
     def forward(self, grid: tuple[int, int, int]) -> Rope:
-        """cos, sin ``[S, 1, head_dim / 2]`` (fp32) for a token grid (T, H, W) in patches, S = T*H*W row-major."""
+        """cos, signed sin ``[S, 1, head_dim]`` (fp32) for a token grid (T, H, W) in patches, S = T*H*W row-major.
+
+        Each rotation angle appears twice (interleaved pairs): ``cos = (c0, c0, c1, c1, ...)`` and
+        ``sin = (-s0, s0, -s1, s1, ...)``, the form :func:`apply_rope` consumes. Row ``i`` belongs to token ``i``,
+        so a sequence-parallel rank slices the rows of its token shard.
+        """
         if max(grid) > self.max_seq_len:
             raise ValueError(f"token grid {tuple(grid)} exceeds rope_max_seq_len {self.max_seq_len} on some axis")
         tables = []
@@ -202,13 +207,25 @@ class WanRotaryPosEmbed(nn.Module):
                 for axis, (part, n) in enumerate(zip(parts, grid))
             ]
             tables.append(torch.cat(axes, dim=-1).reshape(-1, 1, self.head_dim // 2))
-        return tables[0], tables[1]
+        cos, sin = tables
+        return cos.repeat_interleave(2, dim=-1), torch.stack((-sin, sin), dim=-1).flatten(-2)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs of ``x [B, S, H, D]`` by ``cos, sin [S, 1, D/2]`` in fp32; returns x's dtype."""
-    x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
-    return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2).to(x.dtype)
+    """Rotate interleaved pairs ``(x0, x1)`` of ``x [B, S, H, D]`` to ``(x0 c - x1 s, x0 s + x1 c)`` in fp32.
+
+    ``cos, sin [S, 1, D]`` come from :class:`WanRotaryPosEmbed`; returns x's dtype.
+    """
+    x32 = x.float()
+    swapped = x32.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (x1, x0, x3, x2, ...)
+    return torch.addcmul(x32 * cos, swapped, sin).to(x.dtype)
+
+
+def fused_linear(x: torch.Tensor, *layers: nn.Linear) -> tuple[torch.Tensor, ...]:
+    """Several linear layers on the same input as one matmul (e.g. q, k, v); returns one output per layer."""
+    weight = torch.cat([layer.weight for layer in layers])
+    bias = torch.cat([layer.bias for layer in layers])
+    return F.linear(x, weight, bias).split([layer.out_features for layer in layers], dim=-1)
 
 
 class WanAttention(nn.Module):
@@ -231,9 +248,10 @@ class WanAttention(nn.Module):
 
     def self_attention(self, x: torch.Tensor, rope: Rope, backend: BackendSpec = "sdpa") -> torch.Tensor:
         """``x [B, S, dim]`` with rope cos/sin for these S tokens -> ``[B, S, dim]``."""
-        q = apply_rope(self._heads(self.norm_q(self.to_q(x))), *rope)
-        k = apply_rope(self._heads(self.norm_k(self.to_k(x))), *rope)
-        out = resolve_backend(backend)(q, k, self._heads(self.to_v(x)))
+        q, k, v = fused_linear(x, self.to_q, self.to_k, self.to_v)
+        q = apply_rope(self._heads(self.norm_q(q)), *rope)
+        k = apply_rope(self._heads(self.norm_k(k)), *rope)
+        out = resolve_backend(backend)(q, k, self._heads(v))
         return self.to_out[0](out.flatten(2))
 
     def cross_attention(
@@ -242,10 +260,11 @@ class WanAttention(nn.Module):
         """``x [B, S, dim]`` attends to ``text [B, L, dim]`` and, when given, ``image [B, M, dim]``; outputs summed."""
         attend = resolve_backend(backend)
         q = self._heads(self.norm_q(self.to_q(x)))
-        out = attend(q, self._heads(self.norm_k(self.to_k(text))), self._heads(self.to_v(text)))
+        k, v = fused_linear(text, self.to_k, self.to_v)
+        out = attend(q, self._heads(self.norm_k(k)), self._heads(v))
         if image is not None:
-            k_img = self._heads(self.norm_added_k(self.add_k_proj(image)))
-            out = out + attend(q, k_img, self._heads(self.add_v_proj(image)))
+            k, v = fused_linear(image, self.add_k_proj, self.add_v_proj)
+            out = out + attend(q, self._heads(self.norm_added_k(k)), self._heads(v))
         return self.to_out[0](out.flatten(2))
 
 
