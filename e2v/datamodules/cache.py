@@ -27,6 +27,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.utils.data import Dataset
+from tqdm import tqdm
 
 from e2v.datamodules.manifest import RecordError, check_references, check_video, read_manifest
 from e2v.datamodules.triplets import SampleKey, Skipped, TripletDataset, assign_bucket, check_buckets
@@ -210,13 +211,15 @@ def build_cache(
         stale.unlink()
     dataset = TripletDataset(records, buckets, fps, image_size, max_references, shuffle_references=False)
     shortest = min(f for f, _, _ in buckets)
-    for shard in range(num_shards):
-        if str(shard) in index["shards"]:
-            continue
+    todo = [shard for shard in range(num_shards) if str(shard) not in index["shards"]]
+    progress = tqdm(total=sum(min(len(records), (s + 1) * records_per_shard) - s * records_per_shard for s in todo),
+                    desc=f"caching {Path(manifest).name}", unit="clip", disable=not todo)
+    for shard in todo:
         tensors: dict[str, torch.Tensor] = {}
         entries, skipped = [], []
         for slot, i in enumerate(range(shard * records_per_shard, min(len(records), (shard + 1) * records_per_shard))):
             record = records[i]
+            progress.update()
             try:
                 check_references(record, decode=False, min_references=min_references)
                 bucket = assign_bucket(check_video(record, shortest, fps, decode=False), record, buckets, fps)
@@ -242,6 +245,7 @@ def build_cache(
         _write_json_atomic(index_path, index)
         if on_shard is not None:
             on_shard(len(index["shards"]), num_shards)
+    progress.close()
     _write_json_atomic(index_path, index)
     return LatentCache(out_dir)
 

@@ -339,6 +339,8 @@ class TripletDataModule(L.LightningDataModule):
         max_skip_fraction: stop with SkipLimitError when the fraction of bad records passes it.
         seed: the data order is a function of (seed, epoch).
         cache_dir: read precomputed latents from this latent cache instead of decoding videos.
+        build_cache: with ``cache_dir``, first encode the training manifest there with the LightningModule's own
+            VAE / encoders / layout when the cache is missing or partial (the opt-in latent precomputation).
         drop_last: drop each bucket's last incomplete batch.
     """
 
@@ -361,6 +363,7 @@ class TripletDataModule(L.LightningDataModule):
         max_skip_fraction: float = 0.05,
         seed: int = 0,
         cache_dir: str | None = None,
+        build_cache: bool = True,
         drop_last: bool = False,
     ):
         super().__init__()
@@ -378,6 +381,7 @@ class TripletDataModule(L.LightningDataModule):
         self.max_skip_fraction = max_skip_fraction
         self.seed = seed
         self.cache_dir = cache_dir
+        self.build_cache = build_cache
         self.drop_last = drop_last
         self.skip_counts: Counter = Counter()
         self._bad_ids: set[str] = set()
@@ -444,6 +448,9 @@ class TripletDataModule(L.LightningDataModule):
     def _cached_split(self) -> _Split:
         from e2v.datamodules.cache import CachedTripletDataset, LatentCache
 
+        module = self.trainer.lightning_module if self._trainer_attached() else None
+        if self.build_cache and module is not None:
+            self._build_cache(module)
         cache = LatentCache(self.cache_dir)
         cache.check_settings(
             buckets=[list(b) for b in self.buckets],
@@ -451,7 +458,6 @@ class TripletDataModule(L.LightningDataModule):
             image_size=self.image_size,
             max_references=self.max_references,
         )
-        module = self.trainer.lightning_module if self._trainer_attached() else None
         if module is not None and all(hasattr(module, name) for name in ("vae", "text_encoder", "layout")):
             cache.check_components(module.vae, module.text_encoder, getattr(module, "image_encoder", None), module.layout)
         dataset = CachedTripletDataset(cache)
@@ -459,6 +465,28 @@ class TripletDataModule(L.LightningDataModule):
         for skipped in cache.skipped:
             self.record_skip(skipped["id"] or skipped.get("where", "?"), skipped["reason"], skipped["message"])
         return _Split(dataset, dataset.bucket_keys(), dataset.ref_counts())
+
+    def _build_cache(self, module: L.LightningModule) -> None:
+        """Encode the training manifest into ``cache_dir`` with the module's own frozen components (rank 0; resumes
+        a partial cache, leaves a complete one untouched), so recipe and cache can never disagree on them."""
+        from e2v.datamodules.cache import build_cache
+
+        if self.trainer.is_global_zero:
+            build_cache(
+                self.train_manifest,
+                self.cache_dir,
+                module.vae,
+                module.text_encoder,
+                getattr(module, "image_encoder", None),
+                module.layout,
+                self.buckets,
+                fps=self.fps,
+                image_size=self.image_size,
+                max_references=self.max_references,
+                min_references=self.min_references,
+                device=module.device,
+            )
+        self.trainer.strategy.barrier("e2v-latent-cache")
 
     def _trainer_attached(self) -> bool:
         try:

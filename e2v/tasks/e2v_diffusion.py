@@ -237,3 +237,27 @@ class E2VDiffusion(LightningModule):
             layout=self.layout,
             solver=registry.build("solver", solver or self.hparams.sample_solver),
         )
+
+    @torch.no_grad()
+    def generate_samples(
+        self, batch: dict[str, Any], steps: int = 20, guidance: float = 1.0, seed: int = 0
+    ) -> dict[str, Any]:
+        """Generate a video for each triplet of an online batch (used by the SampleVideos callback).
+
+        Returns ``{"video": [B,3,F',H,W]`` (reference frames cut), ``"refs": [B,N,3,H,W]``, ``"caption"``}.
+        """
+        refs, captions = batch["refs"], list(batch["caption"])
+        frames, height, width = batch["video"].shape[2:]
+        trainable = [p for p in self.dit.parameters() if p.requires_grad]
+        pipeline = self.make_pipeline()
+        try:
+            videos = [
+                pipeline(list(refs[i]), captions[i], kinds=list(batch["ref_kinds"][i]) if "ref_kinds" in batch else None,
+                         height=height, width=width, frames=frames, steps=steps, guidance=guidance, seed=seed + i,
+                         progress=False)
+                for i in range(refs.shape[0])
+            ]
+        finally:
+            for p in trainable:
+                p.requires_grad_(True)
+        return {"video": torch.stack(videos), "refs": refs, "caption": captions}

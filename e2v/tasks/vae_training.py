@@ -71,9 +71,10 @@ class VAETraining(LightningModule):
         out = self.losses(batch["video"], sample=True)
         if not torch.isfinite(out["loss"]):
             raise FloatingPointError(f"non-finite VAE loss at step {self.global_step} (batch ids: {batch.get('id')})")
-        self.log_dict({f"train/{k}": v for k, v in out.items()}, prog_bar=False, batch_size=batch["video"].shape[0])
-        self.log("train/loss", out["loss"], prog_bar=True, batch_size=batch["video"].shape[0])
-        return out["loss"]
+        loss = out.pop("loss")
+        self.log_dict({f"train/{k}": v for k, v in out.items()}, batch_size=batch["video"].shape[0])
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["video"].shape[0])
+        return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         out = self.losses(batch["video"], sample=False)
