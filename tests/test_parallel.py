@@ -37,7 +37,7 @@ def worker(rank: int, world: int, port: int, out_dir: str) -> None:
         pipe = tiny_pipeline()
         for name, (cfg, options) in RUNS.items():
             pipe.parallel = ParallelConfig.from_world(cfg=cfg)
-            pipe.enable_step_cache(0.05 if "step_cache" in name else None)
+            pipe.enable_step_cache(0.2 if "step_cache" in name else None)
             video = generate(pipe, tiny_refs(2), **options)
             if rank == 0:
                 torch.save(video, os.path.join(out_dir, f"{name}.pt"))
@@ -56,9 +56,13 @@ def parallel_videos(tmp_path_factory):
 def test_parallel_equals_single_process(parallel_videos, name):
     _, options = RUNS[name]
     pipe = tiny_pipeline()
-    pipe.enable_step_cache(0.05 if "step_cache" in name else None)
+    pipe.enable_step_cache(0.2 if "step_cache" in name else None)
     single = generate(pipe, tiny_refs(2), **options)
-    assert (parallel_videos[name] - single).abs().max().item() <= TOLERANCE
+    if pipe.step_cache is not None:
+        assert pipe.step_cache.skipped == 2  # steps 1 and 2 reuse the cached residual
+    difference = (parallel_videos[name] - single).abs().max().item()
+    print(f"{name}: max abs difference {difference:.2e}")
+    assert difference <= TOLERANCE
 
 
 def test_sequence_parallel_needs_divisible_tokens():
