@@ -15,6 +15,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+import cv2
 import lightning as L
 import numpy as np
 import torch
@@ -48,6 +49,33 @@ def synthetic_elements(include_backgrounds: bool = True) -> list[ElementImage]:
 
     library = synth.element_library() + (synth.background_library() if include_backgrounds else [])
     return sorted((ElementImage(e.name, e.kind, to_rgba(e.rgba)) for e in library), key=lambda item: item.name)
+
+
+def procedural_element(index: int, size: int = 64) -> ElementImage:
+    """A seeded random identity for extra training: a star-shaped polygon filled with a two-colour pattern
+    (stripes, checks, blobs or a gradient at a random angle and frequency), ``[4, size, size]``."""
+    rng = np.random.default_rng(index)
+    corners = rng.integers(3, 9)
+    angles = np.sort(rng.uniform(0, 2 * np.pi, corners))
+    radii = rng.uniform(0.45, 1.0, corners) * size / 2
+    points = np.stack([size / 2 + radii * np.cos(angles), size / 2 + radii * np.sin(angles)], 1)
+    alpha = cv2.fillPoly(np.zeros((size, size), np.float32), [points.round().astype(np.int32)], 1.0)
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    theta, frequency = rng.uniform(0, np.pi), rng.uniform(1.5, 6)
+    along = x * np.cos(theta) + y * np.sin(theta)
+    pattern = rng.integers(4)
+    if pattern == 0:
+        mask = np.sin(2 * np.pi * frequency * along) > 0
+    elif pattern == 1:
+        mask = (np.floor(x * frequency * 2) + np.floor(y * frequency * 2)) % 2 > 0
+    elif pattern == 2:
+        mask = cv2.GaussianBlur(rng.normal(0, 1, (size, size)).astype(np.float32), (0, 0), size / 12) > 0
+    else:
+        mask = np.clip(along, 0, 1)
+    mask = np.asarray(mask, np.float32)[..., None]
+    rgb = rng.uniform(0, 1, 3) * mask + rng.uniform(0, 1, 3) * (1 - mask)
+    rgba = torch.from_numpy(np.concatenate([rgb, alpha[..., None]], axis=2).astype(np.float32)).permute(2, 0, 1)
+    return ElementImage(f"procedural {index}", "object", rgba)
 
 
 def split_elements(
@@ -180,6 +208,8 @@ class ElementViewsDataModule(L.LightningDataModule):
         val_pairs_per_element: fixed view pairs per held-out element in the validation set.
         jitter: colour jitter strength.
         include_backgrounds: also train on backgrounds (random crops).
+        procedural_identities: extra seeded random identities (:func:`procedural_element`) added to the training
+            split only, so the encoder learns augmentation invariance beyond the library's few elements.
         seed: seed of the split and of the validation views.
         num_workers: DataLoader workers.
     """
@@ -193,6 +223,7 @@ class ElementViewsDataModule(L.LightningDataModule):
         val_pairs_per_element: int = 4,
         jitter: float = 0.2,
         include_backgrounds: bool = True,
+        procedural_identities: int = 0,
         seed: int = 0,
         num_workers: int = 0,
     ) -> None:
@@ -207,6 +238,7 @@ class ElementViewsDataModule(L.LightningDataModule):
         hp = self.hparams
         items = synthetic_elements(hp.include_backgrounds)
         self.train_items, self.heldout_items = split_elements(items, hp.heldout_fraction, hp.seed)
+        self.train_items += [procedural_element(i) for i in range(hp.procedural_identities)]
         if len(self.heldout_items) < 2:
             raise ValueError(f"{len(items)} elements leave {len(self.heldout_items)} held out; retrieval needs >= 2")
 
