@@ -141,17 +141,19 @@ class RMSNorm(nn.Module):
 
 
 class FrameConv2d(nn.Conv2d):
-    """A 2D convolution applied to every frame of ``[B, C, T, H, W]`` (as a ``1 x k x k`` 3D convolution)."""
+    """A 2D convolution applied to every frame of ``[B, C, T, H, W]`` (frames batched; faster than 1xkxk conv3d)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv3d(x, self.weight.unsqueeze(2), self.bias, (1, *self.stride), (0, *self.padding))
+        b, c, t, h, w = x.shape
+        y = super().forward(x.transpose(1, 2).reshape(b * t, c, h, w))
+        return y.view(b, t, *y.shape[1:]).transpose(1, 2)
 
 
 class FrameUpsample(nn.Module):
     """Nearest 2x spatial upsampling of every frame: ``[B, C, T, H, W] -> [B, C, T, 2H, 2W]``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.repeat_interleave(2, dim=-1).repeat_interleave(2, dim=-2)
+        return F.interpolate(x, scale_factor=(1.0, 2.0, 2.0), mode="nearest-exact")
 
 
 class ResidualBlock(nn.Module):
