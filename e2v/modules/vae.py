@@ -480,11 +480,14 @@ class WanVAE(nn.Module):
     # --- construction and checkpoints -----------------------------------------------------------------------
 
     @classmethod
-    def from_preset(cls, name: str = "tiny", **overrides: Any) -> "WanVAE":
-        """A randomly initialised VAE from a named config (``tiny``, ``wan2.1``) with field overrides."""
+    def from_preset(cls, name: str = "tiny", seed: int = 0, **overrides: Any) -> "WanVAE":
+        """A VAE from a named config (``tiny``, ``wan2.1``) with field overrides, initialised from ``seed`` (the same
+        weights on every build, so a recipe naming a random preset always means the same model)."""
         if name not in PRESETS:
             raise ValueError(f"unknown VAE preset {name!r}; presets: {', '.join(PRESETS)}")
-        return cls(WanVAEConfig(**{**PRESETS[name], **overrides}))
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            return cls(WanVAEConfig(**{**PRESETS[name], **overrides}))
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, dtype: torch.dtype | str | None = None) -> "WanVAE":

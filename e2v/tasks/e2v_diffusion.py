@@ -146,6 +146,9 @@ class E2VDiffusion(LightningModule):
         return (per_frame * weights).sum(1) / weights.sum()
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        self.log_skipped_samples()
+        if "video" not in batch and "latents" not in batch:  # every sample of the batch was unreadable
+            return None
         inputs = self.drop_conditions(self.encode_batch(batch))
         x0 = inputs["x0"]
         t = self.timestep_sampler(x0.shape[0], generator=self.step_generator(stream=0, device="cpu")).to(self.device)
@@ -157,6 +160,13 @@ class E2VDiffusion(LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=x0.shape[0])
         self.log_timestep_buckets(per_sample.detach(), t, "train")
         return loss
+
+    def log_skipped_samples(self) -> None:
+        """Log how many samples the datamodule skipped so far (bad files), when it counts them."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is not None and hasattr(datamodule, "skip_counts"):
+            self.log("data/skipped_samples", float(sum(datamodule.skip_counts.values())))
+            self.log("data/skipped_fraction", float(datamodule.skip_fraction))
 
     def handle_nonfinite(self, loss: torch.Tensor, batch: dict[str, Any]) -> None:
         """Skip a step whose loss is NaN/inf (reported), or stop once ``max_nonfinite_steps`` are used up."""

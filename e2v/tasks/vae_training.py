@@ -48,7 +48,7 @@ class VAETraining(LightningModule):
         if sample:
             gen = torch.Generator(device=self.device).manual_seed(self.hparams.seed * 1_000_003 + self.global_step)
             z = mean + (0.5 * logvar).exp() * torch.randn(mean.shape, generator=gen, device=self.device, dtype=mean.dtype)
-        return self.vae.decode(z), mean, logvar
+        return self.vae.decode(z, clamp=False), mean, logvar  # unclamped: gradients flow everywhere
 
     def losses(self, video: torch.Tensor, sample: bool) -> dict[str, torch.Tensor]:
         recon, mean, logvar = self.reconstruct(video, sample)
