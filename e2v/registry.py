@@ -111,13 +111,8 @@ def get(kind: str, name: str) -> Callable[..., Any]:
     return _ENTRIES[kind][name].factory
 
 
-def build(kind: str, spec: str | Mapping[str, Any] | None, **defaults: Any) -> Any:
-    """Build a component from a recipe spec: ``"name"`` or ``{"name": ..., **options}``.
-
-    ``defaults`` are options the caller supplies (e.g. the DiT's attention backend) that the spec may override.
-    """
-    if spec is None:
-        return None
+def parse_spec(kind: str, spec: str | Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """``(name, options)`` of a recipe spec; checks the name is registered and the options are accepted."""
     if isinstance(spec, str):
         name, options = spec, {}
     elif isinstance(spec, Mapping):
@@ -127,15 +122,25 @@ def build(kind: str, spec: str | Mapping[str, Any] | None, **defaults: Any) -> A
         name = spec["name"]
     else:
         raise TypeError(f"{kind} spec must be a name or a mapping with a 'name' key, got {type(spec).__name__}")
-    factory = get(kind, name)
-    kwargs = {**defaults, **options}
-    signature = inspect.signature(factory)
-    accepts_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
-    if not accepts_any:
-        unknown = sorted(set(options) - set(signature.parameters))
+    parameters = inspect.signature(get(kind, name)).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        unknown = sorted(set(options) - set(parameters))
         if unknown:
-            raise TypeError(
-                f"{kind} {name!r} got unknown option(s) {unknown}; it accepts: {', '.join(signature.parameters)}"
-            )
-        kwargs = {k: v for k, v in kwargs.items() if k in signature.parameters}
-    return factory(**kwargs)
+            raise TypeError(f"{kind} {name!r} got unknown option(s) {unknown}; it accepts: {', '.join(parameters)}")
+    return name, options
+
+
+def build(kind: str, spec: str | Mapping[str, Any] | None, **defaults: Any) -> Any:
+    """Build a component from a recipe spec: ``"name"`` or ``{"name": ..., **options}``.
+
+    ``defaults`` are options the caller supplies (e.g. the DiT's attention backend) that the spec may override;
+    those the component does not accept are dropped.
+    """
+    if spec is None:
+        return None
+    name, options = parse_spec(kind, spec)
+    factory = get(kind, name)
+    parameters = inspect.signature(factory).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        defaults = {k: v for k, v in defaults.items() if k in parameters}
+    return factory(**{**defaults, **options})
