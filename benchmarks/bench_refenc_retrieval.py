@@ -3,7 +3,7 @@
 Trains the tiny recipe's encoder (recipes/tiny/refenc.yaml sizes) for ``--steps`` steps on the synthetic world's
 element views and matches the two views of held-out elements (never trained on) by cosine similarity.
 
-    python benchmarks/bench_refenc_retrieval.py [--steps 400] [--size 32] [--width 64] [--depth 3]
+    python benchmarks/bench_refenc_retrieval.py [--steps 400] [--size 32] [--width 64] [--depth 3] [--procedural 1000]
 """
 
 import argparse
@@ -29,11 +29,15 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--depth", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--procedural", type=int, default=1000, help="extra procedural training identities")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
     L.seed_everything(args.seed)
-    data = ElementViewsDataModule(image_size=args.size, batch_size=args.batch_size, samples_per_epoch=10**6, num_workers=1)
+    data = ElementViewsDataModule(
+        image_size=args.size, batch_size=args.batch_size, samples_per_epoch=10**6, val_pairs_per_element=8,
+        num_workers=1, procedural_identities=args.procedural,
+    )
     encoder = {"name": "e2v_vit", "image_size": args.size, "patch_size": 8, "width": args.width, "depth": args.depth,
                "heads": 4, "dim": 24, "embed_dim": 64}
     model = ReferenceEncoderTraining(
