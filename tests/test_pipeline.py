@@ -140,11 +140,6 @@ def test_vae_tiling_decodes_same_shape(pipe):
     assert video.shape == generate(pipe, refs).shape and torch.isfinite(video).all()
 
 
-@pytest.mark.xfail(
-    strict=True, raises=RuntimeError,
-    reason="dit.fused_linear concatenates raw Linear weights (int8 after quantize_linears); needs a fallback to "
-    "calling the layers when they are not plain nn.Linear",
-)
 def test_quantize_int8_runs():
     pytest.importorskip("bitsandbytes")
     quantized = tiny_pipeline().quantize("int8")

@@ -222,7 +222,12 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 def fused_linear(x: torch.Tensor, *layers: nn.Linear) -> tuple[torch.Tensor, ...]:
-    """Several linear layers on the same input as one matmul (e.g. q, k, v); returns one output per layer."""
+    """Several linear layers on the same input as one matmul (e.g. q, k, v); returns one output per layer.
+
+    Layers that are not plain ``nn.Linear`` (e.g. bitsandbytes int8 / nf4 after quantisation) run one by one.
+    """
+    if any(type(layer) is not nn.Linear for layer in layers):
+        return tuple(layer(x) for layer in layers)
     weight = torch.cat([layer.weight for layer in layers])
     bias = torch.cat([layer.bias for layer in layers])
     return F.linear(x, weight, bias).split([layer.out_features for layer in layers], dim=-1)
