@@ -16,8 +16,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
+from e2v.modules.frozen import FrozenWrapper
 from e2v.modules.quantize import quantize_linears
 from e2v.modules.weights import CheckpointError, parse_dtype
 from e2v.registry import register
@@ -57,7 +59,7 @@ def read_normalization(folder: Path) -> tuple[list[float], list[float]]:
     return mean, std
 
 
-class ImageEncoder(nn.Module):
+class ImageEncoder(FrozenWrapper):
     """CLIP vision tower: ``forward(images [B,N,3,S,S] in [-1,1]) -> [B, N*tokens_per_image, dim]``."""
 
     def __init__(
@@ -76,17 +78,7 @@ class ImageEncoder(nn.Module):
         self.image_mean, self.image_std = tuple(mean), tuple(std)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.frozen = frozen
-        if frozen:
-            self.requires_grad_(False)
-            self.model.eval()
-
-    def train(self, mode: bool = True) -> "ImageEncoder":
-        """A frozen encoder stays in eval mode whatever its parent's mode."""
-        super().train(mode)
-        if self.frozen:
-            self.model.eval()
-        return self
+        self.freeze(frozen)
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """``[B, N, 3, S, S]`` in [-1, 1] -> normalised ``[B*N, 3, image_size, image_size]`` in the model's dtype."""

@@ -14,9 +14,10 @@ import re
 from pathlib import Path
 
 import torch
-from torch import nn
+
 from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
 
+from e2v.modules.frozen import FrozenWrapper
 from e2v.modules.quantize import quantize_linears
 from e2v.modules.weights import CheckpointError, parse_dtype
 from e2v.registry import register
@@ -56,7 +57,7 @@ def _require_folder(folder: Path, what: str) -> Path:
     return folder
 
 
-class TextEncoder(nn.Module):
+class TextEncoder(FrozenWrapper):
     """umT5 encoder + tokenizer: ``forward(prompts: list[str]) -> [B, max_length, dim]`` zero-padded text states."""
 
     def __init__(self, model: UMT5EncoderModel, tokenizer, max_length: int = 512, frozen: bool = True) -> None:
@@ -67,17 +68,7 @@ class TextEncoder(nn.Module):
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.dim = model.config.d_model
-        self.frozen = frozen
-        if frozen:
-            self.requires_grad_(False)
-            self.model.eval()
-
-    def train(self, mode: bool = True) -> "TextEncoder":
-        """A frozen encoder stays in eval mode (no dropout) whatever its parent's mode."""
-        super().train(mode)
-        if self.frozen:
-            self.model.eval()
-        return self
+        self.freeze(frozen)
 
     def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Cleaned prompts -> (token ids ``[B, max_length]``, attention mask ``[B, max_length]``)."""
