@@ -309,8 +309,10 @@ class E2VPipeline:
         image_guidance: Optional[float] = None,
         seed: int = 0,
         progress: bool = True,
+        decode: bool = True,
     ) -> torch.Tensor:
-        """Generate a video ``[3, F - prefix, H, W]`` in [-1, 1] (``prefix = layout.prefix_frames(N)``).
+        """Generate a video ``[3, F - prefix, H, W]`` in [-1, 1] (``prefix = layout.prefix_frames(N)``); with
+        ``decode=False``, the denoised normalised latents ``[1, 16, T, h, w]`` (reference frames included) instead.
 
         ``refs``: N >= 1 images (paths, PIL images, tensors); ``kinds``: one per reference (default ``"object"``;
         ``"background"`` is cover-cropped instead of white-padded). ``steps``: solver steps (default the solver's
@@ -332,6 +334,8 @@ class E2VPipeline:
             for i, t in enumerate(tqdm(timesteps, desc="sampling", disable=not progress)):
                 velocities = self.velocity(latents, t.reshape(1), branches, i, len(timesteps))
                 latents = self.solver.step(self.combine(velocities, guidance, image_guidance), i, latents)
+        if not decode:
+            return latents.float().cpu()
         with self._on_device(self.vae):
             video = self.vae.decode(self.vae.denormalize(latents.to(self.device)))[0].float()
         return video[:, self.layout.prefix_frames(len(refs)) :].clamp(-1, 1).cpu()
