@@ -15,4 +15,7 @@ prompt=$(python -c "$first; print(r['caption'])" "$world/heldout.jsonl")
 # shellcheck disable=SC2086
 e2v generate --checkpoint runs/tiny/e2v/checkpoints/last.ckpt $refs --prompt "$prompt" --height 32 --width 32 \
   --frames 17 --steps 20 --solver euler --shift 3 --guidance 1.0 --out runs/tiny/sample.mp4 --compare runs/tiny/sample_refs.mp4
+# did it learn? held-out clips: trained vs untrained vs shuffled references
+python benchmarks/bench_learning.py --checkpoint runs/tiny/e2v/checkpoints/last.ckpt --manifest "$world/heldout.jsonl" \
+  --clips 8 --frames 17 --size 32
 echo "done: MLflow runs in runs/tiny/*/mlflow.db; sample video runs/tiny/sample.mp4"
