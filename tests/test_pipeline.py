@@ -167,17 +167,24 @@ def test_from_weights_round_trip(pipe, tmp_path):
     torch.testing.assert_close(generate(loaded, refs), generate(pipe, refs), atol=1e-5, rtol=1e-5)
 
 
-def test_from_checkpoint(pipe, tmp_path):
+def save_checkpoint(pipe, path, **extra_specs):
+    """An E2VDiffusion-style checkpoint of ``pipe``'s DiT with the tiny components' specs."""
     specs = dict(
         dit={"name": "wan", "preset": "tiny", "image_dim": 32},
         vae={"name": "wan", "preset": "tiny"},
         text_encoder={"name": "umt5", "preset": "tiny", "max_length": 16},
         image_encoder={"name": "clip", "preset": "tiny"},
         layout="a2",
-        sample_solver={"name": "unipc", "num_steps": 2, "shift": 3.0},
+        **extra_specs,
     )
     state = {f"dit.{k}": v for k, v in pipe.dit.state_dict().items()}
-    torch.save({"state_dict": state, "hyper_parameters": specs, "epoch": 0}, tmp_path / "run.ckpt")
+    torch.save({"state_dict": state, "hyper_parameters": specs, "epoch": 0}, path)
+    return specs, state
+
+
+def test_from_checkpoint(pipe, tmp_path):
+    specs, state = save_checkpoint(pipe, tmp_path / "run.ckpt", sample_solver={"name": "unipc", "num_steps": 2,
+                                                                              "shift": 3.0})
     torch.manual_seed(123)  # the VAE of the spec is rebuilt from this seed: copy ours in to compare the DiT
     loaded = E2VPipeline.from_checkpoint(tmp_path / "run.ckpt")
     loaded.vae.load_state_dict(pipe.vae.state_dict())
@@ -223,15 +230,7 @@ def test_generate_command_writes_videos_atomically(pipe, tmp_path):
 
     assert parse_reference("a/b.png:background") == ("a/b.png", "background")
     assert parse_reference("a/b.png") == ("a/b.png", None)
-    specs = dict(
-        dit={"name": "wan", "preset": "tiny", "image_dim": 32},
-        vae={"name": "wan", "preset": "tiny"},
-        text_encoder={"name": "umt5", "preset": "tiny", "max_length": 16},
-        image_encoder={"name": "clip", "preset": "tiny"},
-        layout="a2",
-    )
-    state = {f"dit.{k}": v for k, v in pipe.dit.state_dict().items()}
-    torch.save({"state_dict": state, "hyper_parameters": specs}, tmp_path / "run.ckpt")
+    save_checkpoint(pipe, tmp_path / "run.ckpt")
     refs = tiny_refs(2)
     for i, ref in enumerate(refs):
         save_image(tmp_path / f"ref{i}.png", ref)
