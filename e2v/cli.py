@@ -68,7 +68,7 @@ def lightning_main(argv: list[str]) -> None:
         subclass_mode_data=True,
         save_config_callback=MLflowSaveConfigCallback,
         save_config_kwargs={"overwrite": True},
-        args=argv,
+        args=None if argv == sys.argv[1:] else argv,  # from the shell LightningCLI reads sys.argv itself
         parser_kwargs={"prog": "e2v"},
     )
 
