@@ -20,6 +20,9 @@ class VAETraining(LightningModule):
 
     When ``export_dir`` is set, the trained VAE is written there at the end of fit as a diffusers-layout folder
     (``config.json`` + safetensors), which the E2V recipe loads with ``vae: {name: wan, weights: <export_dir>}``.
+    Before export, the config's ``latents_mean`` / ``latents_std`` are measured per channel on up to
+    ``latent_stats_batches`` training batches, so normalised latents have unit scale for the DiT (as the official
+    config's values do for the official VAE).
     """
 
     def __init__(
@@ -32,6 +35,7 @@ class VAETraining(LightningModule):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
         export_dir: str | None = None,
+        latent_stats_batches: int = 16,
         seed: int = 0,
     ):
         super().__init__()
@@ -83,6 +87,27 @@ class VAETraining(LightningModule):
     def configure_optimizers(self) -> Any:
         return configure_optimization(self.vae.parameters(), self.optimizer_factory, self.lr_scheduler_factory)
 
+    @torch.no_grad()
+    def measure_latent_statistics(self) -> None:
+        """Set ``latents_mean`` / ``latents_std`` of the VAE config from the posterior means of training batches."""
+        loader = self.trainer.datamodule.train_dataloader()
+        total, total_sq, count = 0.0, 0.0, 0
+        self.vae.eval()
+        for i, batch in enumerate(loader):
+            if i >= self.hparams.latent_stats_batches:
+                break
+            if "video" not in batch:  # every sample of the batch was unreadable
+                continue
+            mean = self.vae.encode(batch["video"].to(self.device)).double().transpose(0, 1).flatten(1)  # [16, n]
+            total, total_sq, count = total + mean.sum(1), total_sq + mean.pow(2).sum(1), count + mean.shape[1]
+        if count:
+            channel_mean = total / count
+            channel_std = (total_sq / count - channel_mean.pow(2)).clamp_min(1e-12).sqrt()
+            self.vae.config.latents_mean = channel_mean.tolist()
+            self.vae.config.latents_std = channel_std.tolist()
+
     def on_fit_end(self) -> None:
-        if self.hparams.export_dir and self.trainer.is_global_zero:
-            self.vae.save_pretrained(Path(self.hparams.export_dir))
+        if self.hparams.export_dir:
+            self.measure_latent_statistics()
+            if self.trainer.is_global_zero:
+                self.vae.save_pretrained(Path(self.hparams.export_dir))
