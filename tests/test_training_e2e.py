@@ -123,5 +123,5 @@ def test_ddp_two_cpu_processes_fit_and_resume(world, tmp_path):
     run_e2v("fit", "--config", str(recipe), cwd=tmp_path)
     last = tmp_path / "ckpt" / "last.ckpt"
     state = torch.load(last, map_location="cpu", weights_only=True)
-    assert state["global_step"] == 3 and all(k.startswith("dit.") for k in state["state_dict"])
+    assert state["global_step"] == 2 and all(k.startswith("dit.") for k in state["state_dict"])  # every 2 steps
     run_e2v("fit", "--config", str(recipe), "--trainer.max_steps", "4", "--ckpt_path", str(last), cwd=tmp_path)

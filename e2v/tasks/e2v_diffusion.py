@@ -73,6 +73,8 @@ class E2VDiffusion(LightningModule):
         self.image_encoder = build_frozen("image_encoder", image_encoder) if self.layout.uses_image_tokens else None
         self._check_widths()
         self.nonfinite_steps = 0
+        # checkpoints hold no frozen weights (see state_dict); on_load_checkpoint checks the trained ones instead
+        self.strict_loading = False
 
     def _check_widths(self) -> None:
         """The DiT's input channels and context widths must match the layout and the encoders (clear error if not)."""
@@ -228,11 +230,25 @@ class E2VDiffusion(LightningModule):
         fully_shard(self.dit, mesh=mesh)
 
     # ------------------------------------------------------------------------------------------------ checkpoints
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        strip_prefixes(checkpoint["state_dict"], FROZEN)
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """The trained weights only: the frozen VAE / encoders come from their own specs (and weight folders), so
+        checkpoints, full or distributed (FSDP2), never carry them."""
+        state = super().state_dict(*args, **kwargs)
+        strip_prefixes(state, FROZEN)
+        return state
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        restore_prefixes(self, checkpoint["state_dict"], FROZEN)
+        """A checkpoint must carry every trained (DiT) weight: strict loading is off only for the frozen parts."""
+        state = checkpoint.get("state_dict")
+        if state is not None:
+            missing = sorted(set(self.state_dict()) - set(state))
+            if missing:
+                raise KeyError(f"checkpoint lacks {len(missing)} trained weight(s), e.g. {missing[:5]}")
+
+    def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        state_dict = dict(state_dict)
+        restore_prefixes(self, state_dict, FROZEN)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     # --------------------------------------------------------------------------------------------------- sampling
     def make_pipeline(self, solver: dict[str, Any] | str | None = None):
