@@ -185,7 +185,7 @@ def save_checkpoint(pipe, path, **extra_specs):
 def test_from_checkpoint(pipe, tmp_path):
     specs, state = save_checkpoint(pipe, tmp_path / "run.ckpt", sample_solver={"name": "unipc", "num_steps": 2,
                                                                               "shift": 3.0})
-    torch.manual_seed(123)  # the VAE of the spec is rebuilt from this seed: copy ours in to compare the DiT
+    torch.manual_seed(123)  # the spec rebuilds its own (seeded) VAE: copy ours in to compare the DiT alone
     loaded = E2VPipeline.from_checkpoint(tmp_path / "run.ckpt")
     loaded.vae.load_state_dict(pipe.vae.state_dict())
     refs = tiny_refs(1)
