@@ -56,14 +56,20 @@ _ENTRIES: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
 _loaded = False
 
 
-def register(kind: str, name: str, description: str | None = None) -> Callable[[Callable], Callable]:
-    """Decorator registering a class or factory function as component ``name`` of ``kind``."""
+def _check_kind(kind: str) -> None:
     if kind not in _ENTRIES:
         raise ValueError(f"unknown registry kind {kind!r}; kinds are: {', '.join(KINDS)}")
 
+
+def register(kind: str, name: str, description: str | None = None) -> Callable[[Callable], Callable]:
+    """Decorator registering a class or factory function as component ``name`` of ``kind``.
+
+    ``description`` defaults to the first line of the factory's docstring (shown by ``e2v registry``).
+    """
+    _check_kind(kind)
+
     def decorator(factory: Callable) -> Callable:
-        doc = description or (inspect.getdoc(factory) or "").strip().splitlines()[0:1]
-        text = doc if isinstance(doc, str) else (doc[0] if doc else "")
+        text = description or ((inspect.getdoc(factory) or "").strip().splitlines() or [""])[0]
         existing = _ENTRIES[kind].get(name)
         if existing is not None and existing.factory is not factory:
             raise ValueError(f"{kind} {name!r} is already registered by {existing.factory.__module__}")
@@ -95,16 +101,14 @@ def entries(kind: str | None = None) -> list[Entry]:
     _load_components()
     kinds = [kind] if kind else list(KINDS)
     for k in kinds:
-        if k not in _ENTRIES:
-            raise ValueError(f"unknown registry kind {k!r}; kinds are: {', '.join(KINDS)}")
+        _check_kind(k)
     return [_ENTRIES[k][n] for k in kinds for n in sorted(_ENTRIES[k])]
 
 
 def get(kind: str, name: str) -> Callable[..., Any]:
     """The factory registered as ``name`` of ``kind``; a clear error lists the known names."""
     _load_components()
-    if kind not in _ENTRIES:
-        raise ValueError(f"unknown registry kind {kind!r}; kinds are: {', '.join(KINDS)}")
+    _check_kind(kind)
     if name not in _ENTRIES[kind]:
         known = ", ".join(sorted(_ENTRIES[kind])) or "none"
         raise KeyError(f"no {kind} named {name!r} is registered; known {kind} names: {known}")
