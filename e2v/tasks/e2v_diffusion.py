@@ -17,7 +17,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from e2v import registry
 from e2v.tasks.optim import configure_optimization
-from e2v.modules.flow import TIMESTEP_SCALE, noisy_latents, velocity_target
+from e2v.modules.flow import TIMESTEP_SCALE, expand_like, noisy_latents, velocity_target
 from e2v.tasks.frozen import build_frozen, restore_prefixes, strip_prefixes
 
 log = logging.getLogger(__name__)
@@ -124,11 +124,10 @@ class E2VDiffusion(LightningModule):
         out = dict(inputs)
         drop_text = torch.rand(b, generator=gen, device=self.device) < self.hparams.text_dropout
         drop_refs = torch.rand(b, generator=gen, device=self.device) < self.hparams.reference_dropout
-        out["text"] = inputs["text"] * ~drop_text[:, None, None]
-        cond = inputs["condition"]
-        out["condition"] = cond * ~drop_refs.reshape(-1, *([1] * (cond.dim() - 1)))
+        out["text"] = inputs["text"] * expand_like(~drop_text, inputs["text"])
+        out["condition"] = inputs["condition"] * expand_like(~drop_refs, inputs["condition"])
         if inputs["image"] is not None:
-            out["image"] = inputs["image"] * ~drop_refs[:, None, None]
+            out["image"] = inputs["image"] * expand_like(~drop_refs, inputs["image"])
         return out
 
     # ---------------------------------------------------------------------------------------------------- training
