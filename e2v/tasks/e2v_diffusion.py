@@ -261,6 +261,7 @@ class E2VDiffusion(LightningModule):
             image_encoder=self.image_encoder,
             layout=self.layout,
             solver=registry.build("solver", solver or self.hparams.sample_solver),
+            device=self.device,
         )
 
     @torch.no_grad()
