@@ -118,7 +118,6 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     batches = held_out_batches(args)
     print(f"{len(batches)} held-out clips, {args.steps} {args.solver} steps, guidance {args.guidance}")
     for checkpoint in args.checkpoint:
