@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from e2v import registry
-from e2v.modules.vae import WAN21_LATENTS_MEAN, WAN21_LATENTS_STD, PRESETS, WanVAE, WanVAEConfig, _tiled
+from e2v.modules.vae import WAN21_LATENTS_MEAN, WAN21_LATENTS_STD, PRESETS, WanVAE, WanVAEConfig
+from e2v.modules.video_vae import _tiled
 from e2v.modules.weights import CheckpointError
 
 diffusers = pytest.importorskip("diffusers")
