@@ -37,6 +37,11 @@ class SamplesPerSecond(Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start, self._samples, self._first_step = time.perf_counter(), 0, trainer.global_step
 
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if self._start is None:  # a run resumed mid-epoch gets no on_train_epoch_start
+            self.on_train_epoch_start(trainer, pl_module)
+
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         self._samples += batch_size(batch) * trainer.world_size
