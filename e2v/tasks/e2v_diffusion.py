@@ -208,7 +208,8 @@ class E2VDiffusion(LightningModule):
 
     # -------------------------------------------------------------------------------------------- optim / scaling
     def configure_optimizers(self) -> Any:
-        return configure_optimization(self.dit.parameters(), self.optimizer_factory, self.lr_scheduler_factory)
+        return configure_optimization(self.dit.parameters(), self.optimizer_factory, self.lr_scheduler_factory,
+                                      self.trainer.max_steps)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         grads = [p.grad for p in self.dit.parameters() if p.grad is not None]
