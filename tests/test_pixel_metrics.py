@@ -1,0 +1,64 @@
+"""Pixel metrics and their baselines on constructed videos with known answers."""
+
+import math
+
+import pytest
+import torch
+
+from e2v.bench.pixel_metrics import (colour_histogram, flat_video, moving_foreground, psnr, subject_match,
+                                     subject_pixels)
+
+RED, BLUE, GREY = (0.9, -0.8, -0.8), (-0.8, -0.6, 0.9), (0.0, 0.0, 0.0)
+
+
+def disc_video(colour, frames=8, size=32, radius=5, step=2, background=GREY) -> torch.Tensor:
+    """A disc of ``colour`` moving right by ``step`` px per frame over a still background: ``[3, F, H, W]``."""
+    video = torch.tensor(background).view(3, 1, 1, 1).repeat(1, frames, size, size)
+    y, x = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    for f in range(frames):
+        inside = (y - size // 2) ** 2 + (x - 6 - step * f) ** 2 <= radius**2
+        video[:, f][:, inside] = torch.tensor(colour).view(3, 1)
+    return video
+
+
+def disc_reference(colour, size=32) -> torch.Tensor:
+    """The disc on a white canvas: ``[1, 3, H, W]``."""
+    ref = torch.ones(3, size, size)
+    y, x = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    ref[:, (y - 16) ** 2 + (x - 16) ** 2 <= 100] = torch.tensor(colour).view(3, 1)
+    return ref[None]
+
+
+def test_psnr_and_the_flat_baseline():
+    truth = disc_video(RED)
+    assert psnr(truth, truth) > 100
+    assert psnr(truth + 0.02, truth) == pytest.approx(10 * math.log10(4 / 0.0004), rel=1e-4)
+    flat = flat_video(truth)
+    assert torch.allclose(flat[:, 0, 0, 0], truth.mean(dim=(1, 2, 3)))
+    assert psnr(truth + 0.05 * torch.randn_like(truth), truth) > psnr(flat, truth) + 3
+    with pytest.raises(ValueError, match="differ in shape"):
+        psnr(truth, truth[:, :4])
+
+
+def test_moving_foreground_finds_the_moving_disc_only():
+    video = disc_video(RED)
+    mask = moving_foreground(video)
+    assert mask.shape == video.shape[1:] and mask.any()
+    assert not mask[:, :, 28:].any() and not mask[:, :4].any()  # background rows and columns stay still
+    assert not moving_foreground(video[:, :1].expand_as(video)).any()  # a static video has no foreground
+
+
+def test_subject_match_prefers_the_referenced_subject():
+    red_video, red_ref, blue_ref = disc_video(RED), disc_reference(RED), disc_reference(BLUE)
+    own = subject_match(red_video, red_ref)
+    assert own > 0.5 and subject_match(red_video, blue_ref) < 0.1  # (some still background counts as moving)
+    assert subject_match(disc_video(BLUE), red_ref) < 0.1
+    assert subject_match(red_video[:, :1].expand_as(red_video), red_ref) == 0.0  # nothing moves: 0
+
+
+def test_histograms_and_subject_pixels():
+    pixels = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.99, 0.0, 0.0]])
+    hist = colour_histogram(pixels)
+    assert hist.shape == (512,) and hist.sum() == pytest.approx(1.0) and hist[0] == pytest.approx(1 / 3)
+    assert colour_histogram(torch.zeros(0, 3)).sum() == 0
+    assert subject_pixels(disc_reference(RED)).shape[0] == (disc_reference(RED)[0, 1] < 0.88).sum()
