@@ -33,6 +33,7 @@ _BUILTIN_MODULES = (
     "e2v.modules.attention",
     "e2v.modules.dit",
     "e2v.modules.vae",
+    "e2v.modules.patch_vae",
     "e2v.modules.text_encoder",
     "e2v.modules.image_encoder",
     "e2v.modules.flow",

@@ -92,7 +92,10 @@ def test_samples_written_and_logged(tmp_path):
         expected = ((torch.linspace(-1, 1, F_OUT) + 1) * 127.5).round()
         assert torch.allclose(video.float().mean(dim=(1, 2, 3)), expected, atol=3)
         png = np.asarray(Image.open(step / f"sample_{i}.png"))
-        assert png.shape == (2 * H, (N + 4) * W, 3)  # refs + 4 frames, generated row over ground-truth row
+        scale = -(-256 // (2 * H))  # enlarged (nearest, whole factor) to at least 256 rows for the MLflow UI
+        assert png.shape == (2 * H * scale, (N + 4) * W * scale, 3)  # refs + 4 frames, generated over truth row
+        assert (png[::scale, ::scale].repeat(scale, 0).repeat(scale, 1) == png).all()
+        png = png[::scale, ::scale]
         ref_value = round((0.2 * i - 0.8 + 1) * 127.5)
         assert abs(int(png[0, 0, 0]) - ref_value) <= 1 and png[H, 0, 0] == 255  # white under the references
         truth_value = round((-0.5 + 0.1 * i + 1) * 127.5)

@@ -56,6 +56,13 @@ def preview_strip(refs: torch.Tensor, video: torch.Tensor, truth: torch.Tensor |
     return torch.cat(rows, dim=-2).clamp(-1, 1)
 
 
+def enlarged(image: torch.Tensor, min_height: int = 256) -> torch.Tensor:
+    """``[3, H, W]`` scaled up by the smallest whole factor giving ``>= min_height`` rows (nearest: crisp pixels),
+    so a strip of 32 px frames is readable in the MLflow UI."""
+    factor = max(1, -(-min_height // image.shape[-2]))
+    return image.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1) if factor > 1 else image
+
+
 class SampleVideos(Callback):
     """Every ``every_n_steps`` optimizer steps (and at the end of fit) generate videos for fixed validation
     triplets with ``pl_module.generate_samples(batch, steps=, guidance=, seed=)``, write them and log them.
@@ -156,7 +163,7 @@ class SampleVideos(Callback):
                 write_video(name.with_suffix(".mp4"), out["video"][i].float().cpu(), fps=self.fps)
                 strip = preview_strip(out["refs"][i], out["video"][i], None if truth is None else truth[i],
                                       self.preview_frames)
-                save_image(name.with_suffix(".png"), strip)
+                save_image(name.with_suffix(".png"), enlarged(strip))
                 write_text_atomic(name.with_suffix(".txt"), out["caption"][i] + "\n")
                 index += 1
         logger = mlflow_logger(trainer)

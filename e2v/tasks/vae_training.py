@@ -11,12 +11,18 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from e2v import registry
+from e2v.callbacks.samples import enlarged
+from e2v.datamodules.video_io import save_image
+from e2v.loggers import mlflow_logger, run_dir
 from e2v.tasks.optim import configure_optimization
 from e2v.tasks.frozen import build_frozen
 
 
 class VAETraining(LightningModule):
     """Loss = L1 + MSE reconstruction of ``batch["video"] [B,3,F,H,W]`` + ``kl_weight`` KL + ``perceptual_weight`` LPIPS-like.
+
+    Each validation writes ``<run folder>/reconstructions/step_<k>.png`` (per clip: a truth row above a
+    reconstruction row, ``preview_frames`` evenly spaced frames, enlarged) and logs it to MLflow.
 
     When ``export_dir`` is set, the trained VAE is written there at the end of fit as a diffusers-layout folder
     (``config.json`` + safetensors), which the E2V recipe loads with ``vae: {name: wan, weights: <export_dir>}``.
@@ -37,6 +43,8 @@ class VAETraining(LightningModule):
         export_dir: str | None = None,
         latent_stats_batches: int = 16,
         seed: int = 0,
+        preview_clips: int = 4,
+        preview_frames: int = 5,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
@@ -44,6 +52,7 @@ class VAETraining(LightningModule):
         self.lr_scheduler_factory = lr_scheduler
         self.vae = registry.build("vae", vae)
         self.perceptual = build_frozen("feature_net", perceptual)
+        self._preview: list[torch.Tensor] = []
 
     def reconstruct(self, video: torch.Tensor, sample: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``video [B,3,F,H,W]`` -> (reconstruction, posterior mean, log-variance)."""
@@ -54,8 +63,8 @@ class VAETraining(LightningModule):
             z = mean + (0.5 * logvar).exp() * torch.randn(mean.shape, generator=gen, device=self.device, dtype=mean.dtype)
         return self.vae.decode(z, clamp=False), mean, logvar  # unclamped: gradients flow everywhere
 
-    def losses(self, video: torch.Tensor, sample: bool) -> dict[str, torch.Tensor]:
-        recon, mean, logvar = self.reconstruct(video, sample)
+    def losses(self, video: torch.Tensor, sample: bool, reconstruction: tuple | None = None) -> dict[str, torch.Tensor]:
+        recon, mean, logvar = reconstruction or self.reconstruct(video, sample)
         out = {
             "l1": F.l1_loss(recon, video),
             "mse": F.mse_loss(recon, video),
@@ -81,11 +90,33 @@ class VAETraining(LightningModule):
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        out = self.losses(batch["video"], sample=False)
-        self.log_dict({f"val/{k}": v for k, v in out.items()}, prog_bar=True, batch_size=batch["video"].shape[0])
+        video = batch["video"]
+        recon, mean, logvar = self.reconstruct(video, sample=False)
+        out = self.losses(video, sample=False, reconstruction=(recon, mean, logvar))
+        self.log_dict({f"val/{k}": v for k, v in out.items()}, prog_bar=True, batch_size=video.shape[0])
+        room = self.hparams.preview_clips - len(self._preview)
+        for truth, clip in list(zip(video, recon.clamp(-1, 1)))[: max(0, room)]:
+            index = torch.linspace(0, video.shape[2] - 1, self.hparams.preview_frames).round().long()
+            rows = [x[:, index].permute(1, 0, 2, 3) for x in (truth, clip)]  # 2 x [n, 3, H, W]
+            self._preview.append(torch.cat([torch.cat(list(r), dim=-1) for r in rows], dim=-2).float().cpu())
+
+    def on_validation_epoch_start(self) -> None:
+        self._preview = []
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._preview or self.trainer.sanity_checking or not self.trainer.is_global_zero:
+            return
+        gap = torch.ones(3, 2, self._preview[0].shape[-1])
+        image = torch.cat([t for clip in self._preview for t in (clip, gap)][:-1], dim=-2)
+        path = run_dir(self.trainer) / "reconstructions" / f"step_{self.global_step}.png"
+        save_image(path, enlarged(image, 512))
+        logger = mlflow_logger(self.trainer)
+        if logger is not None:
+            logger.experiment.log_artifact(logger.run_id, str(path), artifact_path="reconstructions")
 
     def configure_optimizers(self) -> Any:
-        return configure_optimization(self.vae.parameters(), self.optimizer_factory, self.lr_scheduler_factory)
+        return configure_optimization(self.vae.parameters(), self.optimizer_factory, self.lr_scheduler_factory,
+                                      self.trainer.max_steps)
 
     @torch.no_grad()
     def measure_latent_statistics(self) -> None:
