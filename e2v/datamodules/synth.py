@@ -1,10 +1,19 @@
 """The synthetic E2V world: small clips of known elements moving over known backgrounds, with references.
 
 Everything is built offline from scikit-image's bundled pictures plus procedural shapes and textures, and is
-deterministic by seed. A clip composes a background (slowly panning) and 1..K subject elements that translate,
-scale, rotate a little and occlude each other by depth; its references show each subject in a *different* pose
-(another scale, rotation and the opposite flip, on white) and the background from another crop, so a model has
-to learn identity rather than copy pixels. A held-out split uses subject pairs never seen together in training.
+deterministic by seed. The world's rules, which a model can learn from its conditioning alone:
+
+- the k-th subject reference (manifest order) enters in the k-th of n evenly spaced slots, left to right, with a
+  little jitter; depth order (who occludes whom) is random;
+- every subject drifts one way, named in the caption ("... drift left across a brick wall"), over a still
+  background (a random view of its texture);
+- a subject's reference shows it in a *different* pose (bigger, tilted the other way, mirrored, on white), so a
+  model has to learn identity rather than copy pixels; the background reference is the clip's clean plate (the
+  first frame's view without subjects, as inpainted plates of real pipelines).
+
+Backgrounds are low-passed to the frame resolution (``background_blur``): at 32 px a brick or gravel texture would
+otherwise be pixel noise that no small VAE reconstructs and no position-free model predicts. A held-out split
+uses subject pairs never seen together in training.
 
 Layout written by :func:`synthesize_world`::
 
@@ -35,6 +44,7 @@ from e2v.datamodules.video_io import save_image, write_video
 
 SPRITE_SIZE = 160  # longest side of library sprites, pixels
 BACKGROUND_SIZE = 384  # side of library background textures, pixels
+BACKGROUND_VIEW = 0.3  # share of a background texture's side that one frame shows (large, learnable structure)
 
 
 @dataclass(frozen=True)
@@ -254,15 +264,17 @@ class SubjectPlan:
 
 @dataclass(frozen=True)
 class ClipPlan:
-    """Everything needed to render one clip; subjects are listed back to front (drawing order)."""
+    """Everything needed to render one clip; subjects in manifest (slot) order, ``depth`` = drawing order."""
 
     id: str
     split: str
     background: int  # index into background_library()
     background_reference: bool
     pan: tuple[float, float, float, float]  # clip window start (x, y) and end (x, y), fractions of the free range
-    background_ref_offset: tuple[float, float]
     subjects: tuple[SubjectPlan, ...]
+    depth: tuple[int, ...]  # indices into ``subjects``, back to front
+    direction: str  # "left", "right", "up" or "down": where every subject drifts
+    background_blur: float  # Gaussian sigma of the background low-pass, output pixels
     caption: str
     frames: int
     height: int
@@ -271,29 +283,32 @@ class ClipPlan:
 
 
 CAPTION_TEMPLATES = (
-    "{subjects} {move} across {background}",
-    "{subjects} {drift} in front of {background}",
-    "{subjects} {slide} over {background}",
-    "in front of {background}, {subjects} {move} slowly",
+    "{subjects} {move} {direction} across {background}",
+    "{subjects} {drift} {direction} in front of {background}",
+    "{subjects} {slide} {direction} over {background}",
+    "in front of {background}, {subjects} {move} slowly {direction}",
 )
+DIRECTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
+TRAVEL = 0.35  # how far a subject drifts over a clip, fraction of the frame
 
 
-def _caption(rng: np.random.Generator, phrases: list[str], background: str) -> str:
+def _caption(rng: np.random.Generator, phrases: list[str], background: str, direction: str) -> str:
     subjects = phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
     plural = len(phrases) > 1
     verbs = {v: v if plural else v + "s" for v in ("move", "drift", "slide")}
     return CAPTION_TEMPLATES[rng.integers(len(CAPTION_TEMPLATES))].format(
-        subjects=subjects, background=background, **verbs
+        subjects=subjects, background=background, direction=direction, **verbs
     )
 
 
-def _subject_plan(rng: np.random.Generator, element: int) -> SubjectPlan:
-    size = rng.uniform(0.3, 0.5)
+def _subject_plan(rng: np.random.Generator, element: int, slot: int, count: int, direction: str) -> SubjectPlan:
+    """Subject in the ``slot``-th of ``count`` evenly spaced start slots (left to right), drifting ``direction``."""
+    size = rng.uniform(0.35, 0.5)
     flip = bool(rng.integers(2))
-    start = Pose(rng.uniform(0.15, 0.85), rng.uniform(0.2, 0.8), size, rng.uniform(-10, 10), flip)
-    end = Pose(
-        rng.uniform(0.15, 0.85), rng.uniform(0.2, 0.8), size * rng.uniform(0.8, 1.25), rng.uniform(-10, 10), flip
-    )
+    dx, dy = DIRECTIONS[direction]
+    x, y = (slot + 1) / (count + 1) + rng.uniform(-0.05, 0.05) - dx * TRAVEL / 2, rng.uniform(0.4, 0.6) - dy * TRAVEL / 2
+    start = Pose(x, y, size, rng.uniform(-10, 10), flip)
+    end = Pose(x + dx * TRAVEL, y + dy * TRAVEL, size * rng.uniform(0.9, 1.1), rng.uniform(-10, 10), flip)
     # The reference is bigger, tilted the other way and mirrored relative to the clip.
     angle = float(np.sign(rng.uniform(-1, 1)) * rng.uniform(15, 30))
     reference = Pose(rng.uniform(0.4, 0.6), rng.uniform(0.4, 0.6), rng.uniform(0.7, 0.85), angle, not flip)
@@ -327,6 +342,7 @@ def plan_clip(
     fps: float,
     max_elements: int,
     background_ref_prob: float = 0.5,
+    background_blur: float = 0.0,
 ) -> ClipPlan:
     """The plan of clip ``index`` of ``split``; depends only on its arguments (so workers agree)."""
     rng = np.random.default_rng([seed, index, 0 if split == "train" else 1])
@@ -339,16 +355,17 @@ def plan_clip(
         if max_elements - with_background >= 3 and rng.uniform() < 0.5:
             subjects.append(int(rng.choice([i for i in range(len(_elements())) if i not in subjects])))
     background = int(rng.integers(len(_backgrounds())))
-    depth = rng.permutation(len(subjects))
-    plans = tuple(_subject_plan(rng, subjects[i]) for i in depth)
+    subjects = [subjects[i] for i in rng.permutation(len(subjects))]  # manifest order = slot order
+    direction = str(rng.choice(list(DIRECTIONS)))
+    plans = tuple(_subject_plan(rng, e, slot, len(subjects), direction) for slot, e in enumerate(subjects))
+    depth = tuple(int(i) for i in rng.permutation(len(subjects)))
     phrases = [_elements()[i].phrase for i in subjects]
-    caption = _caption(rng, phrases, _backgrounds()[background].phrase)
-    pan = tuple(float(v) for v in rng.uniform(0.0, 0.4, size=4))
-    ref_offset = tuple(float(v) for v in rng.uniform(0.6, 1.0, size=2))
+    caption = _caption(rng, phrases, _backgrounds()[background].phrase, direction)
+    pan = (*rng.uniform(0.0, 1.0, size=2),) * 2  # a still camera: only the subjects move
     prefix = "clip" if split == "train" else "heldout"
     return ClipPlan(
-        f"{prefix}_{index:06d}", split, background, bool(with_background), pan, ref_offset, plans, caption,
-        frames, height, width, fps,
+        f"{prefix}_{index:06d}", split, background, bool(with_background), tuple(float(v) for v in pan), plans,
+        depth, direction, float(background_blur), caption, frames, height, width, fps,
     )
 
 
@@ -388,13 +405,13 @@ def _lerp(a: Pose, b: Pose, t: float) -> Pose:
 
 
 def _background_canvas(plan: ClipPlan) -> np.ndarray:
-    """The background texture scaled so a frame covers 60% of its shorter side: float32 [Hb, Wb, 3]."""
+    """The background texture scaled so a frame covers ``BACKGROUND_VIEW`` of its side: float32 [Hb, Wb, 3]."""
     texture = _backgrounds()[plan.background].rgba[..., :3]
-    scale = max(plan.height, plan.width) / 0.6 / BACKGROUND_SIZE
+    scale = max(plan.height, plan.width) / BACKGROUND_VIEW / BACKGROUND_SIZE
     side = int(np.ceil(BACKGROUND_SIZE * scale))
-    return cv2.resize(texture, (side, side), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC).astype(
-        np.float32
-    ) / 255
+    canvas = cv2.resize(texture, (side, side), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
+    canvas = canvas.astype(np.float32) / 255
+    return cv2.GaussianBlur(canvas, (0, 0), plan.background_blur) if plan.background_blur > 0 else canvas
 
 
 def _window(canvas: np.ndarray, fx: float, fy: float, height: int, width: int) -> np.ndarray:
@@ -419,8 +436,8 @@ def render_clip(plan: ClipPlan) -> tuple[np.ndarray, list[np.ndarray]]:
     for f in range(plan.frames):
         t = f / max(1, plan.frames - 1)
         frame = _window(background, x0 + (x1 - x0) * t, y0 + (y1 - y0) * t, height, width)
-        for subject, sprite in zip(plan.subjects, sprites):
-            _draw(frame, sprite, _lerp(subject.start, subject.end, t))
+        for i in plan.depth:
+            _draw(frame, sprites[i], _lerp(plan.subjects[i].start, plan.subjects[i].end, t))
         video[f] = np.clip(frame * 255 + 0.5, 0, 255).astype(np.uint8)
     references = []
     for subject in plan.subjects:
@@ -429,7 +446,7 @@ def render_clip(plan: ClipPlan) -> tuple[np.ndarray, list[np.ndarray]]:
         _draw(canvas, sprite, subject.reference)
         references.append(canvas)
     if plan.background_reference:
-        references.append(_window(background, *plan.background_ref_offset, height, width)[:, ::-1])
+        references.append(_window(background, x0, y0, height, width))  # the clean plate of frame 0
     return video, [np.clip(r * 255 + 0.5, 0, 255).astype(np.uint8) for r in references]
 
 
@@ -487,10 +504,13 @@ def synthesize_world(
     workers: int = 1,
     heldout_fraction: float = 0.1,
     background_ref_prob: float = 0.5,
+    background_blur: float = 0.5,
     progress: bool = True,
 ) -> dict:
     """Render the world into ``out_dir``; returns ``dict(train=path, heldout=path, world=path, num_train,
-    num_heldout)``. ``max_elements`` caps the references per clip (subjects plus the optional background).
+    num_heldout)``. ``max_elements`` caps the references per clip (subjects plus the optional background);
+    ``background_ref_prob`` is the share of clips whose background is a reference; ``background_blur`` the
+    background's low-pass (Gaussian sigma in output pixels, 0 = none).
 
     ``workers`` > 1 renders in spawned processes (each pays a few seconds of imports); output is identical for
     any worker count. At the default 64x64 size one process already does about 15-20 clips/s.
@@ -505,7 +525,8 @@ def synthesize_world(
     for sub in ("clips", "refs"):
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
     pairs = heldout_pairs(seed, heldout_fraction)
-    settings = dict(frames=frames, height=height, width=width, fps=fps, max_elements=max_elements)
+    settings = dict(frames=frames, height=height, width=width, fps=fps, max_elements=max_elements,
+                    background_blur=background_blur)
     plans = [
         plan_clip(i, "train", seed, pairs, background_ref_prob=background_ref_prob, **settings)
         for i in range(num_clips)
@@ -544,12 +565,17 @@ def synth_command(argv: list[str]) -> int:
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--fps", type=float, default=8.0)
     parser.add_argument("--max-elements", type=int, default=3, help="max references per clip")
+    parser.add_argument("--background-ref-prob", type=float, default=0.5,
+                        help="share of clips whose background is a reference")
+    parser.add_argument("--background-blur", type=float, default=0.5,
+                        help="background low-pass, Gaussian sigma in output pixels (0 = none)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1, help="processes (pays off for big frames)")
     args = parser.parse_args(argv)
     result = synthesize_world(
         args.out, num_clips=args.clips, num_heldout=args.heldout, frames=args.frames, height=args.height,
         width=args.width, fps=args.fps, max_elements=args.max_elements, seed=args.seed, workers=args.workers,
+        background_ref_prob=args.background_ref_prob, background_blur=args.background_blur,
     )
     print(json.dumps(result, indent=2))
     return 0
