@@ -11,17 +11,23 @@ cache. Prints end-to-end and denoising-loop wall-time ratios against the baselin
 frames (cached vs uncached; ours vs baseline as a sanity check).
 
 Weights: a "small" random DiT by default (no trained weights exist offline), or ``--checkpoint run.ckpt`` from
-``e2v fit``; random weights make the step-cache accuracy unrepresentative of a trained model (report both).
+``e2v fit``; random weights make the step-cache accuracy unrepresentative of a trained model (report both). With
+``--manifest``, the references, kinds and prompt are those of the manifest's first clip (e.g. the tiny world's
+held-out split). Several ``--threshold`` values print one step-cache line each, to pick a threshold.
 
-    python benchmarks/bench_generate.py [--steps 20] [--threshold 0.1] [--checkpoint run.ckpt]
+    python benchmarks/bench_generate.py [--steps 20] [--threshold 0.05 0.1] [--checkpoint run.ckpt]
+    python benchmarks/bench_generate.py --checkpoint runs/tiny/e2v/checkpoints/last.ckpt \
+        --manifest data/tiny_world/heldout.jsonl --height 32 --width 32 --frames 17 --guidance 1 --shift 3
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -60,6 +66,14 @@ def refs_for(count: int) -> list[torch.Tensor]:
     return [torch.rand(3, 96 + 16 * i, 80, generator=generator) * 2 - 1 for i in range(count)]
 
 
+def manifest_request(path: str) -> dict:
+    """References (paths), kinds and prompt of the first clip of a manifest."""
+    record = json.loads(Path(path).read_text().splitlines()[0])
+    refs = [str(Path(path).parent / ref["path"]) for ref in record["references"]]
+    return dict(refs=refs, kinds=[ref.get("kind", "object") for ref in record["references"]],
+                prompt=record.get("caption", ""))
+
+
 def synchronize(device) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
@@ -84,7 +98,7 @@ def baseline_generate(pipe: E2VPipeline, model, request: dict, timer: LoopTimer)
     from diffusers import UniPCMultistepScheduler
 
     height, width, frames = request["height"], request["width"], request["frames"]
-    layout_refs, clip_refs = pipe.prepare_references(request["refs"], None, height, width)
+    layout_refs, clip_refs = pipe.prepare_references(request["refs"], request.get("kinds"), height, width)
     branches = pipe._branches(request["prompt"], "", layout_refs, clip_refs, frames, request["guidance"], None)
     condition, text, image = branches["condition"][:1], branches["text"], branches["image"]
     factor = pipe.vae.spatial_factor
@@ -140,7 +154,9 @@ def main() -> None:
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--shift", type=float, default=5.0)
-    parser.add_argument("--threshold", type=float, default=0.1, help="step-cache threshold")
+    parser.add_argument("--threshold", type=float, nargs="+", default=[0.1], help="step-cache threshold(s)")
+    parser.add_argument("--manifest", default=None, help="take references and prompt from its first clip")
+    parser.add_argument("--guidance", type=float, default=5.0)
     parser.add_argument("--height", type=int, default=128)
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--frames", type=int, default=17)
@@ -157,28 +173,31 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         pipe.dit.save_pretrained(folder)
         baseline_model = WanTransformer3DModel.from_pretrained(folder).to(pipe.device).eval()
-    request = dict(refs=refs_for(args.refs), prompt="a cat chases a red ball over a brick wall", height=args.height,
-                   width=args.width, frames=args.frames, steps=args.steps, guidance=5.0, seed=0)
+    inputs = manifest_request(args.manifest) if args.manifest else dict(
+        refs=refs_for(args.refs), kinds=None, prompt="a cat chases a red ball over a brick wall")
+    request = dict(inputs, height=args.height, width=args.width, frames=args.frames, steps=args.steps,
+                   guidance=args.guidance, seed=0)
     cfg = pipe.dit.config
     print(f"device {pipe.device}, threads {torch.get_num_threads()}; DiT {cfg.num_layers} layers x dim {cfg.dim}; "
-          f"{args.frames} frames {args.width}x{args.height}, {args.refs} refs, {args.steps} UniPC steps, CFG 5")
+          f"{args.frames} frames {args.width}x{args.height}, {len(request['refs'])} refs, {args.steps} UniPC steps, "
+          f"guidance {args.guidance}")
 
     base_video, base_total, base_loop = measure(
         lambda timer: baseline_generate(pipe, baseline_model, request, timer), args.repeats)
     pipe.enable_step_cache(None)
     ours_video, ours_total, ours_loop = measure(lambda timer: ours_generate(pipe, request, timer), args.repeats)
-    pipe.enable_step_cache(args.threshold)
-    cached_video, cached_total, cached_loop = measure(lambda timer: ours_generate(pipe, request, timer), args.repeats)
-    cache = pipe.step_cache
-
-    print(f"{'run':34s} {'total s':>8s} {'loop s':>8s} {'x total':>8s} {'x loop':>8s}")
-    for name, total, loop in (("baseline (diffusers, sequential)", base_total, base_loop),
-                              ("ours (batched CFG)", ours_total, ours_loop),
-                              (f"ours + step cache {args.threshold}", cached_total, cached_loop)):
-        print(f"{name:34s} {total:8.2f} {loop:8.2f} {base_total / total:8.2f} {base_loop / loop:8.2f}")
-    print(f"step cache: {cache.computed} of {cache.computed + cache.skipped} steps computed")
-    print(f"PSNR cached vs uncached: {psnr(cached_video, ours_video):.1f} dB; "
-          f"ours vs baseline: {psnr(ours_video, base_video):.1f} dB")
+    rows = [("baseline (diffusers, sequential)", base_total, base_loop, ""),
+            ("ours (batched CFG)", ours_total, ours_loop, f"vs baseline {psnr(ours_video, base_video):.1f} dB")]
+    for threshold in args.threshold:
+        pipe.enable_step_cache(threshold)
+        video, total, loop = measure(lambda timer: ours_generate(pipe, request, timer), args.repeats)
+        cache = pipe.step_cache
+        rows.append((f"ours + step cache {threshold}", total, loop,
+                     f"{cache.computed}/{cache.computed + cache.skipped} steps, vs uncached "
+                     f"{psnr(video, ours_video):.1f} dB"))
+    print(f"{'run':34s} {'total s':>8s} {'loop s':>8s} {'x total':>8s} {'x loop':>8s}  PSNR")
+    for name, total, loop, note in rows:
+        print(f"{name:34s} {total:8.2f} {loop:8.2f} {base_total / total:8.2f} {base_loop / loop:8.2f}  {note}")
 
 
 if __name__ == "__main__":
