@@ -5,6 +5,8 @@ generates a video from the clip's own references and prompt; the video (referenc
 the ground-truth clip. Baselines, measured in the same run with the same seeds:
 
   * flat: every pixel is the truth clip's mean colour (what a model that learnt nothing useful can reach);
+  * plate: the background reference repeated over the frames (copying the input: the still background without
+    any subject);
   * shuffled: the same model given another held-out clip's references (never the clip's own);
   * swapped: the same model given another clip's subjects with the clip's own background;
   * untrained: the recipe's DiT at its random initialisation (a sanity line only).
@@ -101,7 +103,7 @@ def evaluate(checkpoint: str, items: list[dict], args: argparse.Namespace) -> di
     torch.manual_seed(args.seed)
     untrained.dit.load_state_dict(registry.build("dit", spec).state_dict())
     names = subject_names(args.manifest)
-    rows, metrics = [], {k: [] for k in ("own", "flat", "shuffled", "swapped", "untrained", "subj_own",
+    rows, metrics = [], {k: [] for k in ("own", "flat", "plate", "shuffled", "swapped", "untrained", "subj_own",
                                          "subj_swapped", "subj_truth", "subj_untrained")}
     for i, item in enumerate(tqdm(items, desc="held-out clips")):
         n = item["refs"].shape[1]
@@ -113,6 +115,8 @@ def evaluate(checkpoint: str, items: list[dict], args: argparse.Namespace) -> di
         own = generate(trained, item, own_refs, args, seed)
         metrics["own"].append(psnr(own, truth))
         metrics["flat"].append(psnr(flat_video(truth), truth))
+        for j in (j for j, kind in enumerate(own_refs["kinds"]) if kind == "background"):
+            metrics["plate"].append(psnr(own_refs["refs"][j][:, None].expand_as(truth), truth))
         metrics["subj_own"].append(subject_match(own, subject_refs))
         metrics["subj_truth"].append(subject_match(truth, subject_refs))
         blind = generate(untrained, item, own_refs, args, seed)
@@ -147,8 +151,8 @@ def evaluate(checkpoint: str, items: list[dict], args: argparse.Namespace) -> di
 def report(m: dict) -> dict:
     """Print the table; return the three margins."""
     print(f"{m['clips']} held-out clips (subject pairs never seen together in training)")
-    print(f"  PSNR vs truth (dB): own refs {m['own']:.2f} | flat mean colour {m['flat']:.2f} | shuffled refs "
-          f"{m['shuffled']:.2f} | untrained DiT {m['untrained']:.2f}")
+    print(f"  PSNR vs truth (dB): own refs {m['own']:.2f} | flat mean colour {m['flat']:.2f} | background plate "
+          f"{m['plate']:.2f} | shuffled refs {m['shuffled']:.2f} | untrained DiT {m['untrained']:.2f}")
     print(f"  subject match (vs own subject refs): own {m['subj_own']:.3f} | swapped subjects, own background "
           f"{m['subj_swapped']:.3f} | untrained {m['subj_untrained']:.3f} | truth clip {m['subj_truth']:.3f}")
     margins = {"a": m["own"] - m["flat"], "b": m["own"] - m["shuffled"], "c": m["subj_own"] - m["subj_swapped"]}
