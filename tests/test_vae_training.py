@@ -20,11 +20,17 @@ def test_tiny_vae_recipe_writes_previews_and_an_export(tmp_path, monkeypatch):
                      background_ref_prob=1.0, progress=False)
     main(["fit", "--config", str(RECIPES / "tiny/vae.yaml"), "--trainer.max_steps", "2",
           "--trainer.val_check_interval", "1", "--trainer.limit_val_batches", "1",
-          "--data.init_args.num_workers", "0", "--model.init_args.latent_stats_batches", "1"])
+          "--data.init_args.num_workers", "0", "--model.init_args.latent_stats_batches", "1",
+          "--trainer.logger.init_args.tracking_uri", f"sqlite:///{tmp_path / 'runs/tiny/vae/mlflow.db'}"])
     previews = sorted(Path("runs/tiny/vae").rglob("reconstructions/step_*.png"))
     steps = {p.name for p in previews if "mlartifacts" not in p.parts}
     assert steps == {"step_1.png", "step_2.png"}
-    assert any("mlartifacts" in p.parts for p in previews)  # logged to MLflow as well
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{Path('runs/tiny/vae/mlflow.db').resolve()}")
+    run = client.search_runs([client.get_experiment_by_name("tiny-vae").experiment_id])[0]
+    logged = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "reconstructions")}
+    assert logged == {"step_1.png", "step_2.png"}  # logged to MLflow as well
     from PIL import Image
 
     with Image.open(previews[0]) as image:

@@ -209,7 +209,7 @@ class E2VDiffusion(LightningModule):
     # -------------------------------------------------------------------------------------------- optim / scaling
     def configure_optimizers(self) -> Any:
         return configure_optimization(self.dit.parameters(), self.optimizer_factory, self.lr_scheduler_factory,
-                                      self.trainer.max_steps)
+                                      self._trainer.max_steps if self._trainer is not None else None)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         grads = [p.grad for p in self.dit.parameters() if p.grad is not None]

@@ -116,7 +116,7 @@ class VAETraining(LightningModule):
 
     def configure_optimizers(self) -> Any:
         return configure_optimization(self.vae.parameters(), self.optimizer_factory, self.lr_scheduler_factory,
-                                      self.trainer.max_steps)
+                                      self._trainer.max_steps if self._trainer is not None else None)
 
     @torch.no_grad()
     def measure_latent_statistics(self) -> None:
