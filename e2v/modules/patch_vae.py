@@ -14,7 +14,7 @@ chunks, so encoding is trivially causal.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from e2v.modules.video_vae import VideoVAE
+from e2v.modules.video_vae import VideoVAE, check_latent_statistics, config_from_dict
 from e2v.modules.weights import CheckpointError, parse_dtype
 from e2v.registry import register
 
@@ -43,9 +43,7 @@ class PatchVAEConfig:
 
     def __post_init__(self) -> None:
         self.latents_mean, self.latents_std = list(self.latents_mean), list(self.latents_std)
-        for name in ("latents_mean", "latents_std"):
-            if len(getattr(self, name)) != self.z_dim:
-                raise ValueError(f"{name} needs z_dim={self.z_dim} values, got {len(getattr(self, name))}")
+        check_latent_statistics(self)
         if self.width % self.groups:
             raise ValueError(f"width ({self.width}) must be a multiple of groups ({self.groups})")
         for name in ("z_dim", "patch", "frames_per_latent", "width", "in_channels"):
@@ -54,11 +52,7 @@ class PatchVAEConfig:
 
     @classmethod
     def from_dict(cls, config: dict[str, Any], source: str = "config") -> "PatchVAEConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(k for k in config if k not in known and not k.startswith("_"))
-        if unknown:
-            raise CheckpointError(f"{source}: unknown PatchVAE config key(s) {unknown}; known: {sorted(known)}")
-        return cls(**{k: v for k, v in config.items() if k in known})
+        return config_from_dict(cls, config, source, "PatchVAE")
 
     def to_dict(self) -> dict[str, Any]:
         return {"_class_name": "E2VPatchVAE", **asdict(self)}

@@ -11,15 +11,15 @@ Spatial tiling (overlapping tiles, linear blending) bounds memory for large fram
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from e2v.modules.video_vae import VideoVAE
-from e2v.modules.weights import CheckpointError, parse_dtype
+from e2v.modules.video_vae import VideoVAE, check_latent_statistics, config_from_dict
+from e2v.modules.weights import parse_dtype
 from e2v.registry import register
 
 WAN21_LATENTS_MEAN = (
@@ -66,18 +66,12 @@ class WanVAEConfig:
                 f"temperal_downsample needs one entry per downsampling level ({len(self.dim_mult) - 1}), "
                 f"got {self.temperal_downsample}"
             )
-        for name in ("latents_mean", "latents_std"):
-            if len(getattr(self, name)) != self.z_dim:
-                raise ValueError(f"{name} needs z_dim={self.z_dim} values, got {len(getattr(self, name))}")
+        check_latent_statistics(self)
 
     @classmethod
     def from_dict(cls, config: dict[str, Any], source: str = "config") -> "WanVAEConfig":
         """From a diffusers ``config.json`` dict; keys starting with ``_`` (``_class_name``, ...) are ignored."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(k for k in config if k not in known and not k.startswith("_"))
-        if unknown:
-            raise CheckpointError(f"{source}: unknown AutoencoderKLWan config key(s) {unknown}; known: {sorted(known)}")
-        return cls(**{k: v for k, v in config.items() if k in known})
+        return config_from_dict(cls, config, source, "AutoencoderKLWan")
 
     def to_dict(self) -> dict[str, Any]:
         """The diffusers ``config.json`` content (loadable by ``AutoencoderKLWan.from_pretrained`` too)."""

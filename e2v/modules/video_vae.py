@@ -10,13 +10,30 @@ the DiT's space with the config's per-channel ``latents_mean`` / ``latents_std``
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from e2v.modules.weights import load_weights, parse_dtype, read_config, save_weights
+from e2v.modules.weights import CheckpointError, load_weights, parse_dtype, read_config, save_weights
+
+
+def config_from_dict(config_class: type, config: dict[str, Any], source: str, label: str) -> Any:
+    """A dataclass config from a ``config.json`` dict; ``_``-prefixed keys are ignored, unknown keys refused."""
+    known = {f.name for f in dataclasses.fields(config_class)}
+    unknown = sorted(k for k in config if k not in known and not k.startswith("_"))
+    if unknown:
+        raise CheckpointError(f"{source}: unknown {label} config key(s) {unknown}; known: {sorted(known)}")
+    return config_class(**{k: v for k, v in config.items() if k in known})
+
+
+def check_latent_statistics(config: Any) -> None:
+    """``latents_mean`` / ``latents_std`` must hold one value per latent channel."""
+    for name in ("latents_mean", "latents_std"):
+        if len(getattr(config, name)) != config.z_dim:
+            raise ValueError(f"{name} needs z_dim={config.z_dim} values, got {len(getattr(config, name))}")
 
 
 def _tile_starts(size: int, tile: int, overlap: int) -> list[int]:
