@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from e2v import registry
 from e2v.bench.pixel_metrics import flat_video, psnr, subject_match
-from e2v.callbacks.samples import enlarged
+from e2v.callbacks.samples import enlarged, evenly_spaced_frames
 from e2v.datamodules.triplets import TripletDataModule
 from e2v.datamodules.video_io import save_image
 from e2v.pipeline.pipeline import E2VPipeline
@@ -90,8 +90,7 @@ def preview_row(refs: torch.Tensor, videos: list[torch.Tensor], frames: int, siz
     tiles = [F.interpolate(r[None].float(), size=(size, size), mode="bilinear", antialias=True)[0] for r in refs[:3]]
     tiles += [torch.ones(3, size, size)] * (3 - len(tiles))
     for video in videos:
-        index = torch.linspace(0, video.shape[1] - 1, frames).round().long()
-        tiles += [torch.full((3, size, 2), -1.0)] + list(video[:, index].permute(1, 0, 2, 3))
+        tiles += [torch.full((3, size, 2), -1.0)] + evenly_spaced_frames(video, frames)
     return torch.cat(tiles, dim=-1)
 
 

@@ -28,6 +28,12 @@ def take_items(batch: dict[str, Any], count: int) -> dict[str, Any]:
             for key, value in batch.items()}
 
 
+def evenly_spaced_frames(clip: torch.Tensor, count: int) -> list[torch.Tensor]:
+    """``count`` evenly spaced frames ``[3, H, W]`` of ``clip [3, F, H, W]`` (first and last included)."""
+    index = torch.linspace(0, clip.shape[1] - 1, count).round().long()
+    return list(clip[:, index].permute(1, 0, 2, 3))
+
+
 def preview_strip(refs: torch.Tensor, video: torch.Tensor, truth: torch.Tensor | None = None,
                   num_frames: int = 4) -> torch.Tensor:
     """One preview image ``[3, rows*H, (N+num_frames)*W]`` in [-1, 1].
@@ -38,10 +44,6 @@ def preview_strip(refs: torch.Tensor, video: torch.Tensor, truth: torch.Tensor |
     """
     height, width = video.shape[-2:]
 
-    def frames(clip: torch.Tensor) -> list[torch.Tensor]:
-        index = torch.linspace(0, clip.shape[1] - 1, num_frames).round().long()
-        return list(clip[:, index].permute(1, 0, 2, 3))
-
     def row(tiles: list[torch.Tensor]) -> torch.Tensor:
         tiles = [F.interpolate(t[None].float(), size=(height, width), mode="bilinear", antialias=True,
                                align_corners=False)[0] if t.shape[-2:] != (height, width) else t.float()
@@ -49,10 +51,10 @@ def preview_strip(refs: torch.Tensor, video: torch.Tensor, truth: torch.Tensor |
         return torch.cat(tiles, dim=-1)
 
     refs = list(refs.cpu())
-    rows = [row(refs + frames(video.cpu()))]
+    rows = [row(refs + evenly_spaced_frames(video.cpu(), num_frames))]
     if truth is not None:
         blank = [torch.ones(3, height, width) for _ in refs]
-        rows.append(row(blank + frames(truth.cpu())))
+        rows.append(row(blank + evenly_spaced_frames(truth.cpu(), num_frames)))
     return torch.cat(rows, dim=-2).clamp(-1, 1)
 
 

@@ -11,7 +11,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from e2v import registry
-from e2v.callbacks.samples import enlarged
+from e2v.callbacks.samples import enlarged, evenly_spaced_frames
 from e2v.datamodules.video_io import save_image
 from e2v.loggers import mlflow_logger, run_dir
 from e2v.tasks.optim import configure_optimization
@@ -96,9 +96,8 @@ class VAETraining(LightningModule):
         self.log_dict({f"val/{k}": v for k, v in out.items()}, prog_bar=True, batch_size=video.shape[0])
         room = self.hparams.preview_clips - len(self._preview)
         for truth, clip in list(zip(video, recon.clamp(-1, 1)))[: max(0, room)]:
-            index = torch.linspace(0, video.shape[2] - 1, self.hparams.preview_frames).round().long()
-            rows = [x[:, index].permute(1, 0, 2, 3) for x in (truth, clip)]  # 2 x [n, 3, H, W]
-            self._preview.append(torch.cat([torch.cat(list(r), dim=-1) for r in rows], dim=-2).float().cpu())
+            rows = [torch.cat(evenly_spaced_frames(x, self.hparams.preview_frames), dim=-1) for x in (truth, clip)]
+            self._preview.append(torch.cat(rows, dim=-2).float().cpu())
 
     def on_validation_epoch_start(self) -> None:
         self._preview = []
