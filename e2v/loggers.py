@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +20,7 @@ from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import MLFlowLogger
 
 import e2v
+from e2v.atomic import write_text_atomic  # noqa: F401  (re-exported: callbacks use it from here)
 
 _PARAM_LIMIT = 250  # Lightning (and old MLflow servers) cut parameter values here
 
@@ -126,18 +126,6 @@ def _short_params(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
             if len(str(value)) <= _PARAM_LIMIT:
                 params[name] = str(value)
     return params
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 class MLflowSaveConfigCallback(SaveConfigCallback):

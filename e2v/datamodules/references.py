@@ -15,6 +15,18 @@ import torch.nn.functional as F
 from e2v.datamodules.video_io import load_image
 
 BACKGROUND_KINDS = frozenset({"background", "scene", "environment"})
+MIN_REFERENCE_SIDE = 8  # pixels; smaller references carry no usable detail (and are usually a mistake)
+
+
+def check_reference_size(image: torch.Tensor, where: object) -> torch.Tensor:
+    """``image [..., H, W]`` unchanged; ValueError naming ``where`` when a side is below MIN_REFERENCE_SIDE."""
+    height, width = image.shape[-2:]
+    if min(height, width) < MIN_REFERENCE_SIDE:
+        raise ValueError(
+            f"{where}: reference is {width}x{height} pixels; references need at least "
+            f"{MIN_REFERENCE_SIDE}x{MIN_REFERENCE_SIDE}"
+        )
+    return image
 
 
 def to_float_image(image: torch.Tensor) -> torch.Tensor:
@@ -91,11 +103,13 @@ def load_reference(
 ) -> torch.Tensor:
     """Read a reference image as ``[3, H, W]`` in [-1, 1], whitened outside its mask PNG and cropped to its bbox.
 
-    Raises FileNotFoundError (missing file) or ValueError (undecodable image, bad mask or bbox) naming the file.
+    Raises FileNotFoundError (missing file) or ValueError (undecodable image, bad mask or bbox, smaller than
+    MIN_REFERENCE_SIDE) naming the file.
     """
     image = to_float_image(load_image(path))
     mask_tensor = load_image(mask)[..., 0].float().div(255.0) if mask is not None else None
     try:
-        return apply_mask_and_box(image, mask_tensor, bbox)
+        image = apply_mask_and_box(image, mask_tensor, bbox)
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from err
+    return check_reference_size(image, path)

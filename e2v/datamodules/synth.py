@@ -31,7 +31,6 @@ import itertools
 import json
 import multiprocessing
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +39,7 @@ import numpy as np
 from skimage import data as skdata
 from tqdm import tqdm
 
+from e2v.atomic import write_json_atomic, write_text_atomic
 from e2v.datamodules.video_io import save_image, write_video
 
 SPRITE_SIZE = 160  # longest side of library sprites, pixels
@@ -482,13 +482,7 @@ def _write_clip(job: tuple[str, ClipPlan]) -> dict:
 
 
 def _write_jsonl(path: Path, records: list[dict]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in records)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
 def synthesize_world(
@@ -547,10 +541,7 @@ def synthesize_world(
     world = dict(settings, seed=seed, heldout_fraction=heldout_fraction, background_ref_prob=background_ref_prob,
                  heldout_pairs=[[_elements()[a].name, _elements()[b].name] for a, b in pairs],
                  elements=[e.name for e in _elements()], backgrounds=[b.name for b in _backgrounds()])
-    fd, tmp = tempfile.mkstemp(prefix=".world.", suffix=".tmp", dir=out_dir)
-    with os.fdopen(fd, "w") as f:
-        json.dump(world, f, indent=2)
-    os.replace(tmp, paths["world"])
+    write_json_atomic(paths["world"], world, indent=2)
     return {**{k: str(v) for k, v in paths.items()}, "num_train": num_clips, "num_heldout": num_heldout}
 
 

@@ -8,7 +8,7 @@ file and the reason, so a bad manifest entry can be reported and skipped.
 from __future__ import annotations
 
 import os
-import tempfile
+import warnings
 from fractions import Fraction
 from pathlib import Path
 
@@ -16,6 +16,8 @@ import av
 import numpy as np
 import torch
 from PIL import Image
+
+from e2v.atomic import atomic_path
 
 # Frames whose timestamp is within this many seconds of a sampling target count as "at" the target.
 _TIME_EPS = 1e-4
@@ -142,14 +144,6 @@ def _to_uint8_frames(video: torch.Tensor | np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(video)
 
 
-def _atomic_target(path: Path) -> Path:
-    """A fresh temporary path next to ``path`` with the same suffix (so the format is inferred from it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
 def write_video(
     path: str | os.PathLike, video: torch.Tensor | np.ndarray, fps: float, crf: int = 17, threads: int = 0
 ) -> None:
@@ -166,9 +160,7 @@ def write_video(
         raise ValueError(f"{path}: need >= 1 frame with even height and width for yuv420p, got {frames.shape}")
     if fps <= 0:
         raise ValueError(f"{path}: fps must be > 0, got {fps}")
-    path = Path(path)
-    tmp = _atomic_target(path)
-    try:
+    with atomic_path(path, suffix=Path(path).suffix) as tmp:
         with av.open(str(tmp), mode="w", format="mp4") as container:
             stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
             stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
@@ -177,9 +169,6 @@ def write_video(
             for image in frames:
                 container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
             container.mux(stream.encode())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def save_image(path: str | os.PathLike, image: torch.Tensor | np.ndarray) -> None:
@@ -192,27 +181,45 @@ def save_image(path: str | os.PathLike, image: torch.Tensor | np.ndarray) -> Non
         image = image.cpu().numpy()
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] not in (3, 4):
         raise ValueError(f"{path}: image must be uint8 [H, W, 3|4], got {image.dtype} {image.shape}")
-    path = Path(path)
-    tmp = _atomic_target(path)
-    try:
+    with atomic_path(path, suffix=".png") as tmp:
         Image.fromarray(np.ascontiguousarray(image)).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+
+# Greyscale modes with more than 8 bits per pixel, and the value that maps to white.
+_WIDE_GREY_WHITE = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535, "F": 1.0}
+
+
+def pil_to_rgb(img: Image.Image) -> np.ndarray:
+    """Any PIL image as ``uint8 [H, W, 3]`` RGB: 16/32-bit greyscale scaled to 8 bits (``I;16``/``I``: 0..65535,
+    ``F``: 0..1), transparent pixels composited onto white. Raises ValueError for a mode with no RGB conversion."""
+    if img.mode in _WIDE_GREY_WHITE:
+        grey = np.nan_to_num(np.asarray(img, dtype=np.float64)) * (255.0 / _WIDE_GREY_WHITE[img.mode])
+        return np.repeat(grey.clip(0, 255).round().astype(np.uint8)[..., None], 3, axis=-1)
+    if img.mode in ("La", "RGBa"):  # premultiplied alpha
+        img = img.convert("RGBA")
+    if "A" in img.getbands() or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    try:
+        return np.asarray(img.convert("RGB")).copy()
+    except ValueError as err:
+        raise ValueError(f"image mode {img.mode} cannot be converted to RGB ({err})") from err
 
 
 def load_image(path: str | os.PathLike) -> torch.Tensor:
-    """Read an image as ``uint8 [H, W, 3]`` RGB; transparent pixels are composited onto white."""
+    """Read an image as ``uint8 [H, W, 3]`` RGB (see :func:`pil_to_rgb`). Raises FileNotFoundError, or ValueError
+    naming the file for anything undecodable: corrupt, truncated, unsupported, or a decompression bomb (more
+    pixels than ``PIL.Image.MAX_IMAGE_PIXELS``)."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: image file not found")
     try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode in ("RGBA", "LA", "P") and (img.mode != "P" or "transparency" in img.info):
-                rgba = img.convert("RGBA")
-                white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                img = Image.alpha_composite(white, rgba)
-            array = np.asarray(img.convert("RGB"))
-    except OSError as err:
-        raise ValueError(f"{path}: cannot decode image ({err})") from err
-    return torch.from_numpy(array.copy())
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                array = pil_to_rgb(img)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ValueError(f"{path}: image too large, refused as a possible decompression bomb ({err})") from err
+    except Exception as err:  # PIL raises many types (OSError, SyntaxError, struct.error, ...) for broken files
+        raise ValueError(f"{path}: cannot decode image ({type(err).__name__}: {err})") from err
+    return torch.from_numpy(array)
