@@ -113,3 +113,58 @@ def test_killed_cache_run_resumes(world, tmp_path, components):
     assert (out / "shard_00000.safetensors").stat().st_mtime_ns == first_shard
     assert not list(out.glob(".*.tmp"))
     assert [r["id"] for r in cache.records] == ["c0", "c1", "c2"]
+
+
+def copy_cache(cache_dir, tmp_path):
+    import shutil
+
+    return shutil.copytree(cache_dir, tmp_path / "cache")
+
+
+def test_deleted_shard_is_named_or_skipped_and_counted(cli_cache, tmp_path):
+    """Issue 13: a deleted shard gave a FileNotFoundError mid-training naming no file."""
+    from e2v.datamodules.cache import CacheError, CachedTripletDataset
+    from e2v.datamodules.triplets import Skipped
+
+    out = copy_cache(cli_cache, tmp_path)
+    dataset = CachedTripletDataset(LatentCache(out))
+    (out / "shard_00001.safetensors").unlink()  # deleted while a run holds the cache open
+    skipped = dataset[2]
+    assert isinstance(skipped, Skipped) and skipped.reason == "corrupt_cache" and "shard_00001" in skipped.message
+    assert not isinstance(dataset[0], Skipped)
+    with pytest.raises(CacheError, match="shard_00001.safetensors"):
+        LatentCache(out)  # the next run is told which file is gone
+
+
+def test_damaged_index_and_orphan_temp_files(cli_cache, world, tmp_path, components):
+    """Issue 13: a truncated index.json gave a bare JSONDecodeError; a killed index write left its temp file."""
+    from e2v.datamodules.cache import CacheError
+
+    out = copy_cache(cli_cache, tmp_path)
+    index = (out / "index.json").read_text()
+    (out / "index.json").write_text(index[: len(index) // 2])
+    with pytest.raises(CacheError, match="index.json is damaged"):
+        LatentCache(out)
+    with pytest.raises(CacheError, match="index.json is damaged"):
+        build(world, out, components)
+    (out / "index.json").write_text(index)
+    orphan = out / ".index.json.k1ll3d.tmp"
+    orphan.write_text('{"half": ')
+    assert len(build(world, out, components).records) == 3  # the complete cache opens as it was
+    assert not orphan.exists()
+
+
+@pytest.mark.parametrize("option", ["--vae", "--text-encoder", "--image-encoder", "--layout", "--buckets"])
+def test_cache_command_bad_json_exits_2_naming_the_option(world, tmp_path, option, capsys):
+    argv = {"--vae": "wan", "--text-encoder": "umt5", option: "{bad json"}
+    args = [str(world), "--out", str(tmp_path / "c")] + [x for kv in argv.items() for x in kv]
+    with pytest.raises(SystemExit) as exit_info:
+        cache_command(args)
+    assert exit_info.value.code == 2
+    assert f"argument {option}" in capsys.readouterr().err and not (tmp_path / "c").exists()
+
+
+def test_cache_command_unknown_component_exits_2(world, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cache_command([str(world), "--out", str(tmp_path / "c"), "--vae", "nope", "--text-encoder", "umt5"])
+    assert exit_info.value.code == 2 and "no vae named 'nope'" in capsys.readouterr().err

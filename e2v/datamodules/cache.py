@@ -19,7 +19,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,16 +28,38 @@ from safetensors.torch import save_file
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from e2v.atomic import remove_orphan_temps, write_json_atomic
 from e2v.datamodules.manifest import RecordError, check_references, check_video, read_manifest
-from e2v.datamodules.triplets import SampleKey, Skipped, TripletDataset, assign_bucket, check_buckets
+from e2v.datamodules.triplets import (
+    SampleKey,
+    Skipped,
+    TripletDataset,
+    assign_bucket,
+    check_buckets,
+    check_reference_counts,
+)
 
 INDEX_NAME = "index.json"
 CACHE_VERSION = 1
 _FINGERPRINT_SAMPLES = 65536  # elements hashed per tensor (evenly strided), plus the exact float64 sum
 
 
-class StaleCacheError(RuntimeError):
+class CacheError(RuntimeError):
+    """A cache folder that cannot be used as it is; the message names the file."""
+
+
+class StaleCacheError(CacheError):
     """The cache was written with other components or data settings than the ones in use."""
+
+
+def _read_index(path: Path) -> dict[str, Any]:
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CacheError(f"{path} is damaged ({err}); delete it (or the whole cache folder) to rebuild") from err
+    if not isinstance(index, dict) or not isinstance(index.get("shards"), dict):
+        raise CacheError(f"{path} is not a latent cache index; delete it (or the whole cache folder) to rebuild")
+    return index
 
 
 def _plain_config(obj: Any) -> Any:
@@ -99,12 +120,6 @@ def cache_identity(vae, text_encoder, image_encoder, layout, settings: dict[str,
 
 def identity_key(identity: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
-
-
-def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
-        json.dump(payload, tmp, indent=1, sort_keys=True)
-    os.replace(tmp.name, path)
 
 
 def _file_sha256(path: Path) -> str:
@@ -173,6 +188,7 @@ def build_cache(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     buckets = check_buckets(buckets)
+    check_reference_counts(min_references, max_references)
     settings = {
         "buckets": [list(b) for b in buckets],
         "fps": fps,
@@ -198,8 +214,9 @@ def build_cache(
         "shards": {},
     }
     index_path = out_dir / INDEX_NAME
+    remove_orphan_temps(out_dir, INDEX_NAME)  # left by a run killed while writing the index
     if index_path.is_file():
-        previous = json.loads(index_path.read_text())
+        previous = _read_index(index_path)
         for field in ("key", "manifest_sha256", "records_per_shard"):
             if previous.get(field) != index[field]:
                 raise StaleCacheError(
@@ -242,11 +259,11 @@ def build_cache(
         save_file(tensors, str(tmp), metadata={"format": "pt", "key": index["key"]})
         os.replace(tmp, out_dir / file)
         index["shards"][str(shard)] = {"file": file, "records": entries, "skipped": skipped}
-        _write_json_atomic(index_path, index)
+        write_json_atomic(index_path, index, indent=1, sort_keys=True)
         if on_shard is not None:
             on_shard(len(index["shards"]), num_shards)
     progress.close()
-    _write_json_atomic(index_path, index)
+    write_json_atomic(index_path, index, indent=1, sort_keys=True)
     return LatentCache(out_dir)
 
 
@@ -258,12 +275,16 @@ class LatentCache:
         path = self.dir / INDEX_NAME
         if not path.is_file():
             raise FileNotFoundError(f"{self.dir} is not a latent cache (no {INDEX_NAME}); build one with `e2v cache`")
-        self.index = json.loads(path.read_text())
+        self.index = _read_index(path)
         if self.index.get("version") != CACHE_VERSION:
             raise StaleCacheError(f"{path}: cache format version {self.index.get('version')}, expected {CACHE_VERSION}")
         done, total = len(self.index["shards"]), self.index["num_shards"]
         if done < total:
             raise RuntimeError(f"{self.dir}: the cache is incomplete ({done} of {total} shards); rerun `e2v cache`")
+        missing = sorted(s["file"] for s in self.index["shards"].values() if not (self.dir / s["file"]).is_file())
+        if missing:
+            raise CacheError(f"{self.dir}: shard file(s) missing: {', '.join(missing)}; rerun `e2v cache` (or fit "
+                             "with build_cache) to rebuild them")
         self.records = [
             {**entry, "file": shard["file"]}
             for _, shard in sorted(self.index["shards"].items(), key=lambda item: int(item[0]))
@@ -322,10 +343,17 @@ class CachedTripletDataset(Dataset):
         return self._handles[file]
 
     def __getitem__(self, key: SampleKey | int) -> dict[str, Any] | Skipped:
+        """A cached sample, or :class:`Skipped` (reason ``corrupt_cache``) when its shard is missing or damaged."""
         record = self.cache.records[key.index if isinstance(key, SampleKey) else key]
-        shard = self._shard(record["file"])
         prefix = f"{record['slot']}/"
-        sample = {name.removeprefix(prefix): shard.get_tensor(name) for name in shard.keys() if name.startswith(prefix)}
+        try:
+            shard = self._shard(record["file"])
+            sample = {name.removeprefix(prefix): shard.get_tensor(name) for name in shard.keys() if name.startswith(prefix)}
+        except Exception as err:  # safetensors raises its own error types for missing and damaged files
+            self._handles.pop(record["file"], None)
+            return Skipped(record["id"], "corrupt_cache", f"{self.cache.dir / record['file']}: unreadable ({err})")
+        if "latents" not in sample:
+            return Skipped(record["id"], "corrupt_cache", f"{self.cache.dir / record['file']}: no tensors for it")
         text = sample["text"]
         if self.text_length and text.shape[0] < self.text_length:
             sample["text"] = torch.cat([text, text.new_zeros(self.text_length - text.shape[0], text.shape[1])])

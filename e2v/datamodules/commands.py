@@ -3,39 +3,36 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
-
-def _write_json_atomic(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
-        json.dump(payload, tmp, indent=2)
-    os.replace(tmp.name, path)
+from e2v.argtypes import frame_count, json_value, nonnegative_int, positive_float, positive_int, registry_spec
+from e2v.atomic import write_json_atomic
 
 
 def check_command(argv: list[str] | None = None) -> int:
-    """``e2v data check MANIFEST``: report good/bad records with reasons; exit code 1 when any record is bad."""
-    from e2v.datamodules.manifest import validate_manifest
+    """``e2v data check MANIFEST``: report good/bad records with reasons; exit code 1 when any record is bad, 2 when
+    the manifest or an option is unusable."""
+    from e2v.datamodules.manifest import DEFAULT_MIN_REFERENCES, ManifestError, validate_manifest
 
     parser = argparse.ArgumentParser(prog="e2v data check", description=check_command.__doc__)
     parser.add_argument("manifest", type=Path, help="JSONL triplet manifest")
-    parser.add_argument("--frames", type=int, default=None, help="frames every clip must yield (e.g. 81)")
-    parser.add_argument("--fps", type=float, default=None, help="sampling rate for --frames (default: native)")
-    parser.add_argument("--min-references", type=int, default=0, help="fewest reference images a record may have")
+    parser.add_argument("--frames", type=positive_int, default=None, help="frames every clip must yield (e.g. 81)")
+    parser.add_argument("--fps", type=positive_float, default=None, help="sampling rate for --frames (default: native)")
+    parser.add_argument("--min-references", type=nonnegative_int, default=DEFAULT_MIN_REFERENCES,
+                        help=f"fewest reference images a record may have (default {DEFAULT_MIN_REFERENCES}, as in fit)")
     parser.add_argument("--no-decode", action="store_true", help="only probe headers and stat files (fast)")
     parser.add_argument("--json", type=Path, default=None, help="also write the full report as JSON here")
     parser.add_argument("--show", type=int, default=20, help="bad records to list (default 20; -1 for all)")
     args = parser.parse_args(argv)
+    if args.json is not None and args.json.is_dir():
+        parser.error(f"argument --json: {args.json} is a directory")
     try:
         report = validate_manifest(
             args.manifest, args.frames, args.fps, min_references=args.min_references, decode=not args.no_decode
         )
-    except FileNotFoundError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (OSError, ManifestError) as err:
+        print(f"e2v data check: error: {err}", file=sys.stderr)
         return 2
     print(report.summary())
     shown = report.bad if args.show < 0 else report.bad[: args.show]
@@ -51,18 +48,12 @@ def check_command(argv: list[str] | None = None) -> int:
             "reasons": dict(report.reasons),
             "bad_records": [vars(bad) for bad in report.bad],
         }
-        _write_json_atomic(args.json, payload)
+        try:
+            write_json_atomic(args.json, payload, indent=2)
+        except OSError as err:
+            print(f"e2v data check: error: cannot write --json {args.json}: {err}", file=sys.stderr)
+            return 2
     return 1 if report.bad else 0
-
-
-def _spec(text: str | None):
-    """A registry spec from the command line: JSON (``'{"name": "wan", "preset": "tiny"}'``) or a bare name."""
-    if text is None:
-        return None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
 
 
 def cache_command(argv: list[str] | None = None) -> int:
@@ -70,38 +61,45 @@ def cache_command(argv: list[str] | None = None) -> int:
     import torch
 
     from e2v import registry
-    from e2v.datamodules.cache import StaleCacheError, build_cache
+    from e2v.datamodules.cache import CacheError, build_cache
 
     parser = argparse.ArgumentParser(prog="e2v cache", description=cache_command.__doc__)
     parser.add_argument("manifest", type=Path, help="JSONL triplet manifest")
     parser.add_argument("--out", type=Path, required=True, help="cache folder (an interrupted run resumes)")
-    parser.add_argument("--vae", required=True, help='registry spec, e.g. \'{"name": "wan", "weights": "ckpt/vae"}\'')
-    parser.add_argument("--text-encoder", required=True, help='registry spec, e.g. \'{"name": "umt5", "path": ...}\'')
-    parser.add_argument("--image-encoder", default=None, help="registry spec (needed when the layout uses image tokens)")
-    parser.add_argument("--layout", default="a2", help="reference layout spec (default a2)")
-    parser.add_argument("--frames", type=int, default=17)
-    parser.add_argument("--height", type=int, default=256)
-    parser.add_argument("--width", type=int, default=256)
-    parser.add_argument("--buckets", default=None, help="JSON [[frames, height, width], ...]; overrides the above")
-    parser.add_argument("--fps", type=float, default=None)
-    parser.add_argument("--image-size", type=int, default=None, help="reference square side (default: encoder's)")
-    parser.add_argument("--max-references", type=int, default=3)
-    parser.add_argument("--min-references", type=int, default=1)
-    parser.add_argument("--records-per-shard", type=int, default=64)
+    parser.add_argument("--vae", required=True, type=registry_spec,
+                        help='registry spec, e.g. \'{"name": "wan", "weights": "ckpt/vae"}\'')
+    parser.add_argument("--text-encoder", required=True, type=registry_spec,
+                        help='registry spec, e.g. \'{"name": "umt5", "path": ...}\'')
+    parser.add_argument("--image-encoder", default=None, type=registry_spec,
+                        help="registry spec (needed when the layout uses image tokens)")
+    parser.add_argument("--layout", default="a2", type=registry_spec, help="reference layout spec (default a2)")
+    parser.add_argument("--frames", type=frame_count, default=17)
+    parser.add_argument("--height", type=positive_int, default=256)
+    parser.add_argument("--width", type=positive_int, default=256)
+    parser.add_argument("--buckets", default=None, type=json_value,
+                        help="JSON [[frames, height, width], ...]; overrides the above")
+    parser.add_argument("--fps", type=positive_float, default=None)
+    parser.add_argument("--image-size", type=positive_int, default=None, help="reference square side (default: encoder's)")
+    parser.add_argument("--max-references", type=positive_int, default=3)
+    parser.add_argument("--min-references", type=nonnegative_int, default=1)
+    parser.add_argument("--records-per-shard", type=positive_int, default=64)
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
 
-    layout = registry.build("reference_layout", _spec(args.layout))
-    vae = registry.build("vae", _spec(args.vae)).to(args.device).eval()
-    text_encoder = registry.build("text_encoder", _spec(args.text_encoder)).to(args.device).eval()
-    image_encoder = registry.build("image_encoder", _spec(args.image_encoder))
+    try:
+        layout = registry.build("reference_layout", args.layout)
+        vae = registry.build("vae", args.vae).to(args.device).eval()
+        text_encoder = registry.build("text_encoder", args.text_encoder).to(args.device).eval()
+        image_encoder = registry.build("image_encoder", args.image_encoder)
+    except (KeyError, TypeError, ValueError) as err:  # unknown name, bad option (CheckpointError is a ValueError)
+        parser.error(str(err).strip("'\""))
     if image_encoder is not None:
         image_encoder = image_encoder.to(args.device).eval()
     elif layout.uses_image_tokens:
         parser.error(f"the {args.layout} layout uses image tokens: pass --image-encoder")
     image_size = args.image_size or getattr(image_encoder, "image_size", 224)
-    buckets = json.loads(args.buckets) if args.buckets else [[args.frames, args.height, args.width]]
+    buckets = args.buckets if args.buckets is not None else [[args.frames, args.height, args.width]]
     try:
         cache = build_cache(
             args.manifest,
@@ -120,7 +118,7 @@ def cache_command(argv: list[str] | None = None) -> int:
             device=args.device,
             on_shard=lambda done, total: print(f"shard {done}/{total} written", flush=True),
         )
-    except (StaleCacheError, FileNotFoundError, ValueError) as err:
+    except (CacheError, FileNotFoundError, ValueError, TypeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"{cache.dir}: {len(cache.records)} records cached, {len(cache.skipped)} skipped (key {cache.index['key']})")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from typing import Any
 from e2v.datamodules.references import load_reference
 from e2v.datamodules.video_io import VideoDecodeError, probe_video, read_video
 
+DEFAULT_MIN_REFERENCES = 1  # records with fewer references are bad, in ``e2v data check`` and in training alike
 REASONS = (
     "bad_json",
     "missing_keys",
@@ -42,6 +44,7 @@ REASONS = (
     "missing_reference",
     "unreadable_image",
     "too_few_references",
+    "corrupt_cache",
 )
 
 
@@ -81,7 +84,12 @@ class BadRecord:
 
     def __str__(self) -> str:
         name = f" ({self.id})" if self.id else ""
-        return f"{self.where}{name}: {self.reason}: {self.message}"
+        text = f"{self.where}{name}: {self.reason}: {self.message}"
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")  # lone surrogates from JSON escapes
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be used at all (e.g. it holds no records); the message names the file."""
 
 
 class RecordError(ValueError):
@@ -121,6 +129,17 @@ def _resolve(value: Any, root: Path, key: str) -> Path:
     return path if path.is_absolute() else root / path
 
 
+def _number(value: Any, key: str) -> float:
+    """A finite JSON number as a float; RecordError("bad_value") for anything else (NaN, inf, 1e999, bools)."""
+    try:
+        number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+    except OverflowError:  # an integer too large for a float
+        number = math.nan
+    if not math.isfinite(number):
+        raise RecordError("bad_value", f"{key!r} must be a finite number, got {value!r}"[:300])
+    return number
+
+
 def _require(obj: dict, keys: tuple[str, ...], what: str) -> None:
     missing = [key for key in keys if key not in obj]
     if missing:
@@ -136,14 +155,16 @@ def parse_reference(obj: Any, root: Path, index: int) -> Reference:
         raise RecordError("bad_value", f"{what}.kind must be a string, got {obj['kind']!r}")
     bbox = obj.get("bbox")
     if bbox is not None:
-        if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
-            raise RecordError("bad_value", f"{what}.bbox must be [x0, y0, x1, y1] numbers, got {bbox!r}")
-        bbox = tuple(float(v) for v in bbox)
-    mask = obj.get("mask")
+        if not (isinstance(bbox, list) and len(bbox) == 4):
+            raise RecordError("bad_value", f"{what}.bbox must be [x0, y0, x1, y1] numbers, got {bbox!r}"[:300])
+        bbox = tuple(_number(v, f"{what}.bbox") for v in bbox)
+    element, mask = obj.get("element"), obj.get("mask")
+    if element is not None and not isinstance(element, str):
+        raise RecordError("bad_value", f"{what}.element must be a string, got {element!r}"[:300])
     return Reference(
         path=_resolve(obj["path"], root, f"{what}.path"),
         kind=obj["kind"],
-        element=obj.get("element"),
+        element=element,
         mask=None if mask is None else _resolve(mask, root, f"{what}.mask"),
         bbox=bbox,
     )
@@ -160,9 +181,10 @@ def parse_record(obj: Any, root: Path, line: int = 0) -> Triplet:
         raise RecordError("bad_value", f"'caption' must be a string, got {obj['caption']!r}")
     if not isinstance(obj["references"], list):
         raise RecordError("bad_value", f"'references' must be a list, got {type(obj['references']).__name__}")
-    start, end = obj.get("start") or 0.0, obj.get("end")
-    if not isinstance(start, (int, float)) or start < 0 or (end is not None and not isinstance(end, (int, float))):
-        raise RecordError("bad_value", f"'start'/'end' must be seconds (start >= 0), got {start!r}/{end!r}")
+    start = 0.0 if obj.get("start") is None else _number(obj["start"], "start")
+    end = None if obj.get("end") is None else _number(obj["end"], "end")
+    if start < 0:
+        raise RecordError("bad_value", f"'start' must be seconds >= 0, got {start!r}")
     if end is not None and end <= start:
         raise RecordError("bad_value", f"'end' ({end}) must be after 'start' ({start})")
     return Triplet(
@@ -170,8 +192,8 @@ def parse_record(obj: Any, root: Path, line: int = 0) -> Triplet:
         video=_resolve(obj["video"], root, "video"),
         caption=obj["caption"],
         references=tuple(parse_reference(ref, root, i) for i, ref in enumerate(obj["references"])),
-        start=float(start),
-        end=None if end is None else float(end),
+        start=start,
+        end=end,
         split=str(obj.get("split", "train")),
         line=line,
     )
@@ -180,23 +202,28 @@ def parse_record(obj: Any, root: Path, line: int = 0) -> Triplet:
 def read_manifest(path: str | os.PathLike) -> ManifestReport:
     """Parse a JSONL manifest; bad lines (invalid JSON, missing keys, bad values, duplicate ids) go to ``.bad``.
 
-    Blank lines and lines starting with ``#`` are ignored. Raises FileNotFoundError when the file is missing.
+    Blank lines and lines starting with ``#`` are ignored; a line that is not UTF-8 is a ``bad_json`` record.
+    Raises FileNotFoundError when the file is missing, ManifestError when it holds no records at all.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"manifest {path} does not exist")
+        raise FileNotFoundError(f"manifest {path} does not exist or is not a file")
     report = ManifestReport(path)
     root = path.resolve().parent
     seen: set[str] = set()
-    with path.open(encoding="utf-8") as handle:
-        for number, text in enumerate(handle, start=1):
-            text = text.strip()
-            if not text or text.startswith("#"):
-                continue
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
             where = f"{path}:{number}"
             try:
+                text = raw.decode("utf-8-sig" if number == 1 else "utf-8").strip()
+            except UnicodeDecodeError as err:
+                report.bad.append(BadRecord(where, None, "bad_json", f"not UTF-8 text ({err})"))
+                continue
+            if not text or text.startswith("#"):
+                continue
+            try:
                 obj = json.loads(text)
-            except json.JSONDecodeError as err:
+            except (json.JSONDecodeError, RecursionError) as err:
                 report.bad.append(BadRecord(where, None, "bad_json", f"invalid JSON ({err})"))
                 continue
             record_id = obj.get("id") if isinstance(obj, dict) else None
@@ -210,6 +237,8 @@ def read_manifest(path: str | os.PathLike) -> ManifestReport:
                 continue
             seen.add(record.id)
             report.good.append(record)
+    if not report.total:
+        raise ManifestError(f"manifest {path} holds no records (it is empty or has only blank/comment lines)")
     return report
 
 
@@ -218,10 +247,11 @@ def available_frames(info: dict, fps: float | None, start: float = 0.0, end: flo
     native = info["fps"]
     step = 1.0 / (fps or native)
     last = info["frames"] - 1
-    if end is not None:
+    if end is not None and end * native < info["frames"]:  # an end past the clip (even 1e308 s) changes nothing
         last = min(last, math.ceil(end * native - 1e-6) - 1)
     span = last / native - start
-    return 0 if span < -1e-6 else int(math.floor(span / step + 1e-6)) + 1
+    count = span / step + 1e-6
+    return 0 if span < -1e-6 else int(math.floor(count)) + 1 if math.isfinite(count) else sys.maxsize
 
 
 def check_video(record: Triplet, frames: int | None, fps: float | None, decode: bool) -> dict:
@@ -230,22 +260,22 @@ def check_video(record: Triplet, frames: int | None, fps: float | None, decode: 
         raise RecordError("missing_video", f"video {record.video} not found")
     try:
         info = probe_video(record.video)
+        available = available_frames(info, fps, record.start, record.end)
+        if available < (frames or 1):
+            raise RecordError(
+                "too_short",
+                f"video {record.video} has {available} frame(s) in [{record.start:g}s, "
+                f"{record.end if record.end is not None else 'end'}) at {fps or 'native'} fps, needs {frames or 1}",
+            )
         if decode:
             read_video(record.video, frames or 1, fps=fps, start=record.start, end=record.end)
     except VideoDecodeError as err:
         reason = "too_short" if "too short" in str(err) else "corrupt_video"
         raise RecordError(reason, str(err)) from err
-    if frames is not None and available_frames(info, fps, record.start, record.end) < frames:
-        raise RecordError(
-            "too_short",
-            f"video {record.video} has {available_frames(info, fps, record.start, record.end)} frame(s) in "
-            f"[{record.start:g}s, {record.end if record.end is not None else 'end'}) at {fps or 'native'} fps, "
-            f"needs {frames}",
-        )
     return info
 
 
-def check_references(record: Triplet, decode: bool, min_references: int = 0) -> None:
+def check_references(record: Triplet, decode: bool, min_references: int = DEFAULT_MIN_REFERENCES) -> None:
     """Check that the reference files exist (and with ``decode`` that they read); raises RecordError."""
     if len(record.references) < min_references:
         raise RecordError(
@@ -266,7 +296,7 @@ def validate_manifest(
     path: str | os.PathLike,
     frames: int | None = None,
     fps: float | None = None,
-    min_references: int = 0,
+    min_references: int = DEFAULT_MIN_REFERENCES,
     decode: bool = True,
 ) -> ManifestReport:
     """Parse a manifest and check every record's media (``e2v data check``).

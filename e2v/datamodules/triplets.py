@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from e2v.datamodules.manifest import (
+    DEFAULT_MIN_REFERENCES,
     RecordError,
     Triplet,
     available_frames,
@@ -79,6 +80,14 @@ def check_buckets(buckets: Sequence[Sequence[int]]) -> list[tuple[int, int, int]
     if not checked:
         raise ValueError("at least one resolution bucket is needed")
     return checked
+
+
+def check_reference_counts(min_references: int, max_references: int) -> None:
+    """ValueError unless ``1 <= max_references`` and ``0 <= min_references <= max_references``."""
+    if max_references < 1:
+        raise ValueError(f"max_references must be >= 1 (references used per sample), got {max_references}")
+    if not 0 <= min_references <= max_references:
+        raise ValueError(f"min_references must be in [0, max_references={max_references}], got {min_references}")
 
 
 def assign_bucket(info: dict, record: Triplet, buckets: list[tuple[int, int, int]], fps: float | None) -> int:
@@ -357,7 +366,7 @@ class TripletDataModule(L.LightningDataModule):
         num_workers: int = 0,
         image_size: int = 224,
         max_references: int = 3,
-        min_references: int = 1,
+        min_references: int = DEFAULT_MIN_REFERENCES,
         shuffle_references: bool = True,
         reference_dropout_count: float = 0.0,
         max_skip_fraction: float = 0.05,
@@ -371,6 +380,7 @@ class TripletDataModule(L.LightningDataModule):
         self.val_manifest = val_manifest
         self.fps = fps
         self.buckets = check_buckets(buckets if buckets is not None else [[frames, height, width]])
+        check_reference_counts(min_references, max_references)
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.image_size = image_size
