@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, Callable, Mapping
 
+from e2v.typecheck import check_options, type_hints
+
 KINDS = (
     "dit",
     "vae",
@@ -117,7 +119,8 @@ def get(kind: str, name: str) -> Callable[..., Any]:
 
 
 def parse_spec(kind: str, spec: str | Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-    """``(name, options)`` of a recipe spec; checks the name is registered and the options are accepted."""
+    """``(name, options)`` of a recipe spec; checks the name is registered and the options are accepted and of
+    the annotated types (TypeError naming the key and the expected type)."""
     if isinstance(spec, str):
         name, options = spec, {}
     elif isinstance(spec, Mapping):
@@ -125,13 +128,17 @@ def parse_spec(kind: str, spec: str | Mapping[str, Any]) -> tuple[str, dict[str,
             raise ValueError(f"{kind} spec {dict(spec)!r} has no 'name' key; expected e.g. {{'name': ..., ...}}")
         options = {k: v for k, v in spec.items() if k != "name"}
         name = spec["name"]
+        if not isinstance(name, str):
+            raise TypeError(f"{kind} spec 'name' must be a string, got {name!r}")
     else:
         raise TypeError(f"{kind} spec must be a name or a mapping with a 'name' key, got {type(spec).__name__}")
-    parameters = inspect.signature(get(kind, name)).parameters
+    factory = get(kind, name)
+    parameters = inspect.signature(factory).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
         unknown = sorted(set(options) - set(parameters))
         if unknown:
             raise TypeError(f"{kind} {name!r} got unknown option(s) {unknown}; it accepts: {', '.join(parameters)}")
+    check_options(f"{kind} {name!r}", options, type_hints(factory))
     return name, options
 
 

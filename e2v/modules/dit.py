@@ -36,6 +36,7 @@ from torch.utils.checkpoint import checkpoint
 from e2v.modules.attention import BackendSpec, resolve_backend
 from e2v.modules.weights import load_weights, read_config, save_weights
 from e2v.registry import register
+from e2v.typecheck import check_options, type_hints
 
 # Parameters kept in fp32 by :meth:`WanDiT.to_dtype`: diffusers' ``_keep_in_fp32_modules`` plus ``time_proj``
 # (the original Wan code computes the whole time embedding and modulation in fp32).
@@ -52,7 +53,7 @@ class WanDiTConfig:
     num_attention_heads: int = 40
     attention_head_dim: int = 128
     in_channels: int = 16
-    out_channels: int = 16
+    out_channels: Optional[int] = 16  # None: in_channels (diffusers)
     text_dim: int = 4096
     freq_dim: int = 256
     ffn_dim: int = 13824
@@ -66,6 +67,8 @@ class WanDiTConfig:
     pos_embed_seq_len: Optional[int] = None
 
     def __post_init__(self) -> None:
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        check_options("WanDiT config", values, type_hints(type(self)))
         self.patch_size = tuple(self.patch_size)
         if self.out_channels is None:  # diffusers: out_channels defaults to in_channels
             self.out_channels = self.in_channels
