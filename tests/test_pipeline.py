@@ -242,5 +242,5 @@ def test_generate_command_writes_videos_atomically(pipe, tmp_path):
     assert probe_video(out)["frames"] == 4 and probe_video(out)["width"] == 32
     assert probe_video(compare)["width"] > 32
     missing = args + ["--ref", str(tmp_path / "nope.png"), "--out", str(tmp_path / "fail.mp4")]
-    assert generate_command(missing) == 1
+    assert generate_command(missing) == 2  # bad input, found before any model is loaded
     assert not list(tmp_path.glob("fail*")) and not list(tmp_path.glob(".fail*"))

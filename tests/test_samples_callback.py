@@ -107,11 +107,17 @@ def test_samples_written_and_logged(tmp_path):
     assert {f"samples/step_4/sample_{i}.{ext}" for i in range(3) for ext in ("mp4", "png", "txt")} == logged
 
 
-def test_without_validation_data_the_error_is_clear(tmp_path):
+def test_without_validation_data_training_goes_on_with_one_warning(tmp_path):
+    """Issue 13: ``val_manifest: null`` (a datamodule without validation data) used to crash with an IndexError."""
     class NoVal(TripletData):
-        val_dataloader = None
+        def val_dataloader(self):
+            return []  # what TripletDataModule returns without a val_manifest
 
-    trainer = pl.Trainer(accelerator="cpu", max_steps=1, logger=False, callbacks=[SampleVideos()],
+    model = TinyGenerator()
+    trainer = pl.Trainer(accelerator="cpu", max_steps=2, logger=False, callbacks=[SampleVideos(every_n_steps=1)],
                          enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
-    with pytest.raises(Exception, match="SampleVideos needs validation triplets"):
-        trainer.fit(TinyGenerator(), train_dataloaders=NoVal().train_dataloader())
+    with pytest.warns(UserWarning, match="no validation data") as caught:
+        trainer.fit(model, datamodule=NoVal())
+    assert trainer.global_step == 2 and model.calls == []
+    assert sum("no validation data" in str(w.message) for w in caught) == 1
+    assert not list(tmp_path.rglob("samples"))

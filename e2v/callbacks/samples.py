@@ -14,7 +14,8 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import move_data_to_device
+from lightning.pytorch.utilities import move_data_to_device, rank_zero_warn
+from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from e2v.callbacks.ema import EMA
 from e2v.callbacks.throughput import batch_size
@@ -70,7 +71,7 @@ class SampleVideos(Callback):
     triplets with ``pl_module.generate_samples(batch, steps=, guidance=, seed=)``, write them and log them.
 
     The triplets are the first ``num_samples`` items of the datamodule's validation dataloader, taken once at fit
-    start. Generation runs on every rank (a sharded model needs all ranks for a forward pass), in eval mode
+    start; without validation data (e.g. ``val_manifest: null``) the callback warns once and writes no samples. Generation runs on every rank (a sharded model needs all ranks for a forward pass), in eval mode
     without gradients and with the EMA weights when an :class:`EMA` callback is present; rank 0 writes the files.
     ``generate_samples`` returns ``{"video": [B,3,F,H,W], "refs": [B,N,3,H,W], "caption": list[str]}`` in [-1, 1].
     """
@@ -105,24 +106,22 @@ class SampleVideos(Callback):
         self._last_step = trainer.global_step
 
     def _fixed_batches(self, trainer: pl.Trainer) -> list[dict[str, Any]]:
-        """The first ``num_samples`` validation items, as batches (a batch never mixes buckets)."""
-        if trainer.datamodule is not None:
+        """The first ``num_samples`` validation items, as batches (a batch never mixes buckets); [] without any."""
+        loader = trainer.val_dataloaders
+        if trainer.datamodule is not None and is_overridden("val_dataloader", trainer.datamodule):
             loader = trainer.datamodule.val_dataloader()
-        elif trainer.val_dataloaders is not None:
-            loader = trainer.val_dataloaders
-        else:
-            raise ValueError("SampleVideos needs validation triplets: give fit a datamodule with val_dataloader()")
         if isinstance(loader, (list, tuple)):
-            loader = loader[0]
+            loader = loader[0] if loader else None
         batches, count = [], 0
-        for batch in loader:
+        for batch in loader if loader is not None else ():
             batch = take_items(batch, self.num_samples - count)
             batches.append(batch)
             count += batch_size(batch)
             if count >= self.num_samples:
                 break
         if not batches:
-            raise ValueError("SampleVideos: the validation dataloader is empty")
+            rank_zero_warn("SampleVideos: no validation data (e.g. val_manifest: null), so no sample videos are "
+                           "written; give the datamodule a val_manifest to get them")
         return batches
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
@@ -139,6 +138,8 @@ class SampleVideos(Callback):
     def sample(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Generate, write and log the samples of the current step."""
         step = self._last_step = trainer.global_step
+        if not self.batches:
+            return
         ema = EMA.find(trainer)
         was_training = pl_module.training
         pl_module.eval()

@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors import safe_open
 
-from e2v.modules.weights import CheckpointError, load_weights, read_config, save_weights
+from e2v.modules.weights import CheckpointError, load_checkpoint, load_weights, read_config, save_weights
 from e2v.registry import register
 
 ENCODER_PREFIX = "encoder."  # where ReferenceEncoderTraining keeps the encoder in its state_dict
@@ -180,13 +180,8 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor] | 
         except Exception as err:  # safetensors raises its own error types for bad headers
             raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from err
         return state, _config_options(json.loads(metadata.get("config", "{}")))
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise CheckpointError(
-            f"{path} is neither a safetensors file nor a Lightning checkpoint loadable with weights_only=True: {err}"
-        ) from err
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+    checkpoint = load_checkpoint(path)
+    if "state_dict" not in checkpoint:
         raise CheckpointError(f"{path} has no 'state_dict'; expected a ReferenceEncoderTraining Lightning checkpoint")
     state = {k[len(ENCODER_PREFIX):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(ENCODER_PREFIX)}
     if not state:

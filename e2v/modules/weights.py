@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from e2v.atomic import write_json_atomic
 
 CONFIG_NAME = "config.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -34,9 +36,36 @@ def read_config(folder: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{folder} has no {CONFIG_NAME}; expected a diffusers-layout component folder")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{path} is not valid JSON: {err}") from err
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, got {type(config).__name__}")
+    return config
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """A Lightning / torch checkpoint as a dict, read with ``weights_only=True`` (nothing arbitrary is unpickled).
+
+    Raises :class:`CheckpointError` naming the file when it is missing, empty, truncated, not a checkpoint or not
+    a dict. Pickles that need arbitrary code are refused: e2v never falls back to ``weights_only=False``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist or is not a file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling raises many types for damaged files; torch's text suggests unsafe loading
+        detail = "" if isinstance(err, pickle.UnpicklingError) else f": {str(err).splitlines()[0] if str(err) else ''}"
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read as a PyTorch checkpoint with tensors only (truncated, damaged, "
+            f"another format, or pickled objects beyond tensors) ({type(err).__name__}{detail})"
+        ) from None
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(checkpoint).__name__}, expected a dict")
+    return checkpoint
 
 
 def shard_files(folder: str | os.PathLike) -> list[Path]:
@@ -107,12 +136,6 @@ def load_weights(
         raise CheckpointError("\n".join(lines))
 
 
-def _atomic_write_json(path: Path, payload: dict[str, Any]) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
-        json.dump(payload, tmp, indent=2, sort_keys=True)
-    os.replace(tmp.name, path)
-
-
 def save_weights(
     module: torch.nn.Module,
     config: dict[str, Any],
@@ -148,17 +171,25 @@ def save_weights(
     if len(shards) > 1:
         weight_map = {key: name for name, shard in zip(names, shards) for key in shard}
         total = sum(t.numel() * t.element_size() for t in state.values())
-        _atomic_write_json(
-            folder / f"{prefix}.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map}
+        write_json_atomic(
+            folder / f"{prefix}.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map},
+            indent=2, sort_keys=True,
         )
-    _atomic_write_json(folder / CONFIG_NAME, config)
+    write_json_atomic(folder / CONFIG_NAME, config, indent=2, sort_keys=True)
+
+
+DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}
 
 
 def parse_dtype(value: str | torch.dtype | None) -> torch.dtype | None:
-    """A torch dtype from a recipe value (``"bfloat16"``, ``"torch.float16"``, a dtype, or None)."""
+    """A torch dtype from a recipe or command-line value (``"bf16"``, ``"fp32"``, ``"bfloat16"``,
+    ``"torch.float16"``, a dtype, or None)."""
     if value is None or isinstance(value, torch.dtype):
         return value
-    dtype = getattr(torch, str(value).removeprefix("torch."), None)
+    name = str(value).strip().lower().removeprefix("torch.")
+    dtype = getattr(torch, DTYPE_ALIASES.get(name, name), None) if name else None
     if not isinstance(dtype, torch.dtype):
-        raise ValueError(f"unknown dtype {value!r}; expected a torch dtype name such as 'float32' or 'bfloat16'")
+        raise ValueError(
+            f"unknown dtype {value!r}; expected {', '.join(DTYPE_ALIASES)} or a torch dtype name such as 'float32'"
+        )
     return dtype

@@ -23,19 +23,26 @@ import os
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence, Union
 
-import numpy as np
+import PIL.Image
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from e2v import registry
-from e2v.datamodules.references import load_reference, pad_to_white_square, prepare_reference, to_float_image
+from e2v.datamodules.references import (
+    check_reference_size,
+    load_reference,
+    pad_to_white_square,
+    prepare_reference,
+    to_float_image,
+)
+from e2v.datamodules.video_io import pil_to_rgb
 from e2v.modules.layouts import latent_frames
 from e2v.modules.quantize import quantize_linears
-from e2v.modules.weights import CheckpointError
+from e2v.modules.weights import CheckpointError, load_checkpoint
 from e2v.pipeline.step_cache import StepCache
 
-ReferenceImage = Union[str, os.PathLike, torch.Tensor, "PIL.Image.Image"]  # noqa: F821
+ReferenceImage = Union[str, os.PathLike, torch.Tensor, PIL.Image.Image]
 DEFAULT_SOLVER = {"name": "unipc", "shift": 8.0, "num_steps": 50}
 SIZE_MULTIPLE = 16  # VAE /8 then DiT patch /2
 WEIGHT_FOLDERS = ("transformer", "vae", "text_encoder", "tokenizer", "image_encoder", "image_processor")
@@ -46,20 +53,20 @@ DIT_QUANTIZE_SKIP = ("condition_embedder.*", "proj_out")
 
 def load_reference_image(image: ReferenceImage) -> torch.Tensor:
     """A reference as float ``[3, H, W]`` in [-1, 1] from a path, a PIL image, a float ``[3, H, W]`` tensor in
-    [-1, 1] or a ``uint8 [H, W, 3]`` tensor. Missing / unreadable files raise an error naming the file."""
+    [-1, 1] or a ``uint8 [H, W, 3]`` tensor. Missing / unreadable / too small files raise an error naming the file."""
     if isinstance(image, (str, os.PathLike)):
         return load_reference(image)
     if isinstance(image, torch.Tensor):
         if image.dtype == torch.uint8 and image.ndim == 3 and image.shape[-1] == 3:
-            return to_float_image(image)
+            return check_reference_size(to_float_image(image), "reference tensor")
         if image.is_floating_point() and image.ndim == 3 and image.shape[0] == 3:
-            return image.float().clamp(-1, 1)
+            return check_reference_size(image.float().nan_to_num().clamp(-1, 1), "reference tensor")
         raise ValueError(
             f"a reference tensor must be float [3, H, W] in [-1, 1] or uint8 [H, W, 3], got {image.dtype} "
             f"{tuple(image.shape)}"
         )
-    if hasattr(image, "convert"):  # PIL.Image
-        return to_float_image(torch.from_numpy(np.asarray(image.convert("RGB")).copy()))
+    if isinstance(image, PIL.Image.Image):
+        return check_reference_size(to_float_image(torch.from_numpy(pil_to_rgb(image))), "reference image")
     raise TypeError(f"a reference must be a path, a PIL image or a tensor, got {type(image).__name__}")
 
 
@@ -159,9 +166,7 @@ class E2VPipeline:
         VAE / encoders from their own specs), DiT weights from the state dict, or from the EMA callback's weights
         when present and ``ema``. ``solver`` defaults to the run's ``sample_solver``."""
         path = Path(ckpt_path)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint {path} not found")
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = load_checkpoint(path)
         hparams = checkpoint.get("hyper_parameters")
         if not isinstance(hparams, dict) or "dit" not in hparams or "state_dict" not in checkpoint:
             raise CheckpointError(
@@ -223,7 +228,8 @@ class E2VPipeline:
             module.to("cpu")
 
     # ------------------------------------------------------------------------------------------------ inputs
-    def _check_request(self, num_refs: int, height: int, width: int, frames: int) -> None:
+    def check_request(self, num_refs: int, height: int, width: int, frames: int) -> None:
+        """ValueError when a request of this size cannot run (frame size, frame count, references for the layout)."""
         if height <= 0 or width <= 0 or height % SIZE_MULTIPLE or width % SIZE_MULTIPLE:
             raise ValueError(f"height and width must be positive multiples of {SIZE_MULTIPLE}, got {height}x{width}")
         self.layout.check(num_refs, frames)
@@ -320,7 +326,7 @@ class E2VPipeline:
         """
         if not refs:
             raise ValueError("at least one reference image is needed")
-        self._check_request(len(refs), height, width, frames)
+        self.check_request(len(refs), height, width, frames)
         layout_refs, clip_refs = self.prepare_references(refs, kinds, height, width)
         branches = self._branches(prompt, negative_prompt, layout_refs, clip_refs, frames, guidance, image_guidance)
 
