@@ -26,7 +26,7 @@ setup(
         "tqdm==4.70.1",
     ],
     extras_require={
-        "test": ["pytest==9.0.3", "diffusers==0.42.1", "accelerate==1.15.0"],
+        "test": ["pytest==9.0.3", "diffusers==0.42.1", "accelerate==1.15.0", "hypothesis==6.170.17"],
         "face": ["dlib-bin", "face_recognition_models"],
     },
     entry_points={"console_scripts": ["e2v=e2v.cli:main"]},
