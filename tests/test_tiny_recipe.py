@@ -1,9 +1,12 @@
-"""The stock tiny E2V recipe, with every callback it ships (checkpoints, EMA, sample videos, throughput), stopped
-mid-epoch and resumed: the resumed run continues and writes its samples."""
+"""The stock tiny E2V recipe, with every callback it ships (checkpoints, EMA, sample videos, throughput), killed
+mid-epoch and resumed from its last periodic checkpoint: the resumed run continues and writes its samples."""
 
+import json
 from pathlib import Path
 
+import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 
 from e2v.cli import main
 from e2v.datamodules.synth import synthesize_world
@@ -18,16 +21,37 @@ def fit(max_steps: int, *extra: str) -> None:
           "--trainer.val_check_interval", "3", "--model.init_args.image_encoder", RANDOM_REFENC, *extra])
 
 
-def test_stock_tiny_recipe_stops_mid_epoch_and_resumes(tmp_path, monkeypatch):
+class KillAt(Callback):
+    """Dies right after optimizer step ``step``, as a killed run does: no end-of-fit checkpoint, no samples."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise RuntimeError(f"killed at step {self.step}")
+
+
+def callback(class_path: str, **init_args) -> str:
+    return "--trainer.callbacks+=" + json.dumps({"class_path": class_path, "init_args": init_args})
+
+
+def test_stock_tiny_recipe_killed_mid_epoch_resumes(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     synthesize_world("data/tiny_world", num_clips=40, num_heldout=4, frames=17, height=32, width=32,
                      background_ref_prob=1.0, progress=False)
-    fit(3)  # 5 batches per epoch: step 3 is mid-epoch
-    last = Path("runs/tiny/e2v/checkpoints/last.ckpt")
-    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 3
-    fit(12, "--ckpt_path", "last")  # past the throughput callback's first log (every 10 steps)
-    state = torch.load(last, map_location="cpu", weights_only=True)
+    # 5 batches per epoch: killed after step 3 (mid-epoch), resumed from the checkpoint of step 2
+    periodic = callback("lightning.pytorch.callbacks.ModelCheckpoint", dirpath="periodic", every_n_train_steps=2,
+                        save_top_k=-1, filename="{step}")
+    with pytest.raises(RuntimeError, match="killed at step 3"):
+        fit(12, periodic, callback(f"{__name__}.KillAt", step=3))
+    resume = Path("periodic/step=2.ckpt")
+    assert torch.load(resume, map_location="cpu", weights_only=True)["global_step"] == 2
+    assert not Path("runs/tiny/e2v/checkpoints/last.ckpt").exists()
+    fit(12, "--ckpt_path", str(resume))  # past the throughput callback's first log (every 10 steps)
+    state = torch.load("runs/tiny/e2v/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
     assert state["global_step"] == 12
     assert any("EMA" in key for key in state["callbacks"])
     samples = sorted(p.name for p in Path("runs/tiny/e2v").rglob("samples/step_*") if "mlartifacts" not in p.parts)
-    assert samples == ["step_12", "step_3"]  # the sample callback ran at the end of both runs
+    assert samples == ["step_12"]  # the sample callback ran at the end of the resumed run only
+    assert not list(Path(".").rglob(".*.tmp*"))  # nothing half-written anywhere
