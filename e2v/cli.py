@@ -2,10 +2,12 @@
 
     e2v fit --config recipes/tiny/e2v.yaml [--trainer.max_steps 100 ...]
     e2v registry                      # every registered component, by kind
+    e2v registry dit wan              # one component's options, types and defaults (what a recipe may set)
     e2v data synth --out data/world   # the synthetic E2V world
     e2v data check manifest.jsonl     # validate a triplet manifest
     e2v cache ...                     # precompute latents and encoder states
     e2v generate --ref a.png --ref b.png --prompt "..." --checkpoint last.ckpt --out video.mp4
+    e2v bench score --cases cases.jsonl --videos DIR --out REPORT   # A2-Bench-style evaluation
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ import sys
 from typing import Callable
 
 USAGE = """usage: e2v {fit,validate,test,predict} --config RECIPE.yaml [overrides]
-       e2v registry [KIND]
+       e2v registry [KIND [NAME]]
        e2v data {synth,check} ...
        e2v cache ...
        e2v generate ...
+       e2v bench {run,score,compare,from-opens2v} ...
 """
 
 # name -> "module:function" taking argv and returning an exit code; imported only when used (lightning is slow).
@@ -31,6 +34,12 @@ DATA_COMMANDS: dict[str, str] = {
     "synth": "e2v.datamodules.synth:synth_command",
     "check": "e2v.datamodules.commands:check_command",
 }
+BENCH_COMMANDS: dict[str, str] = {
+    "run": "e2v.bench.commands:run_command",
+    "score": "e2v.bench.commands:score_command",
+    "compare": "e2v.bench.commands:compare_command",
+    "from-opens2v": "e2v.bench.commands:opens2v_command",
+}
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
 
@@ -40,9 +49,24 @@ def resolve(target: str) -> Callable[[list[str]], int]:
 
 
 def registry_command(argv: list[str]) -> int:
-    """Print every registered component (or those of one kind) with its one-line description."""
+    """Print every registered component (or those of one kind) with its one-line description; with a kind and a
+    name, that component's options with their types and defaults (the table recipes are checked against)."""
     from e2v import registry
+    from e2v.typecheck import describe
 
+    if len(argv) == 2:
+        kind, name = argv
+        entry = registry.entry(kind, name)
+        accepted, open_ended = registry.options(kind, name)
+        print(f"{kind} {name}: {entry.description}")
+        print(f"  recipe: {{name: {name}, ...options}}; options:")
+        for option in accepted.values():
+            kind_text = "" if option.annotation is registry.Option.REQUIRED else describe(option.annotation)
+            default = "(required)" if option.default is registry.Option.REQUIRED else f"default {option.default!r}"
+            print(f"  {option.name:<24} {kind_text:<32} {default}")
+        if open_ended:
+            print("  (also takes further options: **kwargs)")
+        return 0
     kinds = argv or list(registry.KINDS)
     for kind in kinds:
         entries = registry.entries(kind)
@@ -86,6 +110,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"usage: e2v data {{{','.join(DATA_COMMANDS)}}} ...", file=sys.stderr)
             return 2
         return resolve(DATA_COMMANDS[rest[0]])(rest[1:])
+    if command == "bench":
+        if not rest or rest[0] not in BENCH_COMMANDS:
+            print(f"usage: e2v bench {{{','.join(BENCH_COMMANDS)}}} ...", file=sys.stderr)
+            return 2
+        return resolve(BENCH_COMMANDS[rest[0]])(rest[1:])
     if command in LIGHTNING_COMMANDS or command.startswith("-"):
         lightning_main(argv)
         return 0

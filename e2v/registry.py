@@ -47,12 +47,29 @@ _BUILTIN_MODULES = (
 )
 
 
+_EMPTY = inspect.Parameter.empty
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option of a component: its type annotation and default (``Option.REQUIRED`` when it has none)."""
+
+    name: str
+    annotation: Any
+    default: Any
+
+    REQUIRED = _EMPTY
+
+
 @dataclass(frozen=True)
 class Entry:
     kind: str
     name: str
     factory: Callable[..., Any]
     description: str
+    # options a ``**kwargs`` factory accepts beyond its signature; given the options of a spec (defaults may depend
+    # on them, e.g. a DiT preset's config values), returns ``{name: Option}``
+    extra_options: Callable[[Mapping[str, Any]], dict[str, Option]] | None = None
 
 
 _ENTRIES: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
@@ -64,10 +81,17 @@ def _check_kind(kind: str) -> None:
         raise ValueError(f"unknown registry kind {kind!r}; kinds are: {', '.join(KINDS)}")
 
 
-def register(kind: str, name: str, description: str | None = None) -> Callable[[Callable], Callable]:
+def register(
+    kind: str,
+    name: str,
+    description: str | None = None,
+    extra_options: Callable[[Mapping[str, Any]], dict[str, Option]] | None = None,
+) -> Callable[[Callable], Callable]:
     """Decorator registering a class or factory function as component ``name`` of ``kind``.
 
     ``description`` defaults to the first line of the factory's docstring (shown by ``e2v registry``).
+    ``extra_options`` declares what a factory's ``**kwargs`` accept (see :class:`Entry`); without it a ``**kwargs``
+    factory accepts any option.
     """
     _check_kind(kind)
 
@@ -76,7 +100,7 @@ def register(kind: str, name: str, description: str | None = None) -> Callable[[
         existing = _ENTRIES[kind].get(name)
         if existing is not None and existing.factory is not factory:
             raise ValueError(f"{kind} {name!r} is already registered by {existing.factory.__module__}")
-        _ENTRIES[kind][name] = Entry(kind, name, factory, text)
+        _ENTRIES[kind][name] = Entry(kind, name, factory, text, extra_options)
         return factory
 
     return decorator
@@ -118,28 +142,84 @@ def get(kind: str, name: str) -> Callable[..., Any]:
     return _ENTRIES[kind][name].factory
 
 
-def parse_spec(kind: str, spec: str | Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-    """``(name, options)`` of a recipe spec; checks the name is registered and the options are accepted and of
-    the annotated types (TypeError naming the key and the expected type)."""
+def entry(kind: str, name: str) -> Entry:
+    """The registry entry of ``name`` of ``kind`` (KeyError listing the known names)."""
+    get(kind, name)
+    return _ENTRIES[kind][name]
+
+
+def options(kind: str, name: str, given: Mapping[str, Any] | None = None) -> tuple[dict[str, Option], bool]:
+    """``({option: Option}, open)`` of a component: its factory's parameters plus declared extra options;
+    ``open`` is True when it also takes undeclared options (a ``**kwargs`` factory without ``extra_options``)."""
+    found = entry(kind, name)
+    hints = type_hints(found.factory)
+    result: dict[str, Option] = {}
+    var_keyword = False
+    for parameter in inspect.signature(found.factory).parameters.values():
+        if parameter.kind is parameter.VAR_KEYWORD:
+            var_keyword = True
+        elif parameter.kind is not parameter.VAR_POSITIONAL:
+            result[parameter.name] = Option(parameter.name, hints.get(parameter.name, _EMPTY), parameter.default)
+    if found.extra_options is not None:
+        result.update({k: v for k, v in found.extra_options(dict(given or {})).items() if k not in result})
+    return result, var_keyword and found.extra_options is None
+
+
+def split_spec(kind: str, spec: str | Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """``(name, options)`` of a spec's syntax: ``"name"`` or ``{"name": ..., **options}`` (no lookup)."""
     if isinstance(spec, str):
-        name, options = spec, {}
-    elif isinstance(spec, Mapping):
+        return spec, {}
+    if isinstance(spec, Mapping):
         if "name" not in spec:
             raise ValueError(f"{kind} spec {dict(spec)!r} has no 'name' key; expected e.g. {{'name': ..., ...}}")
-        options = {k: v for k, v in spec.items() if k != "name"}
         name = spec["name"]
         if not isinstance(name, str):
             raise TypeError(f"{kind} spec 'name' must be a string, got {name!r}")
-    else:
-        raise TypeError(f"{kind} spec must be a name or a mapping with a 'name' key, got {type(spec).__name__}")
-    factory = get(kind, name)
-    parameters = inspect.signature(factory).parameters
-    if not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
-        unknown = sorted(set(options) - set(parameters))
-        if unknown:
-            raise TypeError(f"{kind} {name!r} got unknown option(s) {unknown}; it accepts: {', '.join(parameters)}")
-    check_options(f"{kind} {name!r}", options, type_hints(factory))
-    return name, options
+        return name, {k: v for k, v in spec.items() if k != "name"}
+    raise TypeError(f"{kind} spec must be a name or a mapping with a 'name' key, got {type(spec).__name__}")
+
+
+def parse_spec(kind: str, spec: str | Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """``(name, options)`` of a recipe spec; checks the name is registered and the options are accepted and of
+    the annotated types (TypeError naming the key and the expected type)."""
+    name, given = split_spec(kind, spec)
+    accepted, open_ended = options(kind, name, given)
+    unknown = sorted(set(given) - set(accepted))
+    if unknown and not open_ended:
+        raise TypeError(f"{kind} {name!r} got unknown option(s) {unknown}; it accepts: {', '.join(accepted)}")
+    check_options(f"{kind} {name!r}", given, {k: o.annotation for k, o in accepted.items()})
+    return name, given
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as YAML writes it (tuples as lists, dtypes as names); ``_EMPTY`` for what YAML cannot hold."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        items = [_plain(v) for v in value]
+        return _EMPTY if any(v is _EMPTY for v in items) else items
+    if isinstance(value, Mapping):
+        items = {str(k): _plain(v) for k, v in value.items()}
+        return _EMPTY if any(v is _EMPTY for v in items.values()) else items
+    if type(value).__name__ == "dtype":  # torch.dtype, without importing torch here
+        return str(value).removeprefix("torch.")
+    return _EMPTY
+
+
+def full_spec(kind: str, spec: str | Mapping[str, Any]) -> dict[str, Any]:
+    """``{"name": ..., **every option}``: the given options plus every other option's default (what
+    ``--print_config`` shows). Building it gives the same component as building ``spec``."""
+    name, given = parse_spec(kind, spec)
+    accepted, _ = options(kind, name, given)
+    result: dict[str, Any] = {"name": name}
+    for key, option in accepted.items():
+        value = _plain(given[key]) if key in given else _plain(option.default)
+        if key in given and value is _EMPTY:
+            value = given[key]
+        if value is not _EMPTY:
+            result[key] = value
+    result.update({k: v for k, v in given.items() if k not in result})
+    return result
 
 
 def build(kind: str, spec: str | Mapping[str, Any] | None, **defaults: Any) -> Any:
@@ -150,9 +230,9 @@ def build(kind: str, spec: str | Mapping[str, Any] | None, **defaults: Any) -> A
     """
     if spec is None:
         return None
-    name, options = parse_spec(kind, spec)
+    name, given = parse_spec(kind, spec)
     factory = get(kind, name)
     parameters = inspect.signature(factory).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
         defaults = {k: v for k, v in defaults.items() if k in parameters}
-    return factory(**{**defaults, **options})
+    return factory(**{**defaults, **given})

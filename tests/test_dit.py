@@ -30,7 +30,7 @@ def make_inputs(batch=2, refs=1, text_len=512, seed=1):
     latents = torch.randn(batch, 36, 3, 4, 6, generator=g)
     timestep = torch.tensor([17.0, 731.0][:batch])
     text = torch.randn(batch, text_len, 32, generator=g)
-    image = torch.randn(batch, refs * TOKENS_PER_IMAGE, 24, generator=g)
+    image = torch.randn(batch, refs * TOKENS_PER_IMAGE, PRESETS["tiny"]["image_dim"], generator=g)
     return latents, timestep, text, image
 
 

@@ -2,14 +2,18 @@
 
 from pathlib import Path
 
+import importlib
+
 import pytest
 import yaml
 
 from e2v import registry
 from e2v.cli import main
+from e2v.specs import spec_kinds
 
 RECIPE_DIR = Path(__file__).resolve().parents[1] / "recipes"
-LAYERED = {"tiny/vae-asset.yaml": "tiny/vae.yaml"}  # overlays and the recipe they are layered over
+# overlays and the recipes they are layered over
+LAYERED = {"tiny/vae-asset.yaml": ["tiny/vae.yaml"], "tiny/vae-asset-stage2.yaml": ["tiny/vae.yaml", "tiny/vae-asset.yaml"]}
 RECIPES = sorted(RECIPE_DIR.rglob("*.yaml"))
 
 
@@ -20,21 +24,64 @@ def test_recipes_exist():
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
 def test_recipe_validates(recipe, capsys):
-    base = LAYERED.get(recipe.relative_to(RECIPE_DIR).as_posix())
-    configs = ["--config", str(RECIPE_DIR / base)] if base else []
+    bases = LAYERED.get(recipe.relative_to(RECIPE_DIR).as_posix(), [])
+    configs = [arg for base in bases for arg in ("--config", str(RECIPE_DIR / base))]
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", *configs, "--config", str(recipe), "--print_config"])
     assert exit_info.value.code in (0, None)
     resolved = yaml.safe_load(capsys.readouterr().out)
     assert resolved["model"]["class_path"].startswith("e2v.tasks.")
-    # every registry spec in the model names a registered component
-    kinds = {"dit": "dit", "vae": "vae", "text_encoder": "text_encoder", "image_encoder": "image_encoder",
-             "layout": "reference_layout", "timestep_sampler": "timestep_sampler", "sample_solver": "solver",
-             "encoder": "image_encoder"}
+    # every component spec is printed with every option of the component it names
+    module, _, name = resolved["model"]["class_path"].rpartition(".")
+    kinds = spec_kinds(getattr(importlib.import_module(module), name))
+    assert kinds
     for key, kind in kinds.items():
         spec = resolved["model"]["init_args"].get(key)
         if spec:
-            registry.parse_spec(kind, spec)
+            assert isinstance(spec, dict) and set(spec) >= {"name", *registry.options(kind, spec["name"], spec)[0]} - {
+                k for k, o in registry.options(kind, spec["name"], spec)[0].items() if o.default is o.REQUIRED}
+            assert registry.full_spec(kind, spec) == spec
+
+
+TINY = RECIPE_DIR / "tiny" / "e2v.yaml"
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("{name: wan, num_layer: 3}", r"dit 'wan' got unknown option\(s\) \['num_layer'\]; it accepts: preset, .*num_layers"),
+        ("{name: wan, num_layers: four}", r"dit 'wan': option 'num_layers' must be int, got 'four'"),
+        ("{name: wam}", r"no dit named 'wam' is registered; known dit names: wan"),
+    ],
+)
+def test_component_option_errors_at_parse_time(tmp_path, capsys, override, expected):
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(f"model:\n  init_args:\n    dit: {override}\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(TINY), "--config", str(overlay), "--print_config"])
+    assert exit_info.value.code == 2
+    assert __import__("re").search(expected, capsys.readouterr().err)
+
+
+def test_printed_config_rebuilds_the_same_components(tmp_path, capsys):
+    """--print_config's full specs parse again and name the same components (round trip)."""
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(TINY), "--print_config"])
+    printed = capsys.readouterr().out
+    again = tmp_path / "printed.yaml"
+    again.write_text(printed)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(again), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    assert yaml.safe_load(capsys.readouterr().out)["model"] == yaml.safe_load(printed)["model"]
+    dit = yaml.safe_load(printed)["model"]["init_args"]["dit"]
+    assert (dit["num_layers"], dit["image_dim"], dit["added_kv_proj_dim"], dit["freq_dim"]) == (4, 24, 128, 32)
+
+
+def test_registry_command_lists_options(capsys):
+    assert main(["registry", "dit", "wan"]) == 0
+    out = capsys.readouterr().out
+    assert "num_layers" in out and "gradient_checkpointing" in out and "default 'tiny'" in out
 
 
 def test_registry_spec_errors_are_clear():

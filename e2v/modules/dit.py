@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +35,7 @@ from torch.utils.checkpoint import checkpoint
 
 from e2v.modules.attention import BackendSpec, resolve_backend
 from e2v.modules.weights import load_weights, read_config, save_weights
-from e2v.registry import register
+from e2v.registry import Option, register
 from e2v.typecheck import check_options, type_hints
 
 # Parameters kept in fp32 by :meth:`WanDiT.to_dtype`: diffusers' ``_keep_in_fp32_modules`` plus ``time_proj``
@@ -117,7 +117,7 @@ _TINY = dict(
     rope_max_seq_len=256,
 )
 PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": dict(_TINY, in_channels=36, out_channels=16, image_dim=24, added_kv_proj_dim=32),
+    "tiny": dict(_TINY, in_channels=36, out_channels=16, image_dim=32, added_kv_proj_dim=32),  # image_dim = tiny CLIP
     "tiny-t2v": dict(_TINY, in_channels=16, out_channels=16),
     "wan2.1-t2v-1.3b": dict(
         num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16, text_dim=4096,
@@ -542,7 +542,20 @@ def as_dtype(dtype: torch.dtype | str) -> torch.dtype:
     return _DTYPES[dtype]
 
 
-@register("dit", "wan")
+def config_options(given: Mapping[str, Any]) -> dict[str, Option]:
+    """The :class:`WanDiTConfig` keys the ``wan`` DiT accepts as options; their defaults are the preset's values
+    (none when ``weights`` is given: the folder's config.json decides, and overrides are refused)."""
+    hints = type_hints(WanDiTConfig)
+    resolved: dict[str, Any] = {}
+    if given.get("weights") is None and given.get("preset", "tiny") in PRESETS:
+        resolved = WanDiTConfig.from_dict(PRESETS[given.get("preset", "tiny")]).to_dict()
+    return {
+        f.name: Option(f.name, hints.get(f.name, Any), resolved.get(f.name, Option.REQUIRED))
+        for f in dataclasses.fields(WanDiTConfig)
+    }
+
+
+@register("dit", "wan", extra_options=config_options)
 def build_wan_dit(
     preset: str = "tiny",
     weights: Optional[str] = None,

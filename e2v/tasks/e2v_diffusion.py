@@ -16,6 +16,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from e2v import registry
+from e2v.specs import DiTSpec, ImageEncoderSpec, LayoutSpec, SolverSpec, TextEncoderSpec, TimestepSamplerSpec, VAESpec
 from e2v.tasks.optim import configure_optimization
 from e2v.modules.flow import TIMESTEP_SCALE, expand_like, noisy_latents, velocity_target
 from e2v.tasks.frozen import build_frozen, restore_prefixes, strip_prefixes
@@ -37,23 +38,25 @@ class E2VDiffusion(LightningModule):
 
     def __init__(
         self,
-        dit: dict[str, Any] | str = {"name": "wan", "preset": "tiny", "image_dim": 32},
-        vae: dict[str, Any] | str = {"name": "wan", "preset": "tiny"},
-        text_encoder: dict[str, Any] | str | None = {"name": "umt5", "preset": "tiny"},
-        image_encoder: dict[str, Any] | str | None = {"name": "clip", "preset": "tiny"},
-        layout: dict[str, Any] | str = "a2",
-        timestep_sampler: dict[str, Any] | str = {"name": "logit_normal"},
+        dit: DiTSpec = {"name": "wan", "preset": "tiny"},
+        vae: VAESpec = {"name": "wan", "preset": "tiny"},
+        text_encoder: TextEncoderSpec | None = {"name": "umt5", "preset": "tiny"},
+        image_encoder: ImageEncoderSpec | None = {"name": "clip", "preset": "tiny"},
+        layout: LayoutSpec = "a2",
+        timestep_sampler: TimestepSamplerSpec = {"name": "logit_normal"},
         text_dropout: float = 0.1,
         reference_dropout: float = 0.05,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
         max_nonfinite_steps: int = 0,
-        sample_solver: dict[str, Any] | str = {"name": "euler", "shift": 3.0},
+        sample_solver: SolverSpec = {"name": "euler", "shift": 3.0},
         seed: int = 0,
     ):
         """
         Args:
-            dit / vae / text_encoder / image_encoder / layout / timestep_sampler / sample_solver: registry specs.
+            dit / vae / text_encoder / image_encoder / layout / timestep_sampler / sample_solver: registry specs,
+                ``name`` or ``{name: ..., ...options}``, checked when the recipe is parsed; ``e2v registry KIND NAME``
+                lists a component's options.
             text_dropout, reference_dropout: per-sample probabilities of dropping the prompt / the references (CFG).
             optimizer, lr_scheduler: callables from the recipe (``class_path`` + ``init_args``), e.g. torch AdamW or
                 bitsandbytes AdamW8bit.

@@ -27,6 +27,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
 from e2v import registry
+from e2v.specs import ImageEncoderSpec
 from e2v.modules.reference_vit import ENCODER_CONFIG_KEY
 
 
@@ -98,7 +99,7 @@ class ReferenceEncoderTraining(L.LightningModule):
 
     def __init__(
         self,
-        encoder: dict[str, Any] | str = "e2v_vit",
+        encoder: ImageEncoderSpec = "e2v_vit",
         temperature: float = 0.1,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         warmup_steps: int = 0,

@@ -11,6 +11,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from e2v import registry
+from e2v.specs import FeatureNetSpec, VAESpec
 from e2v.callbacks.samples import enlarged, evenly_spaced_frames
 from e2v.datamodules.video_io import save_image
 from e2v.loggers import mlflow_logger, run_dir
@@ -33,9 +34,9 @@ class VAETraining(LightningModule):
 
     def __init__(
         self,
-        vae: dict[str, Any] | str = {"name": "wan", "preset": "tiny"},
+        vae: VAESpec = {"name": "wan", "preset": "tiny"},
         kl_weight: float = 1e-6,
-        perceptual: dict[str, Any] | str | None = None,
+        perceptual: FeatureNetSpec | None = None,
         perceptual_weight: float = 0.0,
         perceptual_frames: int = 2,
         optimizer: OptimizerCallable = torch.optim.AdamW,
