@@ -69,17 +69,12 @@ def dtype_name(text: str) -> str:
     return text
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="e2v generate", description="Generate a video from reference images.")
-    parser.add_argument("--ref", action="append", required=True, metavar="PATH[:KIND]",
-                        help="a reference image, repeatable; optional kind: human, face, object, animal, background")
-    parser.add_argument("--prompt", required=True)
+def add_generation_options(parser: argparse.ArgumentParser) -> None:
+    """The model source and sampling options shared by ``e2v generate`` and ``e2v bench run``."""
     parser.add_argument("--negative-prompt", default="", help='"" (default): the null text used in training')
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="an e2v training checkpoint (.ckpt)")
     source.add_argument("--weights", help="an official SkyReels-A2 / Wan2.1 release folder")
-    parser.add_argument("--out", required=True, help="output mp4")
-    parser.add_argument("--compare", help="also write an mp4 with the references beside the frames")
     parser.add_argument("--height", type=frame_size, default=480)
     parser.add_argument("--width", type=frame_size, default=832)
     parser.add_argument("--frames", type=frame_count, default=81, help="4k+1 frames, reference prefix included")
@@ -100,8 +95,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", type=dtype_name, default=None,
                         help=f"DiT / text encoder dtype for --weights ({', '.join(DTYPE_ALIASES)} or a torch name)")
     parser.add_argument("--device", default=None)
-    parser.add_argument("--cfg-parallel", action="store_true", help="under torchrun: guidance branches on 2 groups")
     parser.add_argument("--no-progress", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="e2v generate", description="Generate a video from reference images.")
+    parser.add_argument("--ref", action="append", required=True, metavar="PATH[:KIND]",
+                        help="a reference image, repeatable; optional kind: human, face, object, animal, background")
+    parser.add_argument("--prompt", required=True)
+    parser.add_argument("--out", required=True, help="output mp4")
+    parser.add_argument("--compare", help="also write an mp4 with the references beside the frames")
+    add_generation_options(parser)
+    parser.add_argument("--cfg-parallel", action="store_true", help="under torchrun: guidance branches on 2 groups")
     return parser
 
 

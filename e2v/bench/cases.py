@@ -1,0 +1,128 @@
+"""The bench cases file: JSONL, one case per line, paths relative to the cases file.
+
+    {"id": "case_1", "prompt": "a man walks his dog", "references": [{"path": "refs/man.png", "kind": "human"},
+     {"path": "refs/dog.png", "kind": "animal"}], "video": "truth/case_1.mp4"}
+
+``video`` (optional) is a ground-truth clip: the pixel metrics compare against it. ``kind`` is one of the e2v
+reference kinds (human, face, object, animal, clothes, background, ...); it decides which consistency scorer judges
+the reference (faces and humans: ID; backgrounds: background; the rest: object). Blank lines are skipped. Every
+error is a :class:`CasesError` naming the file and line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+CASE_KEYS = ("id", "prompt", "references", "video")
+REFERENCE_KEYS = ("path", "kind")
+
+
+class CasesError(ValueError):
+    """A cases file that cannot be used; the message names ``file:line``."""
+
+
+@dataclass(frozen=True)
+class CaseReference:
+    path: Path
+    kind: str
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    prompt: str
+    references: tuple[CaseReference, ...]
+    video: Path | None = None
+    line: int = 0
+
+
+def _path(value: object, root: Path, where: str, key: str) -> Path:
+    if not isinstance(value, str) or not value.strip():
+        raise CasesError(f"{where}: {key!r} must be a non-empty path string, got {value!r}")
+    path = Path(value) if os.path.isabs(value) else root / value
+    if not path.is_file():
+        raise CasesError(f"{where}: {key} {value!r} does not exist (looked for {path})")
+    return path
+
+
+def parse_case(obj: object, root: Path, where: str, line: int = 0) -> Case:
+    """One case from its decoded JSON ``obj``; ``where`` (``file:line``) prefixes every error."""
+    if not isinstance(obj, dict):
+        raise CasesError(f"{where}: a case must be a JSON object, got {type(obj).__name__}")
+    unknown = sorted(set(obj) - set(CASE_KEYS))
+    if unknown:
+        raise CasesError(f"{where}: unknown key(s) {unknown}; a case has {', '.join(CASE_KEYS)}")
+    for key in ("id", "prompt", "references"):
+        if key not in obj:
+            raise CasesError(f"{where}: missing {key!r}")
+    case_id = obj["id"]
+    if not isinstance(case_id, str) or not case_id.strip() or "/" in case_id or "\\" in case_id or case_id in (".", ".."):
+        raise CasesError(f"{where}: 'id' must be a non-empty string usable as a file name, got {case_id!r}")
+    if not isinstance(obj["prompt"], str):
+        raise CasesError(f"{where}: 'prompt' must be a string, got {obj['prompt']!r}")
+    refs = obj["references"]
+    if not isinstance(refs, list) or not refs:
+        raise CasesError(f"{where}: 'references' must be a non-empty list of {{'path', 'kind'}} objects")
+    references = []
+    for index, ref in enumerate(refs):
+        at = f"{where}: references[{index}]"
+        if not isinstance(ref, dict) or "path" not in ref:
+            raise CasesError(f"{at} must be an object with a 'path' (and a 'kind'), got {ref!r}")
+        extra = sorted(set(ref) - set(REFERENCE_KEYS))
+        if extra:
+            raise CasesError(f"{at}: unknown key(s) {extra}; a reference has {', '.join(REFERENCE_KEYS)}")
+        kind = ref.get("kind", "object")
+        if not isinstance(kind, str) or not kind.strip():
+            raise CasesError(f"{at}: 'kind' must be a non-empty string, got {kind!r}")
+        references.append(CaseReference(_path(ref["path"], root, at, "path"), kind.strip().lower()))
+    video = obj.get("video")
+    video = None if video is None else _path(video, root, where, "video")
+    return Case(case_id, obj["prompt"], tuple(references), video, line)
+
+
+def read_cases(path: str | os.PathLike) -> list[Case]:
+    """Every case of a JSONL cases file; CasesError naming ``file:line`` on the first bad line or duplicate id."""
+    path = Path(path)
+    if not path.is_file():
+        raise CasesError(f"{path}: cases file does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise CasesError(f"{path}: not UTF-8 text ({err})") from None
+    cases: list[Case] = []
+    seen: dict[str, int] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise CasesError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
+        case = parse_case(obj, path.parent, where, number)
+        if case.id in seen:
+            raise CasesError(f"{where}: duplicate id {case.id!r} (first on line {seen[case.id]})")
+        seen[case.id] = number
+        cases.append(case)
+    if not cases:
+        raise CasesError(f"{path}: no cases (the file is empty)")
+    return cases
+
+
+def case_record(case: Case, root: Path) -> dict:
+    """The JSON object of ``case`` with paths relative to ``root`` where possible (the inverse of parse_case)."""
+
+    def rel(path: Path) -> str:
+        try:
+            return os.path.relpath(path, root)
+        except ValueError:  # another drive on Windows
+            return str(path)
+
+    record = {"id": case.id, "prompt": case.prompt,
+              "references": [{"path": rel(r.path), "kind": r.kind} for r in case.references]}
+    if case.video is not None:
+        record["video"] = rel(case.video)
+    return record

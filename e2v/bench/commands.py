@@ -1,0 +1,154 @@
+"""``e2v bench``: A2-Bench-style evaluation.
+
+    e2v bench score --cases cases.jsonl --videos DIR --out DIR      # any model's videos: DIR/ID.mp4 per case
+    e2v bench run --cases cases.jsonl --checkpoint last.ckpt --out DIR [generation options]
+    e2v bench compare REPORT_DIR... --out DIR
+    e2v bench from-opens2v Open-Domain_Eval.json --images-root OpenS2V-Eval --out cases.jsonl
+
+Scorers: ``--scorer NAME`` or ``--scorer '{"name": ..., **options}'`` (repeatable; default: the CPU set of
+``e2v.bench.scorers.DEFAULT_SCORERS``, those whose optional dependency is missing skipped with a message).
+Exit codes: 2 for bad input (cases file, options, missing videos), 1 for a failure while generating or scoring.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from e2v.bench.cases import CasesError, read_cases
+from e2v.bench.compare import CompareError
+
+
+class BadInput(ValueError):
+    """Bad options or inputs of an ``e2v bench`` command; exit code 2."""
+
+
+def _error(command: str, err: Exception, code: int) -> int:
+    print(f"e2v bench {command}: error: {err}", file=sys.stderr)
+    return code
+
+
+def add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cases", required=True, help="JSONL cases file (paths relative to it)")
+    parser.add_argument("--out", required=True, help="report folder (report.json, report.md, report.html)")
+    parser.add_argument("--scorer", action="append", default=None, metavar="NAME|JSON",
+                        help="a scorer (repeatable); default: the CPU scorer set")
+
+
+def scorers_from(args: argparse.Namespace):
+    from e2v.bench.scorers import build_scorers, parse_scorer_spec
+
+    try:
+        specs = None if args.scorer is None else [parse_scorer_spec(text) for text in args.scorer]
+        return build_scorers(specs, warn=lambda message: print(f"e2v bench: {message}", file=sys.stderr))
+    except (ValueError, KeyError, TypeError, ImportError, OSError) as err:
+        raise BadInput(f"--scorer: {err}") from None
+
+
+def _score(cases, videos: Path, scorers, args: argparse.Namespace) -> int:
+    from e2v.bench.runner import score_cases, summary_line
+
+    report = score_cases(cases, lambda case: videos / f"{case.id}.mp4", scorers, args.out,
+                         progress=not args.no_progress)
+    print(f"wrote {Path(args.out) / 'report.json'}: {summary_line(report)}")
+    return 0
+
+
+def score_command(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="e2v bench score", description="Score videos (DIR/ID.mp4) of a cases file.")
+    add_common(parser)
+    parser.add_argument("--videos", required=True, help="folder of ID.mp4 videos, one per case")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    from e2v.bench.runner import BenchError, missing_videos
+
+    try:
+        cases = read_cases(args.cases)
+        videos = Path(args.videos)
+        if not videos.is_dir():
+            raise BadInput(f"--videos {videos} is not a directory")
+        missing = missing_videos(cases, videos)
+        if missing:
+            shown = ", ".join(f"{i}.mp4" for i in missing[:5]) + (" ..." if len(missing) > 5 else "")
+            raise BadInput(f"--videos {videos} lacks {len(missing)} of {len(cases)} case videos: {shown}")
+        scorers = scorers_from(args)
+    except (CasesError, BadInput) as err:
+        return _error("score", err, 2)
+    try:
+        return _score(cases, videos, scorers, args)
+    except (BenchError, OSError) as err:
+        return _error("score", err, 1)
+
+
+def run_command(argv: Optional[Sequence[str]] = None) -> int:
+    from e2v.pipeline.generate import add_generation_options
+
+    parser = argparse.ArgumentParser(prog="e2v bench run", description="Generate one video per case, then score.")
+    add_common(parser)
+    add_generation_options(parser)
+    args = parser.parse_args(argv)
+    from e2v.bench.runner import BenchError, generate_cases
+    from e2v.modules.weights import CheckpointError
+    from e2v.pipeline.generate import build_pipeline
+
+    try:
+        cases = read_cases(args.cases)
+        source = Path(args.checkpoint or args.weights)
+        if not (source.is_file() if args.checkpoint else source.is_dir()):
+            raise BadInput(f"{'--checkpoint' if args.checkpoint else '--weights'} {source} does not exist")
+        scorers = scorers_from(args)
+        try:
+            pipe = build_pipeline(args, None)
+        except CheckpointError as err:
+            raise BadInput(str(err)) from None
+        for case in cases:
+            try:
+                pipe.check_request(len(case.references), args.height, args.width, args.frames)
+            except ValueError as err:
+                raise BadInput(f"case {case.id!r} (line {case.line}): {err}") from None
+    except (CasesError, BadInput) as err:
+        return _error("run", err, 2)
+    options = dict(negative_prompt=args.negative_prompt, height=args.height, width=args.width, frames=args.frames,
+                   steps=args.steps, guidance=args.guidance, image_guidance=args.image_guidance, seed=args.seed)
+    try:
+        videos = generate_cases(pipe, cases, args.out, options, fps=args.fps, progress=not args.no_progress)
+        return _score(cases, videos, scorers, args)
+    except (BenchError, OSError, RuntimeError, ValueError) as err:
+        return _error("run", err, 1)
+
+
+def compare_command(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="e2v bench compare", description="Several bench reports side by side.")
+    parser.add_argument("reports", nargs="+", metavar="REPORT_DIR")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--no-charts", action="store_true", help="skip the matplotlib bar and radar charts")
+    args = parser.parse_args(argv)
+    from e2v.bench.compare import write_compare
+
+    try:
+        payload = write_compare(args.reports, args.out, charts=not args.no_charts)
+    except CompareError as err:
+        return _error("compare", err, 2)
+    for note in payload["notes"]:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"wrote {Path(args.out) / 'compare.md'}: {len(payload['models'])} models, {len(payload['scorers'])} metrics")
+    return 0
+
+
+def opens2v_command(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="e2v bench from-opens2v",
+                                     description="OpenS2V-Eval case json -> e2v bench cases file")
+    parser.add_argument("eval_json", help="e.g. OpenS2V-Eval/Open-Domain_Eval.json")
+    parser.add_argument("--images-root", default=None, help="folder img_paths are relative to (default: the json's)")
+    parser.add_argument("--out", required=True, help="cases JSONL to write")
+    args = parser.parse_args(argv)
+    from e2v.bench.opens2v import convert
+
+    try:
+        count = convert(args.eval_json, args.images_root, args.out)
+    except CasesError as err:
+        return _error("from-opens2v", err, 2)
+    print(f"wrote {args.out}: {count} cases")
+    return 0
