@@ -21,7 +21,7 @@ USAGE = """usage: e2v {fit,validate,test,predict} --config RECIPE.yaml [override
        e2v data {synth,check} ...
        e2v cache ...
        e2v generate ...
-       e2v bench {run,score,compare,from-opens2v} ...
+       e2v bench {run,score,compare,from-opens2v,from-manifest} ...
 """
 
 # name -> "module:function" taking argv and returning an exit code; imported only when used (lightning is slow).
@@ -39,6 +39,7 @@ BENCH_COMMANDS: dict[str, str] = {
     "score": "e2v.bench.commands:score_command",
     "compare": "e2v.bench.commands:compare_command",
     "from-opens2v": "e2v.bench.commands:opens2v_command",
+    "from-manifest": "e2v.bench.commands:manifest_command",
 }
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 

@@ -177,3 +177,25 @@ def test_generate_cases_with_a_tiny_pipeline(world, tmp_path):
     report = score_cases(cases, lambda case: videos / f"{case.id}.mp4", build_scorers(["dynamic_degree"]), tmp_path,
                          progress=False)
     assert report["cases"][0]["id"] == "b" and 0.0 <= report["summary"]["dynamic_degree"] <= 1.0
+
+
+def test_manifest_cases_truth_beats_rotated_references(world, tmp_path, capsys):
+    """The tiny world's held-out check in small: truth clips with their own references score higher on
+    consistency than the same clips with the next record's references."""
+    (tmp_path / "clips").mkdir()
+    write_video(tmp_path / "clips/red.mp4", disc_video(RED, 2), fps=8)
+    write_video(tmp_path / "clips/blue.mp4", disc_video(BLUE, 2), fps=8)
+    records = [{"id": colour, "video": f"clips/{colour}.mp4", "caption": f"a {colour} ball",
+                "references": [{"path": str(world / f"refs/{colour}.png"), "kind": "object"}]}
+               for colour in ("red", "blue")]
+    (tmp_path / "heldout.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    means = {}
+    for name, extra in (("truth", []), ("rotated", ["--rotate-references"])):
+        cases = tmp_path / f"{name}.jsonl"
+        assert main(["bench", "from-manifest", str(tmp_path / "heldout.jsonl"), "--out", str(cases), *extra]) == 0
+        assert main(["bench", "score", "--cases", str(cases), "--videos", str(tmp_path / "clips"), "--out",
+                     str(tmp_path / name), "--no-progress", "--scorer", "object_consistency", "--scorer", "psnr"]) == 0
+        means[name] = json.loads((tmp_path / name / "report.json").read_text())["summary"]
+    assert means["truth"]["object_consistency"] > means["rotated"]["object_consistency"] + 0.3
+    assert means["truth"]["psnr"] > 60  # the clip is its own truth
+    assert main(["bench", "from-manifest", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "x.jsonl")]) == 2

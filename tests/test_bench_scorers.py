@@ -232,3 +232,44 @@ def test_report_contract_and_comprehensive():
     assert report["cases"][0]["metrics"] == {"dynamic_degree": 1.0, "psnr": None, "comprehensive": 1.0}
     assert report["summary"] == {"dynamic_degree": 0.75, "psnr": 30.0, "comprehensive": 0.75}
     assert report["scorers"]["comprehensive"]["range"] == [0.0, 1.0]
+
+
+def tiny_clip_folder(folder):
+    """A random 1-layer CLIPModel with a letters-only tokenizer, saved as a local transformers folder."""
+    import json
+
+    import transformers
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for suffix in ("", "</w>"):
+        vocab.update({c + suffix: len(vocab) for c in "abcdefghijklmnopqrstuvwxyz"})
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    transformers.CLIPTokenizer(vocab_file=str(folder / "vocab.json"), merges_file=str(folder / "merges.txt")) \
+        .save_pretrained(folder)
+    torch.manual_seed(0)
+    layers = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4)
+    config = transformers.CLIPConfig(
+        text_config=dict(vocab_size=len(vocab), max_position_embeddings=32, eos_token_id=1, bos_token_id=0,
+                         pad_token_id=1, **layers),
+        vision_config=dict(image_size=32, patch_size=8, **layers), projection_dim=16)
+    transformers.CLIPModel(config).save_pretrained(folder)
+    return folder
+
+
+def test_text_similarity_with_a_local_clip_folder(tmp_path):
+    scorer = build("text_similarity", path=str(tiny_clip_folder(tmp_path)))
+    assert scorer.info()["range"] == [-100.0, 100.0] and "CLIPModel" in scorer.info()["model"]
+    cat, coffee = resized(skdata.chelsea(), 32), resized(skdata.coffee(), 32)
+    on_cat = scorer(sample(np.stack([cat] * 2), prompt="a cat"))
+    on_coffee = scorer(sample(np.stack([coffee] * 2), prompt="a cat"))
+    both = scorer(sample(np.stack([cat, coffee]), prompt="a cat"))
+    assert -100 <= on_cat <= 100 and on_cat != pytest.approx(on_coffee)
+    assert both == pytest.approx((on_cat + on_coffee) / 2, abs=1e-4)  # the mean over frames
+    import transformers
+
+    transformers.CLIPVisionModel(transformers.CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, image_size=32,
+        patch_size=8)).save_pretrained(tmp_path / "vision")
+    with pytest.raises(ValueError, match="text features"):
+        build("text_similarity", path=str(tmp_path / "vision"))

@@ -4,6 +4,7 @@
     e2v bench run --cases cases.jsonl --checkpoint last.ckpt --out DIR [generation options]
     e2v bench compare REPORT_DIR... --out DIR
     e2v bench from-opens2v Open-Domain_Eval.json --images-root OpenS2V-Eval --out cases.jsonl
+    e2v bench from-manifest data/tiny_world/heldout.jsonl --out heldout_cases.jsonl [--rotate-references]
 
 Scorers: ``--scorer NAME`` or ``--scorer '{"name": ..., **options}'`` (repeatable; default: the CPU set of
 ``e2v.bench.scorers.DEFAULT_SCORERS``, those whose optional dependency is missing skipped with a message).
@@ -150,5 +151,23 @@ def opens2v_command(argv: Optional[Sequence[str]] = None) -> int:
         count = convert(args.eval_json, args.images_root, args.out)
     except CasesError as err:
         return _error("from-opens2v", err, 2)
+    print(f"wrote {args.out}: {count} cases")
+    return 0
+
+
+def manifest_command(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="e2v bench from-manifest",
+                                     description="triplet manifest -> e2v bench cases file (clips as truth videos)")
+    parser.add_argument("manifest", help="e.g. data/tiny_world/heldout.jsonl")
+    parser.add_argument("--out", required=True, help="cases JSONL to write")
+    parser.add_argument("--rotate-references", action="store_true",
+                        help="control set: every case gets the next case's references")
+    args = parser.parse_args(argv)
+    from e2v.bench.manifest_cases import convert_manifest
+
+    try:
+        count = convert_manifest(args.manifest, args.out, rotate=args.rotate_references)
+    except CasesError as err:
+        return _error("from-manifest", err, 2)
     print(f"wrote {args.out}: {count} cases")
     return 0
