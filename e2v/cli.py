@@ -79,14 +79,39 @@ def registry_command(argv: list[str]) -> int:
     return 0
 
 
+def resolve_config_families(cfg):
+    """A copy of a parsed LightningCLI config whose model components are resolved through the model's family (so
+    ``--print_config`` and the saved config.yaml show the components that will be built, and parse again to them)."""
+    from e2v.families import COMPONENTS, resolve
+
+    prefix = "model.init_args"
+    if cfg.get(f"{prefix}.family", None) is None:
+        return cfg
+    cfg = cfg.clone()
+    specs = resolve(cfg[f"{prefix}.family"], {key: cfg.get(f"{prefix}.{key}", None) for key in COMPONENTS})
+    for key, spec in specs.items():
+        cfg[f"{prefix}.{key}"] = spec
+    return cfg
+
+
 def lightning_main(argv: list[str]) -> None:
     """Run a LightningCLI subcommand; model and data are chosen by ``class_path`` in the recipe."""
     from lightning.pytorch import LightningDataModule, LightningModule
-    from lightning.pytorch.cli import LightningCLI
+    from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
     from e2v.loggers import MLflowSaveConfigCallback
 
-    LightningCLI(
+    class E2VArgumentParser(LightningArgumentParser):
+        def dump(self, cfg, *args, **kwargs):
+            return super().dump(resolve_config_families(cfg), *args, **kwargs)
+
+    class E2VCLI(LightningCLI):
+        def init_parser(self, **kwargs):
+            parser = super().init_parser(**kwargs)
+            parser.__class__ = E2VArgumentParser  # same parser, family-resolving dump
+            return parser
+
+    E2VCLI(
         LightningModule,
         LightningDataModule,
         subclass_mode_model=True,

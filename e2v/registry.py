@@ -28,6 +28,7 @@ KINDS = (
     "timestep_sampler",
     "scorer",
     "feature_net",
+    "family",
 )
 
 # Modules whose import registers e2v's own components; imported lazily on first lookup.
@@ -44,6 +45,7 @@ _BUILTIN_MODULES = (
     "e2v.modules.face_encoder",
     "e2v.modules.feature_nets",
     "e2v.modules.reference_vit",
+    "e2v.families",
 )
 
 

@@ -67,6 +67,7 @@ LayoutSpec = spec_type("reference_layout", "LayoutSpec")
 SolverSpec = spec_type("solver", "SolverSpec")
 TimestepSamplerSpec = spec_type("timestep_sampler", "TimestepSamplerSpec")
 FeatureNetSpec = spec_type("feature_net", "FeatureNetSpec")
+FamilySpec = spec_type("family", "FamilySpec")
 
 
 def spec_kinds(cls: type) -> dict[str, str]:

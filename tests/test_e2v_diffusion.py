@@ -64,7 +64,7 @@ def test_nonfinite_loss_is_skipped_then_stops():
 
 def test_width_mismatch_is_a_clear_error():
     with pytest.raises(ValueError, match="text_dim=48 does not match the text encoder's width \\(32\\)"):
-        E2VDiffusion(text_encoder=TEXT, dit={"name": "wan", "preset": "tiny", "image_dim": 32, "text_dim": 48})
+        E2VDiffusion(text_encoder=TEXT, dit={"name": "wan", "preset": "tiny", "text_dim": 48})
 
 
 def test_checkpoint_holds_only_trained_weights(module):

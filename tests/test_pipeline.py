@@ -11,13 +11,11 @@ SIZE = dict(height=16, width=32)
 
 
 def tiny_components(layout: str = "a2", seed: int = 0) -> dict:
-    """Tiny random components (seeded: identical in every process); ``image_dim`` matches the tiny CLIP."""
+    """Tiny random components (seeded: identical in every process); the tiny DiT's ``image_dim`` is the tiny CLIP's."""
     registry.entries()  # import every component module first: imports may draw random numbers
     torch.manual_seed(seed)
     uses_images = layout == "a2"
     dit = {"name": "wan", "preset": "tiny" if uses_images else "tiny-t2v"}
-    if uses_images:
-        dit["image_dim"] = 32
     return dict(
         dit=registry.build("dit", dit),
         vae=registry.build("vae", "wan"),
@@ -170,7 +168,7 @@ def test_from_weights_round_trip(pipe, tmp_path):
 def save_checkpoint(pipe, path, **extra_specs):
     """An E2VDiffusion-style checkpoint of ``pipe``'s DiT with the tiny components' specs."""
     specs = dict(
-        dit={"name": "wan", "preset": "tiny", "image_dim": 32},
+        dit={"name": "wan", "preset": "tiny"},
         vae={"name": "wan", "preset": "tiny"},
         text_encoder={"name": "umt5", "preset": "tiny", "max_length": 16},
         image_encoder={"name": "clip", "preset": "tiny"},

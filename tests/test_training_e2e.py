@@ -18,7 +18,7 @@ from e2v.tasks.e2v_diffusion import E2VDiffusion
 
 FRAMES, SIZE = 9, 32
 MODEL = {
-    "dit": {"name": "wan", "preset": "tiny", "image_dim": 32},
+    "dit": {"name": "wan", "preset": "tiny"},
     "text_encoder": {"name": "umt5", "preset": "tiny", "max_length": 8},
 }
 

@@ -66,13 +66,17 @@ def cache_command(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="e2v cache", description=cache_command.__doc__)
     parser.add_argument("manifest", type=Path, help="JSONL triplet manifest")
     parser.add_argument("--out", type=Path, required=True, help="cache folder (an interrupted run resumes)")
-    parser.add_argument("--vae", required=True, type=registry_spec,
-                        help='registry spec, e.g. \'{"name": "wan", "weights": "ckpt/vae"}\'')
-    parser.add_argument("--text-encoder", required=True, type=registry_spec,
-                        help='registry spec, e.g. \'{"name": "umt5", "path": ...}\'')
+    parser.add_argument("--family", default=None,
+                        help="model family giving the VAE, encoders and layout (e2v registry family), e.g. a2-14b")
+    parser.add_argument("--weights", default=None, help="the family's release root (official weights folder)")
+    parser.add_argument("--vae", default=None, type=registry_spec,
+                        help='registry spec, e.g. \'{"name": "wan", "weights": "ckpt/vae"}\' (over the family\'s)')
+    parser.add_argument("--text-encoder", default=None, type=registry_spec,
+                        help='registry spec, e.g. \'{"name": "umt5", "path": ...}\' (over the family\'s)')
     parser.add_argument("--image-encoder", default=None, type=registry_spec,
-                        help="registry spec (needed when the layout uses image tokens)")
-    parser.add_argument("--layout", default="a2", type=registry_spec, help="reference layout spec (default a2)")
+                        help="registry spec (needed when the layout uses image tokens; over the family's)")
+    parser.add_argument("--layout", default=None, type=registry_spec,
+                        help="reference layout spec (default: the family's, else a2)")
     parser.add_argument("--frames", type=frame_count, default=17)
     parser.add_argument("--height", type=positive_int, default=256)
     parser.add_argument("--width", type=positive_int, default=256)
@@ -86,6 +90,24 @@ def cache_command(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
+    if args.family is None:
+        if args.weights is not None:
+            parser.error("--weights is the release root of a --family")
+        missing = [flag for flag, value in (("--vae", args.vae), ("--text-encoder", args.text_encoder)) if value is None]
+        if missing:
+            parser.error(f"the following arguments are required without --family: {', '.join(missing)}")
+        args.layout = args.layout if args.layout is not None else "a2"
+    else:
+        from e2v.families import resolve
+
+        family = {"name": args.family, **({"weights": args.weights} if args.weights else {})}
+        try:
+            specs = resolve(family, {"vae": args.vae, "text_encoder": args.text_encoder,
+                                     "image_encoder": args.image_encoder, "layout": args.layout})
+        except (KeyError, TypeError, ValueError) as err:
+            parser.error(str(err).strip("'\""))
+        args.vae, args.text_encoder, args.image_encoder, args.layout = (
+            specs["vae"], specs["text_encoder"], specs["image_encoder"], specs["layout"])
 
     try:
         layout = registry.build("reference_layout", args.layout)

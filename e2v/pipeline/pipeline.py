@@ -39,7 +39,8 @@ from e2v.datamodules.references import (
 from e2v.datamodules.video_io import pil_to_rgb
 from e2v.modules.layouts import latent_frames
 from e2v.modules.quantize import quantize_linears
-from e2v.modules.weights import CheckpointError, load_checkpoint
+from e2v.families import family_specs
+from e2v.modules.weights import CheckpointError, load_checkpoint, read_config
 from e2v.pipeline.step_cache import StepCache
 
 ReferenceImage = Union[str, os.PathLike, torch.Tensor, PIL.Image.Image]
@@ -135,23 +136,29 @@ class E2VPipeline:
         layout: Any = None,
         solver: Any = None,
         dtype: Optional[Union[str, torch.dtype]] = None,
+        family: Optional[str] = None,
         **kwargs: Any,
     ) -> "E2VPipeline":
         """Load the official SkyReels-A2 / Wan2.1 release root (``transformer/``, ``vae/``, ``text_encoder/``,
-        ``tokenizer/``, ``image_encoder/``, ``image_processor/``). ``layout`` defaults to ``a2`` for a 36-channel
-        DiT, ``temporal_append`` otherwise; ``dtype`` applies to the DiT and the text encoder."""
+        ``tokenizer/``, ``image_encoder/``, ``image_processor/``) as the components of a model ``family``
+        (``e2v registry family``; default: ``wan2.1-i2v-14b`` for a 36-channel DiT, ``wan2.1-t2v-1.3b`` otherwise).
+        ``layout`` overrides the family's; ``dtype`` applies to the DiT and the text encoder."""
         folder = Path(folder)
         _weights_root_check(folder, ("transformer", "vae", "text_encoder", "tokenizer"))
-        dit = registry.build("dit", {"name": "wan", "weights": str(folder / "transformer"), "dtype": dtype})
-        layout = registry.build("reference_layout", layout or ("a2" if dit.config.in_channels == 36 else "temporal_append"))
+        if family is None:
+            in_channels = read_config(folder / "transformer").get("in_channels")
+            family = "wan2.1-i2v-14b" if in_channels == 36 else "wan2.1-t2v-1.3b"
+        specs = family_specs({"name": family, "weights": str(folder)})
+        dit = registry.build("dit", {**specs["dit"], "dtype": dtype})
+        layout = registry.build("reference_layout", layout or specs["layout"])
         image_encoder = None
         if layout.uses_image_tokens:
             _weights_root_check(folder, ("image_encoder", "image_processor"))
-            image_encoder = registry.build("image_encoder", {"name": "clip", "path": str(folder)})
+            image_encoder = registry.build("image_encoder", specs["image_encoder"] or {"name": "clip", "path": str(folder)})
         return cls(
             dit=dit,
-            vae=registry.build("vae", {"name": "wan", "weights": str(folder / "vae")}),
-            text_encoder=registry.build("text_encoder", {"name": "umt5", "path": str(folder), "dtype": dtype}),
+            vae=registry.build("vae", specs["vae"]),
+            text_encoder=registry.build("text_encoder", {**specs["text_encoder"], "dtype": dtype}),
             image_encoder=image_encoder,
             layout=layout,
             solver=registry.build("solver", solver or DEFAULT_SOLVER),
@@ -163,8 +170,9 @@ class E2VPipeline:
         cls, ckpt_path: Union[str, os.PathLike], solver: Any = None, ema: bool = True, **kwargs: Any
     ) -> "E2VPipeline":
         """An e2v Lightning checkpoint of ``E2VDiffusion``: components rebuilt from its hyper-parameters (the frozen
-        VAE / encoders from their own specs), DiT weights from the state dict, or from the EMA callback's weights
-        when present and ``ema``. ``solver`` defaults to the run's ``sample_solver``."""
+        VAE / encoders from their own specs; a component a checkpoint lacks is its family's, ``tiny`` by default),
+        DiT weights from the state dict, or from the EMA callback's weights when present and ``ema``. ``solver``
+        defaults to the run's ``sample_solver``."""
         path = Path(ckpt_path)
         checkpoint = load_checkpoint(path)
         hparams = checkpoint.get("hyper_parameters")
@@ -173,7 +181,9 @@ class E2VPipeline:
                 f"{path} is not an E2VDiffusion checkpoint: expected 'hyper_parameters' with component specs "
                 "(dit, vae, text_encoder, image_encoder, layout) and a 'state_dict'"
             )
-        layout = registry.build("reference_layout", hparams.get("layout", "a2"))
+        family = family_specs(hparams.get("family"))
+        spec = {key: hparams.get(key) if hparams.get(key) is not None else family[key] for key in family}
+        layout = registry.build("reference_layout", spec["layout"])
         dit = registry.build("dit", hparams["dit"])
         state = {k[len("dit.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("dit.")}
         if ema:
@@ -184,12 +194,11 @@ class E2VPipeline:
                 f"{path}: DiT weights do not match the DiT built from its spec {hparams['dit']}: "
                 f"missing {result.missing_keys[:10]}, unexpected {result.unexpected_keys[:10]}"
             )
-        image_spec = hparams.get("image_encoder")
         return cls(
             dit=dit,
-            vae=registry.build("vae", hparams.get("vae", "wan")),
-            text_encoder=registry.build("text_encoder", hparams.get("text_encoder", "umt5")),
-            image_encoder=registry.build("image_encoder", image_spec) if layout.uses_image_tokens else None,
+            vae=registry.build("vae", spec["vae"]),
+            text_encoder=registry.build("text_encoder", spec["text_encoder"]),
+            image_encoder=registry.build("image_encoder", hparams.get("image_encoder")) if layout.uses_image_tokens else None,
             layout=layout,
             solver=registry.build("solver", solver or hparams.get("sample_solver") or DEFAULT_SOLVER),
             **kwargs,

@@ -16,7 +16,8 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from e2v import registry
-from e2v.specs import DiTSpec, ImageEncoderSpec, LayoutSpec, SolverSpec, TextEncoderSpec, TimestepSamplerSpec, VAESpec
+from e2v.families import resolve as resolve_family
+from e2v.specs import FamilySpec, DiTSpec, ImageEncoderSpec, LayoutSpec, SolverSpec, TextEncoderSpec, TimestepSamplerSpec, VAESpec
 from e2v.tasks.optim import configure_optimization
 from e2v.modules.flow import TIMESTEP_SCALE, expand_like, noisy_latents, velocity_target
 from e2v.tasks.frozen import build_frozen, restore_prefixes, strip_prefixes
@@ -38,11 +39,12 @@ class E2VDiffusion(LightningModule):
 
     def __init__(
         self,
-        dit: DiTSpec = {"name": "wan", "preset": "tiny"},
-        vae: VAESpec = {"name": "wan", "preset": "tiny"},
-        text_encoder: TextEncoderSpec | None = {"name": "umt5", "preset": "tiny"},
-        image_encoder: ImageEncoderSpec | None = {"name": "clip", "preset": "tiny"},
-        layout: LayoutSpec = "a2",
+        family: FamilySpec = "tiny",
+        dit: DiTSpec | None = None,
+        vae: VAESpec | None = None,
+        text_encoder: TextEncoderSpec | None = None,
+        image_encoder: ImageEncoderSpec | None = None,
+        layout: LayoutSpec | None = None,
         timestep_sampler: TimestepSamplerSpec = {"name": "logit_normal"},
         text_dropout: float = 0.1,
         reference_dropout: float = 0.05,
@@ -54,9 +56,12 @@ class E2VDiffusion(LightningModule):
     ):
         """
         Args:
+            family: the model family (``e2v registry family``) the components default to: ``tiny``, or e.g.
+                ``{name: a2-14b, weights: checkpoints/SkyReels-A2-14B}`` (the official release root).
             dit / vae / text_encoder / image_encoder / layout / timestep_sampler / sample_solver: registry specs,
                 ``name`` or ``{name: ..., ...options}``, checked when the recipe is parsed; ``e2v registry KIND NAME``
-                lists a component's options.
+                lists a component's options. Left out (null): the family's;
+                named like the family's: the family's options updated with these; named otherwise: replaces it.
             text_dropout, reference_dropout: per-sample probabilities of dropping the prompt / the references (CFG).
             optimizer, lr_scheduler: callables from the recipe (``class_path`` + ``init_args``), e.g. torch AdamW or
                 bitsandbytes AdamW8bit.
@@ -66,14 +71,19 @@ class E2VDiffusion(LightningModule):
         """
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        # the hyper-parameters hold the resolved specs: a checkpoint rebuilds its components without the family
+        specs = resolve_family(family, dict(dit=dit, vae=vae, text_encoder=text_encoder, image_encoder=image_encoder,
+                                            layout=layout))
+        self.hparams.update(specs)
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
-        self.layout = registry.build("reference_layout", layout)
+        self.layout = registry.build("reference_layout", specs["layout"])
         self.timestep_sampler = registry.build("timestep_sampler", timestep_sampler)
-        self.dit = registry.build("dit", dit)
-        self.vae = build_frozen("vae", vae)
-        self.text_encoder = build_frozen("text_encoder", text_encoder)
-        self.image_encoder = build_frozen("image_encoder", image_encoder) if self.layout.uses_image_tokens else None
+        self.dit = registry.build("dit", specs["dit"])
+        self.vae = build_frozen("vae", specs["vae"])
+        self.text_encoder = build_frozen("text_encoder", specs["text_encoder"])
+        image_spec = specs["image_encoder"]
+        self.image_encoder = build_frozen("image_encoder", image_spec) if self.layout.uses_image_tokens else None
         self._check_widths()
         self.nonfinite_steps = 0
         # checkpoints hold no frozen weights (see state_dict); on_load_checkpoint checks the trained ones instead
