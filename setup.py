@@ -29,5 +29,9 @@ setup(
         "test": ["pytest==9.0.3", "diffusers==0.42.1", "accelerate==1.15.0", "hypothesis==6.170.17"],
         "face": ["dlib-bin", "face_recognition_models"],
     },
-    entry_points={"console_scripts": ["e2v=e2v.cli:main"]},
+    entry_points={
+        "console_scripts": ["e2v=e2v.cli:main"],
+        # e2v's own bench scorers register through the plug-in group (imported on the registry's first lookup)
+        "e2v.plugins": ["bench_scorers = e2v.bench.scorers"],
+    },
 )

@@ -164,19 +164,25 @@ def test_opens2v_converter(world, tmp_path):
     assert main(["bench", "from-opens2v", str(source), "--out", str(out)]) == 2
 
 
-def test_generate_cases_with_a_tiny_pipeline(world, tmp_path):
-    from test_pipeline import tiny_pipeline
+def test_run_generates_then_scores_and_keeps_generated_videos(world, tmp_path, capsys):
+    from test_pipeline import save_checkpoint, tiny_pipeline
 
-    from e2v.bench.runner import generate_cases, score_cases
-    from e2v.bench.scorers import build_scorers
-
-    cases = read_cases(world / "cases.jsonl")[1:]
-    options = dict(height=16, width=32, frames=5, steps=1, guidance=1.0, seed=0)
-    videos = generate_cases(tiny_pipeline(), cases, tmp_path, options, fps=8, progress=False)
-    assert (videos / "b.mp4").is_file()
-    report = score_cases(cases, lambda case: videos / f"{case.id}.mp4", build_scorers(["dynamic_degree"]), tmp_path,
-                         progress=False)
+    save_checkpoint(tiny_pipeline(), tmp_path / "tiny.ckpt")
+    cases = tmp_path / "one.jsonl"
+    cases.write_text((world / "cases.jsonl").read_text().splitlines()[1].replace("refs/", f"{world}/refs/") + "\n")
+    args = ["bench", "run", "--cases", str(cases), "--checkpoint", str(tmp_path / "tiny.ckpt"), "--out",
+            str(tmp_path / "out"), "--height", "16", "--width", "32", "--frames", "5", "--steps", "1",
+            "--guidance", "1", "--no-progress", "--scorer", "dynamic_degree"]
+    assert main(args) == 0
+    video = tmp_path / "out/videos/b.mp4"
+    report = json.loads((tmp_path / "out/report.json").read_text())
     assert report["cases"][0]["id"] == "b" and 0.0 <= report["summary"]["dynamic_degree"] <= 1.0
+    stamp = video.stat().st_mtime_ns
+    assert main(args) == 0 and video.stat().st_mtime_ns == stamp  # resumed: not generated again
+    assert main(args[:5] + [str(tmp_path / "missing.ckpt")] + args[6:]) == 2
+    assert "missing.ckpt does not exist" in capsys.readouterr().err
+    assert main(args + ["--steps", "2"]) == 2  # other settings than the stored videos'
+    assert "steps differ" in capsys.readouterr().err
 
 
 def test_manifest_cases_truth_beats_rotated_references(world, tmp_path, capsys):

@@ -273,3 +273,9 @@ def test_text_similarity_with_a_local_clip_folder(tmp_path):
         patch_size=8)).save_pretrained(tmp_path / "vision")
     with pytest.raises(ValueError, match="text features"):
         build("text_similarity", path=str(tmp_path / "vision"))
+
+
+def test_the_registry_lists_e2v_scorers():
+    names = {entry.name for entry in registry.entries("scorer")}  # through the e2v.plugins entry point
+    assert {"dynamic_degree", "motion_smoothness", "object_consistency", "background_consistency", "id_consistency",
+            "image_quality", "aesthetic", "text_similarity", "psnr", "subject_match"} <= names

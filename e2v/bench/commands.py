@@ -83,6 +83,32 @@ def score_command(argv: Optional[Sequence[str]] = None) -> int:
         return _error("score", err, 1)
 
 
+GENERATION_FILE = "generation.json"
+
+
+def check_generation_settings(out: Path, args: argparse.Namespace, options: dict) -> None:
+    """Record the model and sampling settings of ``OUT/videos`` in ``OUT/generation.json``; a rerun with other
+    settings is refused (BadInput) instead of mixing videos of two configurations in one report."""
+    import json
+
+    from e2v.atomic import write_json_atomic
+
+    keys = ("checkpoint", "weights", "solver", "shift", "fps", "step_cache", "quantize", "dtype")
+    settings = json.loads(json.dumps({**options, **{key: getattr(args, key) for key in keys}}))
+    path = out / GENERATION_FILE
+    if path.is_file():
+        try:
+            stored = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            stored = None
+        if stored != settings:
+            changed = sorted(k for k in settings if not isinstance(stored, dict) or stored.get(k) != settings[k])
+            raise BadInput(f"--out {out} holds videos generated with other settings ({', '.join(changed)} differ); "
+                           f"use another --out, or delete {out / 'videos'} and {path} to regenerate")
+        return
+    write_json_atomic(path, settings, indent=1)
+
+
 def run_command(argv: Optional[Sequence[str]] = None) -> int:
     from e2v.pipeline.generate import add_generation_options
 
@@ -90,29 +116,31 @@ def run_command(argv: Optional[Sequence[str]] = None) -> int:
     add_common(parser)
     add_generation_options(parser)
     args = parser.parse_args(argv)
-    from e2v.bench.runner import BenchError, generate_cases
+    from e2v.bench.runner import VIDEOS_DIR, BenchError, generate_cases, missing_videos
     from e2v.modules.weights import CheckpointError
     from e2v.pipeline.generate import build_pipeline
 
+    options = dict(negative_prompt=args.negative_prompt, height=args.height, width=args.width, frames=args.frames,
+                   steps=args.steps, guidance=args.guidance, image_guidance=args.image_guidance, seed=args.seed)
     try:
         cases = read_cases(args.cases)
         source = Path(args.checkpoint or args.weights)
         if not (source.is_file() if args.checkpoint else source.is_dir()):
             raise BadInput(f"{'--checkpoint' if args.checkpoint else '--weights'} {source} does not exist")
+        check_generation_settings(Path(args.out), args, options)
         scorers = scorers_from(args)
-        try:
-            pipe = build_pipeline(args, None)
+        todo = set(missing_videos(cases, Path(args.out) / VIDEOS_DIR))
+        try:  # a resumed run with every video made loads no model
+            pipe = build_pipeline(args, None) if todo else None
         except CheckpointError as err:
             raise BadInput(str(err)) from None
-        for case in cases:
+        for case in (c for c in cases if c.id in todo):
             try:
                 pipe.check_request(len(case.references), args.height, args.width, args.frames)
             except ValueError as err:
                 raise BadInput(f"case {case.id!r} (line {case.line}): {err}") from None
     except (CasesError, BadInput) as err:
         return _error("run", err, 2)
-    options = dict(negative_prompt=args.negative_prompt, height=args.height, width=args.width, frames=args.frames,
-                   steps=args.steps, guidance=args.guidance, image_guidance=args.image_guidance, seed=args.seed)
     try:
         videos = generate_cases(pipe, cases, args.out, options, fps=args.fps, progress=not args.no_progress)
         return _score(cases, videos, scorers, args)

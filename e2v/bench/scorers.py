@@ -1,5 +1,6 @@
-"""The scorer set of a bench run: every e2v scorer module imported (so ``registry.build("scorer", ...)`` finds them),
-the default CPU set, and building a set from specs.
+"""The scorer set of a bench run: every e2v scorer module imported (so ``registry.build("scorer", ...)`` finds them;
+this module is e2v's ``e2v.plugins`` entry point, so ``e2v registry scorer`` lists them), the default CPU set, and
+building a set from specs.
 
 A spec is a registered name or a mapping / JSON object ``{"name": ..., **options}``. Defaults that cannot be built
 here (``id_consistency`` without dlib) are skipped with a message; a scorer asked for explicitly must build.
@@ -74,3 +75,6 @@ def build_scorers(specs: Sequence[str | Mapping[str, Any]] | None = None,
             raise ValueError(f"scorer {scorer.name!r} is asked for twice")
         scorers.append(scorer)
     return scorers
+
+
+load_scorers()  # importing this module (the e2v.plugins entry point) registers every e2v scorer
