@@ -80,6 +80,21 @@ def test_score_writes_the_report_contract(world):
     assert "thumbs/a.png" in html and (out / "thumbs/b.png").is_file()
 
 
+@pytest.mark.slow  # a fresh mlflow sqlite store takes ~10 s to create (schema migrations)
+def test_score_logs_to_mlflow_when_tracking_is_on(world, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert score(world, "good", "--tracking-uri", uri, "--experiment", "bench-test") == 0
+    client = MlflowClient(uri)
+    [run] = client.search_runs([client.get_experiment_by_name("bench-test").experiment_id])
+    report = json.loads((world / "report_good/report.json").read_text())
+    assert run.data.metrics["bench/dynamic_degree"] == report["summary"]["dynamic_degree"]
+    assert run.data.params["scorer.psnr"] == "v1"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"report.json", "report.md", "report.html", "thumbs"} <= artifacts
+
+
 def test_score_resumes_from_stored_cases(world, monkeypatch):
     assert score(world, "good") == 0  # the module fixture's first run may not have happened in -k runs
 

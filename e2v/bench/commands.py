@@ -36,6 +36,9 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="report folder (report.json, report.md, report.html)")
     parser.add_argument("--scorer", action="append", default=None, metavar="NAME|JSON",
                         help="a scorer (repeatable); default: the CPU scorer set")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="log the report to MLflow (default: $MLFLOW_TRACKING_URI; off when neither is set)")
+    parser.add_argument("--experiment", default="e2v-bench", help="MLflow experiment name")
 
 
 def scorers_from(args: argparse.Namespace):
@@ -51,9 +54,15 @@ def scorers_from(args: argparse.Namespace):
 def _score(cases, videos: Path, scorers, args: argparse.Namespace) -> int:
     from e2v.bench.runner import score_cases, summary_line
 
+    from e2v.bench.tracking import log_report, tracking_uri
+
     report = score_cases(cases, lambda case: videos / f"{case.id}.mp4", scorers, args.out,
                          progress=not args.no_progress)
     print(f"wrote {Path(args.out) / 'report.json'}: {summary_line(report)}")
+    uri = tracking_uri(args.tracking_uri)
+    if uri:
+        run_id = log_report(args.out, report, uri, args.experiment)
+        print(f"logged to MLflow {uri}: experiment {args.experiment}, run {run_id}")
     return 0
 
 
