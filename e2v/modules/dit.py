@@ -34,7 +34,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from e2v.modules.attention import BackendSpec, resolve_backend
-from e2v.modules.weights import load_weights, read_config, save_weights
+from e2v.modules.weights import load_weights, parse_dtype, read_config, save_weights
 from e2v.registry import Option, register
 from e2v.typecheck import check_options, type_hints
 
@@ -495,7 +495,7 @@ class WanDiT(nn.Module):
 
     def to_dtype(self, dtype: torch.dtype | str) -> "WanDiT":
         """Cast parameters to ``dtype`` except those in :data:`KEEP_FP32` (and the RoPE tables), which stay fp32."""
-        dtype = as_dtype(dtype)
+        dtype = parse_dtype(dtype)
         for name, param in self.named_parameters():
             keep = any(part in KEEP_FP32 for part in name.split("."))
             param.data = param.data.to(torch.float32 if keep else dtype)
@@ -527,19 +527,6 @@ class WanDiT(nn.Module):
     def save_pretrained(self, folder: str, max_shard_bytes: int = 5 * 1024**3) -> None:
         """Write diffusers-layout config.json + safetensors (sharded with an index past ``max_shard_bytes``)."""
         save_weights(self, self.config.to_dict(), folder, max_shard_bytes=max_shard_bytes)
-
-
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16}
-
-
-def as_dtype(dtype: torch.dtype | str) -> torch.dtype:
-    """A torch dtype from a dtype or its recipe name (``"bf16"``, ``"bfloat16"``, ``"fp32"``, ...)."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in _DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; expected one of {', '.join(_DTYPES)}")
-    return _DTYPES[dtype]
 
 
 def config_options(given: Mapping[str, Any]) -> dict[str, Option]:
