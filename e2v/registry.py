@@ -45,6 +45,7 @@ _BUILTIN_MODULES = (
     "e2v.modules.face_encoder",
     "e2v.modules.feature_nets",
     "e2v.modules.reference_vit",
+    "e2v.pipeline.parallel",
     "e2v.families",
 )
 
