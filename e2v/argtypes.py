@@ -7,6 +7,8 @@ import json
 import math
 from typing import Any, Callable
 
+from e2v.frames import RULE, is_frame_count
+
 
 def _number(cast: Callable[[str], Any], minimum: float, inclusive: bool, what: str) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
@@ -31,8 +33,8 @@ nonnegative_float = _number(float, 0.0, True, "a finite number >= 0")
 def frame_count(text: str) -> int:
     """A 4k+1 frame count (1, 5, 9, ...)."""
     value = positive_int(text)
-    if (value - 1) % 4:
-        raise argparse.ArgumentTypeError(f"frames must be 4k+1 (1, 5, 9, ..., 81), got {text!r}")
+    if not is_frame_count(value):
+        raise argparse.ArgumentTypeError(f"frames must be {RULE}, got {text!r}")
     return value
 
 

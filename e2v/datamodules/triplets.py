@@ -38,6 +38,7 @@ from e2v.datamodules.manifest import (
 )
 from e2v.datamodules.references import cover_and_crop, load_reference, pad_to_white_square, prepare_reference
 from e2v.datamodules.video_io import VideoDecodeError, read_video
+from e2v.frames import RULE, is_frame_count
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,8 @@ def check_buckets(buckets: Sequence[Sequence[int]]) -> list[tuple[int, int, int]
         if len(bucket) != 3:
             raise ValueError(f"a bucket is [frames, height, width], got {list(bucket)}")
         frames, height, width = (int(v) for v in bucket)
-        if frames < 1 or (frames - 1) % 4:
-            raise ValueError(f"bucket {list(bucket)}: frames must be 4k+1 (1, 5, ..., 81), got {frames}")
+        if not is_frame_count(frames):
+            raise ValueError(f"bucket {list(bucket)}: frames must be {RULE}, got {frames}")
         if height % 16 or width % 16 or height <= 0 or width <= 0:
             raise ValueError(f"bucket {list(bucket)}: height and width must be positive multiples of 16")
         checked.append((frames, height, width))

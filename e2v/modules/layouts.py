@@ -10,14 +10,9 @@ from __future__ import annotations
 
 import torch
 
+from e2v.frames import TEMPORAL_FACTOR, check_frame_count  # noqa: F401 (re-exported)
 from e2v.registry import register
 
-TEMPORAL_FACTOR = 4  # pixel frames per latent frame after the first (Wan VAE)
-
-
-def check_frame_count(num_frames: int) -> None:
-    if num_frames < 1 or (num_frames - 1) % TEMPORAL_FACTOR:
-        raise ValueError(f"frame count must be 4k+1 (1, 5, 9, ..., 81), got {num_frames}")
 
 
 def latent_frames(num_frames: int) -> int:
