@@ -1,7 +1,8 @@
-"""Lightning callbacks: EMA of the trainable weights, sample videos, throughput."""
+"""Lightning callbacks: EMA of the trainable weights, sample videos, bench scores, throughput."""
 
+from e2v.callbacks.bench import Bench
 from e2v.callbacks.ema import EMA
 from e2v.callbacks.samples import SampleVideos
 from e2v.callbacks.throughput import SamplesPerSecond
 
-__all__ = ["EMA", "SampleVideos", "SamplesPerSecond"]
+__all__ = ["Bench", "EMA", "SampleVideos", "SamplesPerSecond"]
