@@ -242,3 +242,25 @@ def test_generate_command_writes_videos_atomically(pipe, tmp_path):
     missing = args + ["--ref", str(tmp_path / "nope.png"), "--out", str(tmp_path / "fail.mp4")]
     assert generate_command(missing) == 2  # bad input, found before any model is loaded
     assert not list(tmp_path.glob("fail*")) and not list(tmp_path.glob(".fail*"))
+
+
+def test_pipeline_leaves_its_modules_as_found():
+    """Train flags, requires_grad and the VAE's own tiling are the same after sampling; ``tile`` applies while it
+    runs only, and the result equals a pipeline over modules already in eval mode."""
+    components = tiny_components()
+    for module in (components["dit"], components["vae"]):
+        module.train()
+    components["vae"].enable_tiling(32, 16)
+    grads = {name: p.requires_grad for name, p in components["dit"].named_parameters()}
+    flags = {name: m.training for name, m in components["dit"].named_modules()}
+    pipe = E2VPipeline(**components, solver=registry.build("solver", {"name": "unipc", "num_steps": 2, "shift": 3.0}),
+                       device="cpu", tile=128)
+    seen = []
+    decode = pipe.vae.decode
+    pipe.vae.decode = lambda *a, **k: (seen.append((pipe.vae.training, pipe.vae.tile_size)), decode(*a, **k))[1]
+    video = generate(pipe, tiny_refs(1))
+    assert seen == [(False, 128)]
+    assert {name: p.requires_grad for name, p in components["dit"].named_parameters()} == grads
+    assert {name: m.training for name, m in components["dit"].named_modules()} == flags
+    assert components["vae"].training and (components["vae"].tile_size, components["vae"].tile_overlap) == (32, 16)
+    assert torch.isfinite(video).all()

@@ -86,10 +86,18 @@ class E2VPipeline:
     """Elements-to-video sampler. Components: ``dit``, ``vae``, ``text_encoder``, ``image_encoder`` (None when
     the layout uses no image tokens), ``layout`` (reference layout) and ``solver``.
 
+    The pipeline borrows the modules it is given and leaves them as it found them: while it runs (``__call__``,
+    ``encode_text``) they are in eval mode under ``torch.no_grad`` and, with ``tile``, the VAE tiles; afterwards each
+    submodule's train/eval flag and the VAE's tiling are restored, and ``requires_grad`` is never touched. The one
+    lasting change is placement: without ``offload`` the modules are moved to ``device`` once (pass the modules' own
+    device, as ``E2VDiffusion.make_pipeline`` does, to keep them where they are). ``quantize`` and ``compile``
+    change the DiT (and text encoder) in place by request.
+
     Args:
         device: compute device (default: CUDA if available, else CPU).
         offload: keep every component on the CPU and move each to ``device`` only while it runs.
-        tile: VAE tile size in pixels for encoding/decoding large frames (None: no tiling).
+        tile: VAE tile size in pixels for encoding/decoding large frames while sampling (None: the VAE's own
+            setting).
         parallel: a :class:`~e2v.pipeline.parallel.ParallelConfig` for sequence / CFG parallelism (None: off).
     """
 
@@ -119,11 +127,14 @@ class E2VPipeline:
             )
         if layout.uses_image_tokens and image_encoder is None:
             raise ValueError(f"the {type(layout).__name__} layout uses image tokens but no image encoder was given")
-        for module in self.modules():
-            module.eval().requires_grad_(False)
-            if not offload:
+        self.tile = tile
+        if tile is not None:  # a bad tile size fails here, not at the first call
+            own = (vae.tile_size, vae.tile_overlap)
+            vae.enable_tiling(tile)
+            vae.tile_size, vae.tile_overlap = own
+        if not offload:
+            for module in self.modules():
                 module.to(self.device)
-        vae.enable_tiling(tile)
 
     def modules(self) -> list[nn.Module]:
         return [m for m in (self.text_encoder, self.image_encoder, self.vae, self.dit) if m is not None]
@@ -225,6 +236,22 @@ class E2VPipeline:
         return self
 
     @contextlib.contextmanager
+    def _borrowed(self) -> Iterator[None]:
+        """Components in eval mode (and the VAE tiled with ``tile``) for the block; then as they were."""
+        flags = [(m, m.training) for module in self.modules() for m in module.modules()]
+        tiling = (self.vae.tile_size, self.vae.tile_overlap)
+        for module in self.modules():
+            module.eval()
+        if self.tile is not None:
+            self.vae.enable_tiling(self.tile)
+        try:
+            yield
+        finally:
+            for m, training in flags:
+                m.training = training
+            self.vae.tile_size, self.vae.tile_overlap = tiling
+
+    @contextlib.contextmanager
     def _on_device(self, module: Optional[nn.Module]) -> Iterator[None]:
         """With offload: move ``module`` to the compute device for the block and back to the CPU after."""
         if not self.offload or module is None:
@@ -260,7 +287,7 @@ class E2VPipeline:
     @torch.no_grad()
     def encode_text(self, prompt: str, negative_prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompt and negative prompt states ``[1, L, D]`` each (negative ``""``: zeros, the null text)."""
-        with self._on_device(self.text_encoder):
+        with self._borrowed(), self._on_device(self.text_encoder):
             prompts = [prompt] + ([negative_prompt] if negative_prompt else [])
             states = self.text_encoder(prompts).float()
         negative = states[1:] if negative_prompt else torch.zeros_like(states[:1])
@@ -336,6 +363,15 @@ class E2VPipeline:
         if not refs:
             raise ValueError("at least one reference image is needed")
         self.check_request(len(refs), height, width, frames)
+        with self._borrowed():
+            return self._generate(refs, prompt, negative_prompt, kinds, height, width, frames, steps, guidance,
+                                  image_guidance, seed, progress, decode)
+
+    def _generate(self, refs: Sequence[ReferenceImage], prompt: str, negative_prompt: str,
+                  kinds: Optional[Sequence[str]], height: int, width: int, frames: int, steps: Optional[int],
+                  guidance: float, image_guidance: Optional[float], seed: int, progress: bool,
+                  decode: bool) -> torch.Tensor:
+        """``__call__``'s work, the components borrowed."""
         layout_refs, clip_refs = self.prepare_references(refs, kinds, height, width)
         branches = self._branches(prompt, negative_prompt, layout_refs, clip_refs, frames, guidance, image_guidance)
 

@@ -288,16 +288,11 @@ class E2VDiffusion(LightningModule):
         """
         refs, captions = batch["refs"], list(batch["caption"])
         frames, height, width = batch["video"].shape[2:]
-        trainable = [p for p in self.dit.parameters() if p.requires_grad]
-        pipeline = self.make_pipeline()
-        try:
-            videos = [
-                pipeline(list(refs[i]), captions[i], kinds=list(batch["ref_kinds"][i]) if "ref_kinds" in batch else None,
-                         height=height, width=width, frames=frames, steps=steps, guidance=guidance, seed=seed + i,
-                         progress=False)
-                for i in range(refs.shape[0])
-            ]
-        finally:
-            for p in trainable:
-                p.requires_grad_(True)
+        pipeline = self.make_pipeline()  # borrows the modules: train flags and requires_grad are left as they are
+        videos = [
+            pipeline(list(refs[i]), captions[i], kinds=list(batch["ref_kinds"][i]) if "ref_kinds" in batch else None,
+                     height=height, width=width, frames=frames, steps=steps, guidance=guidance, seed=seed + i,
+                     progress=False)
+            for i in range(refs.shape[0])
+        ]
         return {"video": torch.stack(videos), "refs": refs, "caption": captions}
