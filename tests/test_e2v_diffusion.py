@@ -71,3 +71,12 @@ def test_checkpoint_holds_only_trained_weights(module):
     state = module.state_dict()
     assert state and all(k.startswith("dit.") for k in state)
     module.load_state_dict(state, strict=True)
+
+
+def test_frozen_parts_stay_frozen_in_train_mode(module):
+    """train() (as Lightning calls it) leaves the VAE and encoders in eval mode without gradients; the DiT trains."""
+    module.train()
+    for part in (module.vae, module.text_encoder, module.image_encoder):
+        assert not any(m.training for m in part.modules() if m is not part or not hasattr(part, "model"))
+        assert not any(p.requires_grad for p in part.parameters())
+    assert module.dit.training and all(p.requires_grad for p in module.dit.parameters())

@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors import safe_open
 
+from e2v.modules.frozen import freeze
 from e2v.modules.weights import CheckpointError, load_checkpoint, load_weights, read_config, save_weights
 from e2v.registry import register
 
@@ -231,7 +232,8 @@ def reference_vit(
     """Small ViT reference encoder trained by e2v (``ReferenceEncoderTraining``), optionally loaded from a checkpoint.
 
     Options left out come from the checkpoint's stored config, then from :class:`ReferenceViTConfig`'s defaults.
-    ``frozen`` (default: frozen when a checkpoint is loaded) sets ``requires_grad=False`` and eval mode.
+    ``frozen`` (default: frozen when a checkpoint is loaded): :func:`~e2v.modules.frozen.freeze` (no gradients, eval
+    mode whatever the parent's mode).
     """
     options = dict(image_size=image_size, patch_size=patch_size, width=width, depth=depth, heads=heads, dim=dim,
                    tokens_per_image=tokens_per_image, embed_dim=embed_dim)
@@ -246,5 +248,5 @@ def reference_vit(
             hint = f"\n  options given vs stored in the checkpoint: {conflicts}" if conflicts else ""
             raise CheckpointError(f"{err}{hint}") from err
     if frozen if frozen is not None else checkpoint is not None:
-        model.requires_grad_(False).eval()
+        freeze(model)
     return model

@@ -1,4 +1,5 @@
-"""Frozen components inside a LightningModule: built from registry specs, never trained, kept out of checkpoints."""
+"""Frozen components inside a LightningModule (frozen as in :mod:`e2v.modules.frozen`): built from registry specs,
+never trained, kept out of checkpoints."""
 
 from __future__ import annotations
 
@@ -7,14 +8,14 @@ from typing import Any, Iterable
 import torch
 
 from e2v import registry
+from e2v.modules.frozen import freeze
 
 
 def build_frozen(kind: str, spec: Any) -> torch.nn.Module | None:
-    """Build a registry component and freeze it (eval mode, no gradients)."""
+    """Build a registry component and freeze it (:func:`e2v.modules.frozen.freeze`: no gradients, eval mode even
+    when the task is put in train mode)."""
     module = registry.build(kind, spec)
-    if module is not None:
-        module.eval().requires_grad_(False)
-    return module
+    return freeze(module) if module is not None else None
 
 
 def strip_prefixes(state_dict: dict[str, Any], prefixes: Iterable[str]) -> None:
