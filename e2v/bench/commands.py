@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from e2v.bench.cases import CasesError, read_cases
 from e2v.bench.compare import CompareError
@@ -176,35 +176,39 @@ def compare_command(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def opens2v_command(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="e2v bench from-opens2v",
-                                     description="OpenS2V-Eval case json -> e2v bench cases file")
-    parser.add_argument("eval_json", help="e.g. OpenS2V-Eval/Open-Domain_Eval.json")
+    parser = _converter_parser("from-opens2v", "OpenS2V-Eval case json -> e2v bench cases file",
+                               "eval_json", "e.g. OpenS2V-Eval/Open-Domain_Eval.json")
     parser.add_argument("--images-root", default=None, help="folder img_paths are relative to (default: the json's)")
-    parser.add_argument("--out", required=True, help="cases JSONL to write")
     args = parser.parse_args(argv)
     from e2v.bench.opens2v import convert
 
+    return _write_cases("from-opens2v", args.out, lambda: convert(args.eval_json, args.images_root, args.out))
+
+
+def _converter_parser(command: str, description: str, source: str, example: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"e2v bench {command}", description=description)
+    parser.add_argument(source, help=example)
+    parser.add_argument("--out", required=True, help="cases JSONL to write")
+    return parser
+
+
+def _write_cases(command: str, out: str, convert: Callable[[], int]) -> int:
+    """Run a cases-file converter: exit 2 naming the bad input, else 0 with the number of cases written."""
     try:
-        count = convert(args.eval_json, args.images_root, args.out)
+        count = convert()
     except CasesError as err:
-        return _error("from-opens2v", err, 2)
-    print(f"wrote {args.out}: {count} cases")
+        return _error(command, err, 2)
+    print(f"wrote {out}: {count} cases")
     return 0
 
 
 def manifest_command(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="e2v bench from-manifest",
-                                     description="triplet manifest -> e2v bench cases file (clips as truth videos)")
-    parser.add_argument("manifest", help="e.g. data/tiny_world/heldout.jsonl")
-    parser.add_argument("--out", required=True, help="cases JSONL to write")
+    parser = _converter_parser("from-manifest", "triplet manifest -> e2v bench cases file (clips as truth videos)",
+                               "manifest", "e.g. data/tiny_world/heldout.jsonl")
     parser.add_argument("--rotate-references", action="store_true",
                         help="control set: every case gets the next case's references")
     args = parser.parse_args(argv)
     from e2v.bench.manifest_cases import convert_manifest
 
-    try:
-        count = convert_manifest(args.manifest, args.out, rotate=args.rotate_references)
-    except CasesError as err:
-        return _error("from-manifest", err, 2)
-    print(f"wrote {args.out}: {count} cases")
-    return 0
+    return _write_cases("from-manifest", args.out,
+                        lambda: convert_manifest(args.manifest, args.out, rotate=args.rotate_references))

@@ -151,7 +151,6 @@ class IdConsistency(Scorer):
     name = "id_consistency"
     version = "1"
     range = (-1.0, 1.0)
-    higher_is_better = True
 
     def __init__(self, face_model: Any = "dlib", frames: int = DEFAULT_SAMPLED_FRAMES, upsample: int = 1) -> None:
         if isinstance(face_model, str):

@@ -84,7 +84,6 @@ class DynamicDegree(Scorer):
     name = "dynamic_degree"
     version = "1"
     range = (0.0, 1.0)
-    higher_is_better = True
 
     def __init__(self, threshold: float = VBENCH_THRESHOLD) -> None:
         self.threshold = threshold
@@ -109,7 +108,6 @@ class MotionAmplitude(Scorer):
     name = "motion_amplitude"
     version = "1"
     range = (0.0, None)
-    higher_is_better = True
     model = f"{FLOW_MODEL}; mean magnitude over pixels and pairs"
 
     def score(self, sample: Sample) -> Optional[float]:
@@ -124,7 +122,6 @@ class MotionSmoothness(Scorer):
     name = "motion_smoothness"
     version = "1"
     range = (0.0, 1.0)
-    higher_is_better = True
     model = f"proxy: {FLOW_MODEL}, half-way warp from both neighbours (VBench uses the AMT interpolation network)"
 
     def score(self, sample: Sample) -> Optional[float]:

@@ -11,7 +11,7 @@ Computed on sampled frames downscaled to a shorter side of at most ``QUALITY_SID
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import cv2
 import numpy as np
@@ -56,40 +56,36 @@ def contrast(frame: np.ndarray) -> float:
     return float(cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY).std() / 255.0)
 
 
+def frame_quality(frame: np.ndarray) -> float:
+    return sharpness(frame) * exposure(frame)
+
+
+def frame_aesthetic(frame: np.ndarray) -> float:
+    return 0.5 * (min(colourfulness(frame) / COLOURFUL_MAX, 1.0) + min(contrast(frame) / CONTRAST_FULL, 1.0))
+
+
 class FrameScorer(Scorer):
-    """Mean of a per-frame measure over sampled frames (shorter side at most QUALITY_SIDE)."""
+    """Mean of a per-frame measure in [0, 1] over sampled frames (shorter side at most QUALITY_SIDE)."""
 
-    def __init__(self, frames: int = DEFAULT_SAMPLED_FRAMES) -> None:
-        self.frames = frames
+    version = "1"
+    range = (0.0, 1.0)
 
-    def frame_score(self, frame: np.ndarray) -> float:
-        raise NotImplementedError
+    def __init__(self, name: str, model: str, measure: Callable[[np.ndarray], float], frames: int) -> None:
+        self.name, self.model, self.measure, self.frames = name, model, measure, frames
 
     def score(self, sample: Sample) -> Optional[float]:
-        return float(np.mean([self.frame_score(resized(frame)) for frame in sample.sampled(self.frames)]))
+        return float(np.mean([self.measure(resized(frame)) for frame in sample.sampled(self.frames)]))
 
 
 @register("scorer", "image_quality")
-class ImageQuality(FrameScorer):
+def image_quality(frames: int = DEFAULT_SAMPLED_FRAMES) -> FrameScorer:
     """Proxy image quality: sharpness (Laplacian variance) x exposure, per frame (stand-in for MUSIQ)."""
-
-    name = "image_quality"
-    version = "1"
-    range = (0.0, 1.0)
     model = "proxy: sharpness (1 - exp(-var(Laplacian)/100)) x exposure (1 - |luma - 0.5|/0.5); not MUSIQ"
-
-    def frame_score(self, frame: np.ndarray) -> float:
-        return sharpness(frame) * exposure(frame)
+    return FrameScorer("image_quality", model, frame_quality, frames)
 
 
 @register("scorer", "aesthetic")
-class Aesthetic(FrameScorer):
+def aesthetic(frames: int = DEFAULT_SAMPLED_FRAMES) -> FrameScorer:
     """Proxy aesthetics: mean of colourfulness and contrast (stand-in for the LAION aesthetic predictor)."""
-
-    name = "aesthetic"
-    version = "1"
-    range = (0.0, 1.0)
     model = "proxy: mean of Hasler-Süsstrunk colourfulness/109 and luma contrast/0.25; not the LAION predictor"
-
-    def frame_score(self, frame: np.ndarray) -> float:
-        return 0.5 * (min(colourfulness(frame) / COLOURFUL_MAX, 1.0) + min(contrast(frame) / CONTRAST_FULL, 1.0))
+    return FrameScorer("aesthetic", model, frame_aesthetic, frames)

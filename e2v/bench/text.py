@@ -22,7 +22,6 @@ class TextSimilarity(Scorer):
     name = "text_similarity"
     version = "1"
     range = (-100.0, 100.0)
-    higher_is_better = True
 
     def __init__(self, path: str, frames: int = DEFAULT_SAMPLED_FRAMES) -> None:
         from transformers import AutoTokenizer

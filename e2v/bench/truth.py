@@ -31,34 +31,41 @@ def aligned_to_truth(frames: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return frames
 
 
+class TruthScorer(Scorer):
+    """A measure of the video against the case's truth clip (both [-1, 1] ``[3, F, H, W]``); None without one."""
+
+    version = "1"
+    range = (0.0, None)
+
+    def measure(self, video: torch.Tensor, truth: torch.Tensor) -> float:
+        raise NotImplementedError
+
+    def score(self, sample: Sample) -> Optional[float]:
+        if sample.truth is None:
+            return None
+        video = to_signed_video(aligned_to_truth(sample.frames, sample.truth))
+        return self.measure(video, to_signed_video(sample.truth))
+
+
 @register("scorer", "psnr")
-class Psnr(Scorer):
+class Psnr(TruthScorer):
     """PSNR (dB) of the video against the case's ground-truth clip."""
 
     name = "psnr"
-    version = "1"
-    range = (0.0, None)
     model = "pixels: PSNR vs the ground-truth clip (peak-to-peak 2 in [-1, 1])"
 
-    def score(self, sample: Sample) -> Optional[float]:
-        if sample.truth is None:
-            return None
-        return psnr(to_signed_video(aligned_to_truth(sample.frames, sample.truth)), to_signed_video(sample.truth))
+    def measure(self, video: torch.Tensor, truth: torch.Tensor) -> float:
+        return psnr(video, truth)
 
 
 @register("scorer", "psnr_flat")
-class PsnrFlat(Scorer):
+class PsnrFlat(TruthScorer):
     """PSNR (dB) of the flat mean-colour video against the truth clip: the baseline ``psnr`` must beat."""
 
     name = "psnr_flat"
-    version = "1"
-    range = (0.0, None)
     model = "pixels: PSNR of the truth's flat mean-colour video vs the truth (baseline, independent of the model)"
 
-    def score(self, sample: Sample) -> Optional[float]:
-        if sample.truth is None:
-            return None
-        truth = to_signed_video(sample.truth)
+    def measure(self, video: torch.Tensor, truth: torch.Tensor) -> float:
         return psnr(flat_video(truth), truth)
 
 
