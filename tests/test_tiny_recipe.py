@@ -9,7 +9,6 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from e2v.cli import main
-from e2v.datamodules.synth import synthesize_world
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "tiny" / "e2v.yaml"
 # the recipe's trained reference encoder, at random initialisation (same widths), so no other recipe runs first
@@ -36,10 +35,9 @@ def callback(class_path: str, **init_args) -> str:
     return "--trainer.callbacks+=" + json.dumps({"class_path": class_path, "init_args": init_args})
 
 
-def test_stock_tiny_recipe_killed_mid_epoch_resumes(tmp_path, monkeypatch):
+def test_stock_tiny_recipe_killed_mid_epoch_resumes(tmp_path, monkeypatch, tiny_world):
     monkeypatch.chdir(tmp_path)
-    synthesize_world("data/tiny_world", num_clips=40, num_heldout=4, frames=17, height=32, width=32,
-                     background_ref_prob=1.0, progress=False)
+    tiny_world("data/tiny_world", num_clips=40, num_heldout=4)
     # 5 batches per epoch: killed after step 3 (mid-epoch), resumed from the checkpoint of step 2
     periodic = callback("lightning.pytorch.callbacks.ModelCheckpoint", dirpath="periodic", every_n_train_steps=2,
                         save_top_k=-1, filename="{step}")

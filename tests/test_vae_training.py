@@ -8,16 +8,14 @@ import torch
 
 from e2v import registry
 from e2v.cli import main
-from e2v.datamodules.synth import synthesize_world
 from e2v.tasks.optim import WarmupCosineLR, configure_optimization
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 
-def test_tiny_vae_recipe_writes_previews_and_an_export(tmp_path, monkeypatch):
+def test_tiny_vae_recipe_writes_previews_and_an_export(tmp_path, monkeypatch, tiny_world):
     monkeypatch.chdir(tmp_path)
-    synthesize_world("data/tiny_world", num_clips=8, num_heldout=4, frames=17, height=32, width=32,
-                     background_ref_prob=1.0, progress=False)
+    tiny_world("data/tiny_world", num_clips=8, num_heldout=4)
     main(["fit", "--config", str(RECIPES / "tiny/vae.yaml"), "--trainer.max_steps", "2",
           "--trainer.val_check_interval", "1", "--trainer.limit_val_batches", "1",
           "--data.init_args.num_workers", "0", "--model.init_args.latent_stats_batches", "1",
