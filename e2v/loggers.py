@@ -1,10 +1,14 @@
 """Experiment tracking: an MLflow logger on a local sqlite store, and a LightningCLI config saver that logs the recipe.
 
-Layout of a run (``save_dir`` defaults to ``runs``)::
+One tracking store for the project: every recipe's runs land in ``runs/mlflow.db`` (one experiment per recipe, so
+runs compare side by side in one ``mlflow ui``), whatever its ``save_dir`` under ``runs/``. Layout (recipe
+``save_dir: runs/tiny/e2v``)::
 
-    runs/mlflow.db                              the tracking store (sqlite; mlflow 3 refuses bare file stores)
-    runs/mlartifacts/<experiment id>/<run id>/   MLflow artifacts (config.yaml, samples/...)
-    runs/<experiment name>/<run id>/             the run folder: config.yaml, checkpoints/, samples/
+    runs/mlflow.db                                  the tracking store (sqlite; mlflow 3 refuses bare file stores)
+    runs/mlartifacts/<experiment id>/<run id>/       MLflow artifacts (config.yaml, samples/...)
+    runs/tiny/e2v/<experiment name>/<run id>/        the run folder: config.yaml, checkpoints/, samples/
+
+``MLFLOW_TRACKING_URI`` (or the logger's ``tracking_uri``) replaces the store, ``store_dir`` moves it.
 """
 
 from __future__ import annotations
@@ -43,12 +47,21 @@ def git_state(folder: str | os.PathLike | None = None) -> dict[str, str]:
     return {"e2v.git_commit": commit, "e2v.git_dirty": "true" if dirty else "false"}
 
 
+def default_store_dir(save_dir: str | os.PathLike) -> Path:
+    """The project's store folder for a run folder root: the nearest of ``save_dir`` and its parents named ``runs``
+    (``runs/tiny/e2v`` -> ``runs``), else ``save_dir`` itself."""
+    path = Path(save_dir).resolve()
+    return next((p for p in (path, *path.parents) if p.name == "runs"), path)
+
+
 class E2VMLFlowLogger(MLFlowLogger):
-    """Lightning's MLFlowLogger defaulting to ``sqlite:///<save_dir>/mlflow.db`` with artifacts in
-    ``<save_dir>/mlartifacts``, tagged with e2v's version and git commit, with a local run folder (:attr:`log_dir`).
+    """Lightning's MLFlowLogger defaulting to the project store ``sqlite:///<store_dir>/mlflow.db`` with artifacts
+    in ``<store_dir>/mlartifacts``, tagged with e2v's version and git commit, with a local run folder
+    (:attr:`log_dir`).
 
     The store is ``tracking_uri`` if given, else the ``MLFLOW_TRACKING_URI`` environment variable, else the sqlite
-    file. ``save_dir`` is always a local folder, so Lightning's checkpoints and config land under it.
+    file in ``store_dir`` (default: :func:`default_store_dir` of ``save_dir``, i.e. ``runs``). ``save_dir`` is always
+    a local folder, so Lightning's checkpoints and config land under it.
     """
 
     def __init__(
@@ -63,13 +76,15 @@ class E2VMLFlowLogger(MLFlowLogger):
         artifact_location: str | None = None,
         run_id: str | None = None,
         synchronous: bool | None = None,
+        store_dir: str | None = None,
     ) -> None:
         root = Path(save_dir).resolve()
         tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
         if not tracking_uri:
-            root.mkdir(parents=True, exist_ok=True)
-            tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
-            artifact_location = artifact_location or (root / "mlartifacts").as_uri()
+            store = Path(store_dir).resolve() if store_dir else default_store_dir(root)
+            store.mkdir(parents=True, exist_ok=True)
+            tracking_uri = f"sqlite:///{store / 'mlflow.db'}"
+            artifact_location = artifact_location or (store / "mlartifacts").as_uri()
         tags = {"e2v.version": e2v.__version__, **git_state(), **(tags or {})}
         super().__init__(
             experiment_name=experiment_name,

@@ -123,3 +123,18 @@ def test_lightning_cli_saves_and_logs_the_recipe(save_dir, tmp_path, monkeypatch
     params = client.get_run(logger.run_id).data.params
     assert params["recipe.model.lr"] == "0.05" and params["recipe.trainer.max_steps"] == "2"
     assert "recipe.model.note" not in params  # too long for a param: the artifact holds it
+
+
+def test_recipes_share_one_project_store(tmp_path):
+    """Each tiny recipe's save_dir (runs/tiny/vae, runs/tiny/e2v, ...) logs to the one store runs/mlflow.db."""
+    from e2v.loggers import default_store_dir
+
+    assert default_store_dir(tmp_path / "runs" / "tiny" / "e2v") == tmp_path / "runs"
+    assert default_store_dir(tmp_path / "runs") == tmp_path / "runs"
+    assert default_store_dir(tmp_path / "elsewhere") == tmp_path / "elsewhere"
+    logger = E2VMLFlowLogger(save_dir=str(tmp_path / "runs" / "tiny" / "refenc"), experiment_name="tiny-refenc")
+    assert logger._tracking_uri == f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
+    assert logger._artifact_location == (tmp_path / "runs" / "mlartifacts").as_uri()
+    assert logger.save_dir == str(tmp_path / "runs" / "tiny" / "refenc")  # run folders stay per recipe
+    moved = E2VMLFlowLogger(save_dir=str(tmp_path / "runs" / "x"), store_dir=str(tmp_path / "store"))
+    assert moved._tracking_uri == f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
