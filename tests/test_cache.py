@@ -124,7 +124,7 @@ def copy_cache(cache_dir, tmp_path):
 def test_deleted_shard_is_named_or_skipped_and_counted(cli_cache, tmp_path):
     """Issue 13: a deleted shard gave a FileNotFoundError mid-training naming no file."""
     from e2v.datamodules.cache import CacheError, CachedTripletDataset
-    from e2v.datamodules.triplets import Skipped
+    from e2v.datamodules.samples import Skipped
 
     out = copy_cache(cli_cache, tmp_path)
     dataset = CachedTripletDataset(LatentCache(out))

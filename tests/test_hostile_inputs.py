@@ -19,7 +19,8 @@ from e2v.atomic import write_json_atomic, write_text_atomic
 from e2v.datamodules.commands import check_command
 from e2v.datamodules.manifest import DEFAULT_MIN_REFERENCES, ManifestError, read_manifest, validate_manifest
 from e2v.datamodules.references import load_reference
-from e2v.datamodules.triplets import SampleKey, Skipped, TripletDataModule, TripletDataset
+from e2v.datamodules.samples import SampleKey, Skipped, TripletDataset
+from e2v.datamodules.triplets import TripletDataModule
 from e2v.datamodules.video_io import load_image, save_image, write_video
 from e2v.modules.weights import CheckpointError, parse_dtype
 from e2v.pipeline.generate import build_parser, generate_command

@@ -4,7 +4,8 @@ import pytest
 import torch
 from test_manifest import add_bad_records, make_clip, make_world
 
-from e2v.datamodules.triplets import BucketBatchSampler, SkipLimitError, TripletDataModule
+from e2v.datamodules.sampler import BucketBatchSampler
+from e2v.datamodules.triplets import SkipLimitError, TripletDataModule
 
 
 def epoch_batches(dm: TripletDataModule, loader=None) -> list[dict]:

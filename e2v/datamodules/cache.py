@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from e2v.atomic import remove_orphan_temps, write_json_atomic
 from e2v.datamodules.manifest import RecordError, check_references, check_video, read_manifest
-from e2v.datamodules.triplets import (
+from e2v.datamodules.samples import (
     SampleKey,
     Skipped,
     TripletDataset,
