@@ -6,7 +6,8 @@ setup(
     description="Lightning-based training framework for elements-to-video (E2V) diffusion (SkyReels-A2)",
     python_requires=">=3.11",
     packages=find_packages(include=["e2v", "e2v.*"]),
-    package_data={"e2v": ["assets/**/*", "recipes/**/*.yaml"]},
+    # recipes are files of the repository (recipes/), read by path from a checkout: `e2v fit --config recipes/...`
+    package_data={"e2v": ["assets/**/*"]},
     include_package_data=True,
     install_requires=[
         "torch==2.14.1",
