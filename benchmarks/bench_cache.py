@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from e2v.datamodules.cache import build_cache
-from e2v.datamodules.synth import synthesize_world
+from e2v.synth import synthesize_world
 from e2v.datamodules.triplets import TripletDataModule
 from e2v.modules.dit import WanDiT
 from e2v.modules.image_encoder import ImageEncoder

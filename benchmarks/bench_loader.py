@@ -9,7 +9,7 @@ import time
 
 import torch
 
-from e2v.datamodules.synth import synthesize_world
+from e2v.synth import synthesize_world
 from e2v.datamodules.triplets import TripletDataModule
 
 

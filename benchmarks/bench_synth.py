@@ -10,7 +10,7 @@ import os
 import tempfile
 import time
 
-from e2v.datamodules import synth
+from e2v import synth
 from e2v.datamodules.video_io import write_video
 
 

@@ -31,7 +31,7 @@ COMMANDS: dict[str, str] = {
     "generate": "e2v.pipeline.generate:generate_command",
 }
 DATA_COMMANDS: dict[str, str] = {
-    "synth": "e2v.datamodules.synth:synth_command",
+    "synth": "e2v.synth:synth_command",
     "check": "e2v.datamodules.commands:check_command",
 }
 BENCH_COMMANDS: dict[str, str] = {

@@ -15,7 +15,7 @@ TINY_WORLD = dict(frames=17, height=32, width=32, background_ref_prob=1.0, progr
 def tiny_world() -> Callable[..., dict]:
     """``tiny_world(out, num_clips, num_heldout)`` writes the main job's synthetic world (run.sh's settings, fewer
     clips) to ``out`` and returns ``synthesize_world``'s result (``train`` / ``heldout`` manifest paths)."""
-    from e2v.datamodules.synth import synthesize_world
+    from e2v.synth import synthesize_world
 
     def make(out: str | Path, num_clips: int, num_heldout: int) -> dict:
         return synthesize_world(out, num_clips=num_clips, num_heldout=num_heldout, **TINY_WORLD)

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from e2v.datamodules import synth
+from e2v import synth
 from e2v.datamodules.video_io import load_image, read_video
 
 SETTINGS = dict(num_clips=10, num_heldout=4, frames=9, height=32, width=48, fps=8.0, max_elements=3, workers=1)

@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from e2v.callbacks import EMA
-from e2v.datamodules.synth import synthesize_world
+from e2v.synth import synthesize_world
 from e2v.datamodules.triplets import TripletDataModule
 from e2v.tasks.e2v_diffusion import E2VDiffusion
 

@@ -45,7 +45,7 @@ def to_rgba(image: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 def synthetic_elements(include_backgrounds: bool = True) -> list[ElementImage]:
     """The synthetic world's element library (and its backgrounds), sorted by name."""
-    from e2v.datamodules import synth
+    from e2v import synth
 
     library = synth.element_library() + (synth.background_library() if include_backgrounds else [])
     return sorted((ElementImage(e.name, e.kind, to_rgba(e.rgba)) for e in library), key=lambda item: item.name)
