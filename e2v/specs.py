@@ -29,8 +29,10 @@ class ComponentSpec(dict):
 def _deserializer(kind: str):
     def deserialize(value: Any) -> str | dict[str, Any]:
         if isinstance(value, str):  # a name, or a mapping written inline on the command line
-            loaded = yaml.safe_load(value) if value.lstrip().startswith("{") else value
-            value = loaded
+            try:
+                value = yaml.safe_load(value) if value.lstrip().startswith("{") else value
+            except yaml.YAMLError as err:
+                raise ValueError(f"a {kind} spec written inline must be YAML/JSON: {err}") from err
         if not isinstance(value, (str, Mapping)):
             raise TypeError(f"a {kind} spec is a name or {{name: ..., ...options}}, got {value!r}")
         registry.parse_spec(kind, value)

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import importlib
+import re
 
 import pytest
 import yaml
@@ -60,7 +61,19 @@ def test_component_option_errors_at_parse_time(tmp_path, capsys, override, expec
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(TINY), "--config", str(overlay), "--print_config"])
     assert exit_info.value.code == 2
-    assert __import__("re").search(expected, capsys.readouterr().err)
+    assert re.search(expected, capsys.readouterr().err)
+
+
+def test_inline_component_spec_on_the_command_line(capsys):
+    """A spec given on the command line is YAML; malformed YAML is a parse error, a good one replaces the recipe's."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(TINY), "--model.init_args.sample_solver", "{name: euler, shift: [", "--print_config"])
+    assert exit_info.value.code == 2 and "solver spec written inline must be YAML/JSON" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(TINY), "--model.init_args.sample_solver", "{name: unipc, shift: 5.0}",
+              "--print_config"])
+    solver = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]["sample_solver"]
+    assert solver == {"name": "unipc", "num_steps": 50, "shift": 5.0, "order": 2}
 
 
 def test_printed_config_rebuilds_the_same_components(tmp_path, capsys):

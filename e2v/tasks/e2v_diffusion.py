@@ -58,10 +58,16 @@ class E2VDiffusion(LightningModule):
         Args:
             family: the model family (``e2v registry family``) the components default to: ``tiny``, or e.g.
                 ``{name: a2-14b, weights: checkpoints/SkyReels-A2-14B}`` (the official release root).
-            dit / vae / text_encoder / image_encoder / layout / timestep_sampler / sample_solver: registry specs,
-                ``name`` or ``{name: ..., ...options}``, checked when the recipe is parsed; ``e2v registry KIND NAME``
-                lists a component's options. Left out (null): the family's;
-                named like the family's: the family's options updated with these; named otherwise: replaces it.
+            dit: the DiT spec, e.g. ``{name: wan, num_layers: 4}`` (options: ``e2v registry dit wan``).
+            vae: the frozen VAE spec (``e2v registry vae``; options: ``e2v registry vae NAME``).
+            text_encoder: the frozen text encoder spec (``e2v registry text_encoder NAME``).
+            image_encoder: the frozen image encoder spec, built when the layout uses image tokens.
+            layout: the reference layout spec (``a2``, ``temporal_append``).
+            timestep_sampler: training flow-time sampler spec (``e2v registry timestep_sampler``).
+            sample_solver: the sampler's solver spec for sample videos (``e2v registry solver``).
+                Component specs are ``name`` or ``{name: ..., ...options}``, checked when the recipe is parsed.
+                dit / vae / text_encoder / image_encoder / layout left out (null): the family's; named like the
+                family's: the family's options updated with these; named otherwise: replaces it.
             text_dropout, reference_dropout: per-sample probabilities of dropping the prompt / the references (CFG).
             optimizer, lr_scheduler: callables from the recipe (``class_path`` + ``init_args``), e.g. torch AdamW or
                 bitsandbytes AdamW8bit.
