@@ -168,3 +168,16 @@ def test_cache_command_unknown_component_exits_2(world, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cache_command([str(world), "--out", str(tmp_path / "c"), "--vae", "nope", "--text-encoder", "umt5"])
     assert exit_info.value.code == 2 and "no vae named 'nope'" in capsys.readouterr().err
+
+
+def test_cache_command_from_a_family(world, cli_cache, tmp_path):
+    """`--family tiny` gives the VAE, encoders and layout; the specs given lay options over them: the same cache key
+    as the explicit specs of the module fixture."""
+    explicit = json.loads((cli_cache / "index.json").read_text())["key"]
+    vae_folder = cli_cache.parent / "vae"
+    argv = [str(world), "--out", str(tmp_path / "cache"), "--family", "tiny",
+            "--vae", json.dumps({"name": "wan", "weights": str(vae_folder)}),
+            "--text-encoder", json.dumps({"name": "umt5", "max_length": TEXT_LENGTH}),
+            "--buckets", json.dumps(BUCKETS), "--records-per-shard", "2"]
+    assert cache_command(argv) == 0
+    assert json.loads((tmp_path / "cache" / "index.json").read_text())["key"] == explicit
