@@ -75,7 +75,8 @@ def counting_backend(base="sdpa"):
 def test_third_party_backend_runs_inside_the_dit():
     torch.manual_seed(0)
     model = WanDiT.from_preset("tiny").eval()
-    inputs = (torch.randn(1, 36, 2, 4, 4), torch.tensor([500.0]), torch.randn(1, 5, 32), torch.randn(1, 257, 24))
+    inputs = (torch.randn(1, 36, 2, 4, 4), torch.tensor([500.0]), torch.randn(1, 5, 32),
+              torch.randn(1, 257, model.config.image_dim))
     with torch.no_grad():
         expected = model(*inputs)
         calls.clear()
