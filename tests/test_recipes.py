@@ -14,7 +14,7 @@ from e2v.specs import spec_kinds
 
 RECIPE_DIR = Path(__file__).resolve().parents[1] / "recipes"
 # overlays and the recipes they are layered over
-LAYERED = {"tiny/vae-asset.yaml": ["tiny/vae.yaml"], "tiny/vae-asset-stage2.yaml": ["tiny/vae.yaml", "tiny/vae-asset.yaml"]}
+LAYERED = {"tiny/vae-asset.yaml": ["tiny/vae.yaml"]}
 RECIPES = sorted(RECIPE_DIR.rglob("*.yaml"))
 
 

@@ -36,4 +36,4 @@ e2v generate --checkpoint runs/tiny/e2v/checkpoints/last.ckpt $refs --prompt "$p
 python benchmarks/bench_learning.py --checkpoint runs/tiny/e2v/checkpoints/last.ckpt --manifest "$world/heldout.jsonl" \
   --frames 17 --size 32 --out runs/tiny/learning "${check[@]}"
 echo "done: sample video runs/tiny/sample.mp4, held-out preview runs/tiny/learning/heldout_preview.png;"
-echo "MLflow: mlflow ui --backend-store-uri sqlite:///runs/tiny/e2v/mlflow.db --default-artifact-root runs/tiny/e2v/mlartifacts"
+echo "MLflow (every recipe's runs): mlflow ui --backend-store-uri sqlite:///runs/mlflow.db --default-artifact-root runs/mlartifacts"
