@@ -20,14 +20,6 @@ from e2v.callbacks.samples import enlarged, evenly_spaced_frames
 from e2v.datamodules.video_io import read_video, save_image
 
 
-def masked_psnr(video: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor) -> float:
-    """PSNR in dB over the pixels where ``mask [F, H, W]`` is true (NaN when it is empty)."""
-    if not mask.any():
-        return float("nan")
-    mse = (video.float() - truth.float()).pow(2)[:, mask].mean().item()
-    return 10 * math.log10(4.0 / max(mse, 1e-12))
-
-
 def mean(values: list[float]) -> float:
     finite = [v for v in values if not math.isnan(v)]
     return sum(finite) / len(finite) if finite else float("nan")
@@ -51,8 +43,8 @@ def main() -> None:
             reconstruction = vae.decode(vae.encode(truth[None]))[0].clamp(-1, 1)
         moving = moving_foreground(truth)
         scores["whole"].append(psnr(reconstruction, truth))
-        scores["background"].append(masked_psnr(reconstruction, truth, ~moving))
-        scores["subjects"].append(masked_psnr(reconstruction, truth, moving))
+        scores["background"].append(psnr(reconstruction, truth, ~moving))
+        scores["subjects"].append(psnr(reconstruction, truth, moving))
         scores["flat"].append(psnr(flat_video(truth), truth))
         if len(rows) < 8:
             rows.append(torch.cat(evenly_spaced_frames(truth, 4) + [torch.full((3, truth.shape[-2], 2), -1.0)]

@@ -40,6 +40,17 @@ def test_psnr_and_the_flat_baseline():
         psnr(truth, truth[:, :4])
 
 
+def test_psnr_over_a_mask_counts_only_its_pixels():
+    truth = disc_video(RED)
+    video = truth.clone()
+    mask = torch.zeros(truth.shape[1:], dtype=torch.bool)
+    mask[:, :4] = True  # the error sits outside the mask only
+    video[:, :, 4:] += 0.1
+    assert psnr(video, truth, mask) > 100
+    assert psnr(video, truth, ~mask) == pytest.approx(10 * math.log10(4 / 0.01), rel=1e-4)
+    assert math.isnan(psnr(video, truth, torch.zeros_like(mask)))
+
+
 def test_moving_foreground_finds_the_moving_disc_only():
     video = disc_video(RED)
     mask = moving_foreground(video)

@@ -16,11 +16,17 @@ WHITE = 0.94  # in [0, 1]: reference pixels with every channel above this are th
 HISTOGRAM_BINS = 8  # per channel (a joint 8 x 8 x 8 histogram)
 
 
-def psnr(video: torch.Tensor, truth: torch.Tensor) -> float:
-    """PSNR in dB of ``video`` against ``truth`` (both [-1, 1], peak-to-peak 2)."""
+def psnr(video: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor | None = None) -> float:
+    """PSNR in dB of ``video`` against ``truth`` (both ``[3, F, H, W]`` in [-1, 1], peak-to-peak 2); with ``mask``
+    (``bool [F, H, W]``) over the pixels where it is true only (NaN when it is empty)."""
     if video.shape != truth.shape:
         raise ValueError(f"video {tuple(video.shape)} and truth {tuple(truth.shape)} differ in shape")
-    mse = (video.float() - truth.float()).pow(2).mean().item()
+    error = (video.float() - truth.float()).pow(2)
+    if mask is not None:
+        if not mask.any():
+            return float("nan")
+        error = error[:, mask]
+    mse = error.mean().item()
     return 10 * math.log10(4.0 / max(mse, 1e-12))
 
 
