@@ -1,4 +1,5 @@
-"""argparse value types that reject bad numbers at parse time (argparse then exits with code 2, naming the option)."""
+"""argparse value types that reject bad numbers at parse time (argparse then exits with code 2, naming the option),
+and :class:`BadInput`, what e2v's commands raise for bad options or input files found after parsing (exit code 2)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,10 @@ import math
 from typing import Any, Callable
 
 from e2v.frames import RULE, is_frame_count
+
+
+class BadInput(ValueError):
+    """An option or input file of an ``e2v`` command that cannot work; the command exits with code 2."""
 
 
 def _number(cast: Callable[[str], Any], minimum: float, inclusive: bool, what: str) -> Callable[[str], Any]:

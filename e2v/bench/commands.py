@@ -18,12 +18,9 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from e2v.argtypes import BadInput
 from e2v.bench.cases import CasesError, read_cases
 from e2v.bench.compare import CompareError
-
-
-class BadInput(ValueError):
-    """Bad options or inputs of an ``e2v bench`` command; exit code 2."""
 
 
 def _error(command: str, err: Exception, code: int) -> int:

@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from e2v.argtypes import frame_count, nonnegative_float, nonnegative_int, positive_float, positive_int
+from e2v.argtypes import BadInput, frame_count, nonnegative_float, nonnegative_int, positive_float, positive_int
 from e2v.datamodules.references import load_reference
 from e2v.datamodules.video_io import write_video
 from e2v.modules.weights import DTYPE_ALIASES, CheckpointError, parse_dtype
@@ -32,10 +32,6 @@ from e2v.pipeline.pipeline import DEFAULT_SOLVER, SIZE_MULTIPLE, E2VPipeline
 
 KIND_SEPARATOR = ":"
 MAX_REFERENCES = 8  # what SkyReels-A2 supports and e2v generate accepts (README: 1-8 references)
-
-
-class BadInput(ValueError):
-    """An option or input file of ``e2v generate`` that cannot work; exit code 2."""
 
 
 def parse_reference(value: str) -> tuple[str, Optional[str]]:
