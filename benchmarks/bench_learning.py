@@ -38,6 +38,7 @@ from e2v.bench.pixel_metrics import flat_video, psnr, subject_match
 from e2v.callbacks.samples import enlarged, evenly_spaced_frames
 from e2v.datamodules.triplets import TripletDataModule
 from e2v.datamodules.video_io import save_image
+from e2v.modules.weights import load_checkpoint
 from e2v.pipeline.pipeline import E2VPipeline
 
 MARGINS = {"a": 3.0, "b": 1.0, "c": 0.08}
@@ -98,7 +99,7 @@ def evaluate(checkpoint: str, items: list[dict], args: argparse.Namespace) -> di
     solver = {"name": args.solver, "shift": args.shift}
     trained = E2VPipeline.from_checkpoint(checkpoint, solver=solver, device="cpu")
     untrained = E2VPipeline.from_checkpoint(checkpoint, solver=solver, device="cpu")
-    spec = torch.load(checkpoint, map_location="cpu", weights_only=True)["hyper_parameters"]["dit"]
+    spec = load_checkpoint(checkpoint)["hyper_parameters"]["dit"]
     torch.manual_seed(args.seed)
     untrained.dit.load_state_dict(registry.build("dit", spec).state_dict())
     names = subject_names(args.manifest)
