@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from e2v.atomic import remove_orphan_temps, write_json_atomic
-from e2v.datamodules.manifest import RecordError, check_references, check_video, read_manifest
+from e2v.datamodules.manifest import DEFAULT_MIN_REFERENCES, RecordError, check_references, check_video, read_manifest
 from e2v.datamodules.samples import (
     SampleKey,
     Skipped,
@@ -172,7 +172,7 @@ def build_cache(
     fps: float | None = None,
     image_size: int = 224,
     max_references: int = 3,
-    min_references: int = 1,
+    min_references: int = DEFAULT_MIN_REFERENCES,
     records_per_shard: int = 64,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",

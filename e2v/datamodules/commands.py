@@ -62,6 +62,7 @@ def cache_command(argv: list[str] | None = None) -> int:
 
     from e2v import registry
     from e2v.datamodules.cache import CacheError, build_cache
+    from e2v.datamodules.manifest import DEFAULT_MIN_REFERENCES
 
     parser = argparse.ArgumentParser(prog="e2v cache", description=cache_command.__doc__)
     parser.add_argument("manifest", type=Path, help="JSONL triplet manifest")
@@ -85,7 +86,7 @@ def cache_command(argv: list[str] | None = None) -> int:
     parser.add_argument("--fps", type=positive_float, default=None)
     parser.add_argument("--image-size", type=positive_int, default=None, help="reference square side (default: encoder's)")
     parser.add_argument("--max-references", type=positive_int, default=3)
-    parser.add_argument("--min-references", type=nonnegative_int, default=1)
+    parser.add_argument("--min-references", type=nonnegative_int, default=DEFAULT_MIN_REFERENCES)
     parser.add_argument("--records-per-shard", type=positive_int, default=64)
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     parser.add_argument("--device", default="cpu")

@@ -8,6 +8,7 @@ from typing import Hashable, Iterator, Sequence
 import numpy as np
 from torch.utils.data import Sampler
 
+from e2v.datamodules.manifest import DEFAULT_MIN_REFERENCES
 from e2v.datamodules.samples import SampleKey
 
 
@@ -28,7 +29,7 @@ class BucketBatchSampler(Sampler[list[SampleKey]]):
         seed: int = 0,
         shuffle: bool = True,
         drop_last: bool = False,
-        min_references: int = 1,
+        min_references: int = DEFAULT_MIN_REFERENCES,
         reference_dropout_count: float = 0.0,
         rank: int = 0,
         world_size: int = 1,
