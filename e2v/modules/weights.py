@@ -1,8 +1,10 @@
 """Read and write diffusers-layout weight folders (``config.json`` + safetensors, optionally sharded).
 
 The official SkyReels-A2 / Wan2.1 releases keep each component in such a folder (``transformer/``, ``vae/``).
-Loading streams tensor by tensor from memory-mapped shards into an already-built module, so peak host memory
-stays near the module itself plus one tensor; nothing is unpickled (pickle checkpoints are refused).
+Loading streams tensor by tensor into an already-built module, so peak host memory stays near the module itself
+plus one tensor; a module sharded by FSDP2 (DTensor parameters) reads only its rank's slice of each tensor. Writing
+streams too: :func:`write_weights` materialises one output shard at a time. Nothing is unpickled (pickle
+checkpoints are refused).
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ from __future__ import annotations
 import json
 import os
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import torch
 from safetensors import safe_open
@@ -94,46 +97,123 @@ def shard_files(folder: str | os.PathLike) -> list[Path]:
     raise CheckpointError(f"{folder} has no *.safetensors weights (nor a *.safetensors.index.json)")
 
 
+def _open(path: Path):
+    try:
+        return safe_open(str(path), framework="pt", device="cpu")
+    except Exception as err:  # safetensors raises its own error types for bad headers
+        raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from err
+
+
+def tensor_files(folder: str | os.PathLike) -> dict[str, tuple[Path, tuple[int, ...]]]:
+    """``key -> (safetensors file, shape)`` for every tensor of a weights folder (headers only are read)."""
+    located: dict[str, tuple[Path, tuple[int, ...]]] = {}
+    for path in shard_files(folder):
+        with _open(path) as shard:
+            located.update((key, (path, tuple(shard.get_slice(key).get_shape()))) for key in shard.keys())
+    return located
+
+
+def _local_slice(target: torch.Tensor) -> tuple[torch.Tensor, tuple[slice, ...] | None]:
+    """The rank-local storage of ``target`` and the index of the full tensor it holds (None: all of it)."""
+    from torch.distributed.tensor import DTensor
+
+    if not isinstance(target, DTensor):
+        return target, None
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    shape, offset = compute_local_shape_and_global_offset(target.shape, target.device_mesh, target.placements)
+    return target.to_local(), tuple(slice(o, o + n) for o, n in zip(offset, shape))
+
+
 @torch.no_grad()
 def load_weights(
     module: torch.nn.Module, folder: str | os.PathLike, ignore_unexpected: tuple[str, ...] = ()
 ) -> None:
     """Copy every tensor of a weights folder into ``module``'s parameters and persistent buffers.
 
-    Streams one tensor at a time; casts to each parameter's dtype. Raises :class:`CheckpointError` naming
-    missing keys, unexpected keys and shape mismatches together. Checkpoint keys containing one of the
-    ``ignore_unexpected`` substrings are skipped when the module has no such key (known-unused official tensors).
+    Streams one tensor at a time (each file is opened per tensor, so nothing of a file stays mapped); casts to each
+    parameter's dtype. A DTensor parameter (FSDP2 shard) receives only its rank's slice, read from the file alone.
+    Raises :class:`CheckpointError` naming missing keys, unexpected keys and shape mismatches together (before any
+    tensor is copied). Checkpoint keys containing one of the ``ignore_unexpected`` substrings are skipped when the
+    module has no such key (known-unused official tensors).
     """
     targets = dict(module.state_dict(keep_vars=True))
-    seen: set[str] = set()
-    unexpected: list[str] = []
-    mismatched: list[str] = []
-    for path in shard_files(folder):
-        try:
-            handle = safe_open(str(path), framework="pt", device="cpu")
-        except Exception as err:  # safetensors raises its own error types for bad headers
-            raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from err
-        with handle as shard:
-            for key in shard.keys():
-                target = targets.get(key)
-                if target is None:
-                    if not any(pattern in key for pattern in ignore_unexpected):
-                        unexpected.append(key)
-                    continue
-                shape = tuple(shard.get_slice(key).get_shape())
-                if shape != tuple(target.shape):
-                    mismatched.append(f"{key}: checkpoint {shape} vs model {tuple(target.shape)}")
-                    continue
-                target.copy_(shard.get_tensor(key))
-                seen.add(key)
-    missing = sorted(set(targets) - seen)
+    located = tensor_files(folder)
+    unexpected = sorted(k for k in located if k not in targets and not any(p in k for p in ignore_unexpected))
+    mismatched = [
+        f"{key}: checkpoint {shape} vs model {tuple(targets[key].shape)}"
+        for key, (_, shape) in located.items()
+        if key in targets and shape != tuple(targets[key].shape)
+    ]
+    missing = sorted(set(targets) - set(located))
     if missing or unexpected or mismatched:
         lines = [f"weights in {folder} do not match {type(module).__name__}:"]
-        for label, keys in (("missing", missing), ("unexpected", sorted(unexpected)), ("wrong shape", mismatched)):
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
             if keys:
                 shown = ", ".join(keys[:20]) + (f", ... ({len(keys)} in all)" if len(keys) > 20 else "")
                 lines.append(f"  {label} keys: {shown}")
         raise CheckpointError("\n".join(lines))
+    for key, target in targets.items():
+        local, index = _local_slice(target)
+        if local.numel() == 0:
+            continue
+        with _open(located[key][0]) as shard:
+            local.copy_(shard.get_tensor(key) if index is None else shard.get_slice(key)[index])
+
+
+@dataclass(frozen=True)
+class LazyTensor:
+    """A tensor :func:`write_weights` reads only when its shard is written: ``nbytes`` plans the shards."""
+
+    nbytes: int
+    load: Callable[[], torch.Tensor]
+
+
+def write_weights(
+    tensors: Mapping[str, torch.Tensor | LazyTensor],
+    config: dict[str, Any],
+    folder: str | os.PathLike,
+    max_shard_bytes: int = 5 * 1024**3,
+    prefix: str = "diffusion_pytorch_model",
+) -> None:
+    """Write ``config.json`` and ``tensors`` as safetensors (sharded with an index past ``max_shard_bytes``).
+
+    Shards are planned from the sizes, then written one at a time: only one shard's tensors are in memory (lazy
+    tensors are loaded for their shard and dropped). Every file is written to a temporary name and renamed, so a
+    crash never leaves a half-written shard; ``config.json`` comes last.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    sizes = {k: v.nbytes if isinstance(v, LazyTensor) else v.numel() * v.element_size() for k, v in tensors.items()}
+    plan: list[list[str]] = [[]]
+    size = 0
+    for key, nbytes in sizes.items():
+        if plan[-1] and size + nbytes > max_shard_bytes:
+            plan.append([])
+            size = 0
+        plan[-1].append(key)
+        size += nbytes
+    names = (
+        [f"{prefix}.safetensors"]
+        if len(plan) == 1
+        else [f"{prefix}-{i + 1:05d}-of-{len(plan):05d}.safetensors" for i in range(len(plan))]
+    )
+    for name, keys in zip(names, plan):
+        shard = {}
+        for key in keys:
+            value = tensors[key].load() if isinstance(tensors[key], LazyTensor) else tensors[key]
+            shard[key] = value.detach().contiguous().cpu()
+        tmp = folder / f".{name}.tmp"
+        save_file(shard, str(tmp), metadata={"format": "pt"})
+        os.replace(tmp, folder / name)
+        del shard
+    if len(plan) > 1:
+        weight_map = {key: name for name, keys in zip(names, plan) for key in keys}
+        write_json_atomic(
+            folder / f"{prefix}.safetensors.index.json",
+            {"metadata": {"total_size": sum(sizes.values())}, "weight_map": weight_map}, indent=2, sort_keys=True,
+        )
+    write_json_atomic(folder / CONFIG_NAME, config, indent=2, sort_keys=True)
 
 
 def save_weights(
@@ -143,39 +223,8 @@ def save_weights(
     max_shard_bytes: int = 5 * 1024**3,
     prefix: str = "diffusion_pytorch_model",
 ) -> None:
-    """Write ``config.json`` and the module's state as safetensors (sharded with an index past ``max_shard_bytes``).
-
-    Every file is written to a temporary name and renamed, so a crash never leaves a half-written shard.
-    """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-    shards: list[dict[str, torch.Tensor]] = [{}]
-    size = 0
-    for key, tensor in state.items():
-        nbytes = tensor.numel() * tensor.element_size()
-        if shards[-1] and size + nbytes > max_shard_bytes:
-            shards.append({})
-            size = 0
-        shards[-1][key] = tensor
-        size += nbytes
-    names = (
-        [f"{prefix}.safetensors"]
-        if len(shards) == 1
-        else [f"{prefix}-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-    )
-    for name, shard in zip(names, shards):
-        tmp = folder / f".{name}.tmp"
-        save_file(shard, str(tmp), metadata={"format": "pt"})
-        os.replace(tmp, folder / name)
-    if len(shards) > 1:
-        weight_map = {key: name for name, shard in zip(names, shards) for key in shard}
-        total = sum(t.numel() * t.element_size() for t in state.values())
-        write_json_atomic(
-            folder / f"{prefix}.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map},
-            indent=2, sort_keys=True,
-        )
-    write_json_atomic(folder / CONFIG_NAME, config, indent=2, sort_keys=True)
+    """Write ``config.json`` and the module's state with :func:`write_weights`."""
+    write_weights(module.state_dict(), config, folder, max_shard_bytes=max_shard_bytes, prefix=prefix)
 
 
 DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}
