@@ -237,6 +237,6 @@ def test_quantize_skips_named_layers_and_rejects_bad_input():
     model = quantize_linears(mlp(), "int8", skip=["2"])
     assert type(model[2]) is nn.Linear and type(model[0]) is not nn.Linear
     with pytest.raises(ValueError, match="unknown quantisation mode"):
-        quantize_linears(mlp(), "fp8")
+        quantize_linears(mlp(), "fp4")
     with pytest.raises(ValueError, match="no nn.Linear"):
         quantize_linears(mlp(), "int8", skip=["*"])
