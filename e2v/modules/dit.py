@@ -41,6 +41,8 @@ from e2v.typecheck import check_options, type_hints
 # Parameters kept in fp32 by :meth:`WanDiT.to_dtype`: diffusers' ``_keep_in_fp32_modules`` plus ``time_proj``
 # (the original Wan code computes the whole time embedding and modulation in fp32).
 KEEP_FP32 = ("rope", "time_embedder", "time_proj", "scale_shift_table", "norm1", "norm2", "norm3")
+# official checkpoint tensors the DiT does not use (diffusers' I2V cross-attention has an unused added-query norm)
+UNUSED_OFFICIAL_KEYS = ("norm_added_q",)
 
 Rope = tuple[torch.Tensor, torch.Tensor]
 
@@ -132,12 +134,13 @@ PRESETS["a2-14b"] = PRESETS["wan2.1-i2v-14b"]
 
 
 class FP32LayerNorm(nn.LayerNorm):
-    """LayerNorm computed in fp32 whatever the input dtype; returns the input dtype."""
+    """LayerNorm computed in fp32 whatever the input dtype, autocast included; returns the input dtype."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.weight.float() if self.weight is not None else None
         bias = self.bias.float() if self.bias is not None else None
-        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
+        with torch.autocast(x.device.type, enabled=False):
+            return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
 
 
 class GELUProjection(nn.Module):
@@ -364,10 +367,14 @@ class ConditionEmbedder(nn.Module):
         self.image_embedder = ImageEmbedding(config.image_dim, dim) if config.has_image_branch else None
 
     def time(self, timestep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``timestep [B]`` -> temb ``[B, dim]`` and modulation ``[B, 6, dim]``, both fp32."""
+        """``timestep [B]`` -> temb ``[B, dim]`` and modulation ``[B, 6, dim]``, both fp32.
+
+        Computed in the time layers' own dtype (fp32 unless the whole DiT was cast) with autocast off, so a bf16
+        autocast region does not round the time embedding."""
         weight = self.time_embedder.linear_1.weight
-        temb = self.time_embedder(timestep_features(timestep, self.freq_dim).to(weight.dtype)).float()
-        modulation = self.time_proj(F.silu(temb).to(self.time_proj.weight.dtype)).float()
+        with torch.autocast(timestep.device.type, enabled=False):
+            temb = self.time_embedder(timestep_features(timestep, self.freq_dim).to(weight.dtype)).float()
+            modulation = self.time_proj(F.silu(temb).to(self.time_proj.weight.dtype)).float()
         return temb, modulation.unflatten(1, (6, -1))
 
 
@@ -521,7 +528,7 @@ class WanDiT(nn.Module):
         model.to_dtype(torch.float32 if dtype is None else dtype)
         model.to_empty(device="cpu")
         model.rope.reset_tables()
-        load_weights(model, folder, ignore_unexpected=("norm_added_q",))
+        load_weights(model, folder, ignore_unexpected=UNUSED_OFFICIAL_KEYS)
         return model
 
     def save_pretrained(self, folder: str, max_shard_bytes: int = 5 * 1024**3) -> None:

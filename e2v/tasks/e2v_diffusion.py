@@ -21,6 +21,7 @@ from e2v.specs import FamilySpec, DiTSpec, ImageEncoderSpec, LayoutSpec, SolverS
 from e2v.tasks.optim import configure_optimization
 from e2v.modules.flow import TIMESTEP_SCALE, expand_like, noisy_latents, velocity_target
 from e2v.tasks.frozen import build_frozen, restore_prefixes, strip_prefixes
+from e2v.tasks.sharding import FSDPOptions, ShardingPolicy, is_meta, is_sharded, materialize_dit, meta_dit, shard_dit
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ class E2VDiffusion(LightningModule):
         max_nonfinite_steps: int = 0,
         sample_solver: SolverSpec = {"name": "euler", "shift": 3.0},
         seed: int = 0,
+        fsdp: FSDPOptions | None = None,
     ):
         """
         Args:
@@ -74,6 +76,10 @@ class E2VDiffusion(LightningModule):
             max_nonfinite_steps: how many steps with a NaN/inf loss may be skipped (each reported) before the run
                 stops with an error; 0 stops at the first one.
             seed: base of the per-step random streams (timesteps, noise, dropout), so a resumed run draws the same.
+            fsdp: FSDP2 settings for ``ModelParallelStrategy`` (:class:`~e2v.tasks.sharding.ShardingPolicy`), e.g.
+                ``{param_dtype: bfloat16, reduce_dtype: float32}``. Given, a DiT with ``weights`` is built on the
+                meta device and ``configure_model`` loads each rank's shards only (no rank holds the whole DiT);
+                left out, the DiT is built in full and sharded without mixed precision.
         """
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
@@ -85,7 +91,12 @@ class E2VDiffusion(LightningModule):
         self.lr_scheduler_factory = lr_scheduler
         self.layout = registry.build("reference_layout", specs["layout"])
         self.timestep_sampler = registry.build("timestep_sampler", timestep_sampler)
-        self.dit = registry.build("dit", specs["dit"])
+        self.sharding = ShardingPolicy.from_options(fsdp) if fsdp is not None else ShardingPolicy(None, None)
+        self.dit_weights = None  # the folder a meta-device DiT is filled from in configure_model
+        if fsdp is not None and registry.split_spec("dit", specs["dit"])[1].get("weights") is not None:
+            self.dit, self.dit_weights = meta_dit(specs["dit"])
+        else:  # a random preset is built in full: its initialisation is drawn over whole tensors, rank-consistent
+            self.dit = registry.build("dit", specs["dit"])
         self.vae = build_frozen("vae", specs["vae"])
         self.text_encoder = build_frozen("text_encoder", specs["text_encoder"])
         image_spec = specs["image_encoder"]
@@ -160,7 +171,9 @@ class E2VDiffusion(LightningModule):
     def flow_loss(self, inputs: dict[str, torch.Tensor], t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Per-sample velocity MSE ``[B]``, weighted over latent frames by the layout."""
         x0 = inputs["x0"]
-        pred = self.predict_velocity(noisy_latents(x0, noise, t), t, inputs["condition"], inputs["text"], inputs["image"])
+        # x_t in fp32: the flow time mixing x0 and noise is the fp32 t the DiT receives, not rounded to a bf16 VAE's
+        x_t = noisy_latents(x0.float(), noise.float(), t)
+        pred = self.predict_velocity(x_t, t, inputs["condition"], inputs["text"], inputs["image"])
         per_frame = (pred.float() - velocity_target(x0, noise).float()).pow(2).mean(dim=(1, 3, 4))  # [B, T]
         weights = self.layout.loss_weights(inputs["num_refs"], x0.shape[2]).to(per_frame)
         return (per_frame * weights).sum(1) / weights.sum()
@@ -238,15 +251,14 @@ class E2VDiffusion(LightningModule):
             self.log("train/grad_norm", norm, prog_bar=False)
 
     def configure_model(self) -> None:
-        """FSDP2 under ``ModelParallelStrategy``: shard each DiT block, then the DiT itself; frozen parts replicate."""
-        if self.device_mesh is None:
-            return
-        from torch.distributed.fsdp import fully_shard
-
-        mesh = self.device_mesh["data_parallel"]
-        for block in self.dit.blocks:
-            fully_shard(block, mesh=mesh)
-        fully_shard(self.dit, mesh=mesh)
+        """FSDP2 under ``ModelParallelStrategy``: shard the DiT's fp32 islands, each block, then the DiT itself, with
+        the ``fsdp`` mixed-precision policy; frozen parts replicate. A meta-device DiT (``fsdp`` with weights) is
+        then allocated on this rank's device and each rank reads only its own shards from the weights folder."""
+        if self.device_mesh is not None and not is_sharded(self.dit):
+            shard_dit(self.dit, self.device_mesh["data_parallel"], self.sharding)
+        if is_meta(self.dit):
+            device = self._trainer.strategy.root_device if self._trainer is not None else self.device
+            materialize_dit(self.dit, self.dit_weights, device)
 
     # ------------------------------------------------------------------------------------------------ checkpoints
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
