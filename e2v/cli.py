@@ -7,6 +7,7 @@
     e2v data check manifest.jsonl     # validate a triplet manifest
     e2v cache ...                     # precompute latents and encoder states
     e2v generate --ref a.png --ref b.png --prompt "..." --checkpoint last.ckpt --out video.mp4
+    e2v export last.ckpt --out release   # a checkpoint (full or distributed) as a --weights release root
     e2v bench score --cases cases.jsonl --videos DIR --out REPORT   # A2-Bench-style evaluation
 """
 
@@ -21,6 +22,7 @@ USAGE = """usage: e2v {fit,validate,test,predict} --config RECIPE.yaml [override
        e2v data {synth,check} ...
        e2v cache ...
        e2v generate ...
+       e2v export CHECKPOINT --out DIR [--weights ema|raw]
        e2v bench {run,score,compare,from-opens2v,from-manifest} ...
 """
 
@@ -29,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "registry": "e2v.cli:registry_command",
     "cache": "e2v.datamodules.commands:cache_command",
     "generate": "e2v.pipeline.generate:generate_command",
+    "export": "e2v.export:export_command",
 }
 DATA_COMMANDS: dict[str, str] = {
     "synth": "e2v.synth:synth_command",

@@ -153,7 +153,7 @@ def encode_sample(sample: dict[str, Any], vae, text_encoder, image_encoder, layo
         "text": trim_text(text_encoder([sample["caption"]])[0]),
     }
     if image_encoder is not None and layout.uses_image_tokens:
-        out["image"] = image_encoder(sample["refs_clip"][None].to(device))[0]
+        out["image"] = image_encoder(layout.image_inputs(refs, sample["refs_clip"][None].to(device)))[0]
     return {name: tensor.cpu() for name, tensor in out.items()}
 
 

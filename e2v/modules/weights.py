@@ -10,6 +10,7 @@ checkpoints are refused).
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 from dataclasses import dataclass
@@ -47,8 +48,9 @@ def read_config(folder: str | os.PathLike) -> dict[str, Any]:
     return config
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """A Lightning / torch checkpoint as a dict, read with ``weights_only=True`` (nothing arbitrary is unpickled).
+def load_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict[str, Any]:
+    """A Lightning / torch checkpoint as a dict, read with ``weights_only=True`` (nothing arbitrary is unpickled);
+    with ``mmap`` its tensors are memory-mapped from the file and read only when used.
 
     Raises :class:`CheckpointError` naming the file when it is missing, empty, truncated, not a checkpoint or not
     a dict. Pickles that need arbitrary code are refused: e2v never falls back to ``weights_only=False``.
@@ -59,7 +61,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # unpickling raises many types for damaged files; torch's text suggests unsafe loading
         detail = "" if isinstance(err, pickle.UnpicklingError) else f": {str(err).splitlines()[0] if str(err) else ''}"
         raise CheckpointError(
@@ -163,10 +165,16 @@ def load_weights(
 
 @dataclass(frozen=True)
 class LazyTensor:
-    """A tensor :func:`write_weights` reads only when its shard is written: ``nbytes`` plans the shards."""
+    """A tensor of ``shape`` and ``dtype`` that :func:`write_weights` reads (``load()``) only when its shard is
+    written."""
 
-    nbytes: int
+    shape: tuple[int, ...]
+    dtype: torch.dtype
     load: Callable[[], torch.Tensor]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
 
 
 def write_weights(

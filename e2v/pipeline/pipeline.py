@@ -399,7 +399,7 @@ class E2VPipeline:
         image = None
         if clip_refs is not None:
             with self._on_device(self.image_encoder):
-                image = self.image_encoder(clip_refs.to(self.device)).float()
+                image = self.image_encoder(self.layout.image_inputs(layout_refs, clip_refs).to(self.device)).float()
         with self._on_device(self.vae):
             condition = self.layout.condition(self.vae, layout_refs.to(self.device, self.vae.dtype), frames).float()
         count = 3 if image_guidance is not None else 2 if guidance != 1 else 1

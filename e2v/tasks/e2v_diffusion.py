@@ -64,7 +64,7 @@ class E2VDiffusion(LightningModule):
             vae: the frozen VAE spec (``e2v registry vae``; options: ``e2v registry vae NAME``).
             text_encoder: the frozen text encoder spec (``e2v registry text_encoder NAME``).
             image_encoder: the frozen image encoder spec, built when the layout uses image tokens.
-            layout: the reference layout spec (``a2``, ``temporal_append``).
+            layout: the reference layout spec (``a2``, ``temporal_append``, ``canvas``).
             timestep_sampler: training flow-time sampler spec (``e2v registry timestep_sampler``).
             sample_solver: the sampler's solver spec for sample videos (``e2v registry solver``).
                 Component specs are ``name`` or ``{name: ..., ...options}``, checked when the recipe is parsed.
@@ -139,7 +139,9 @@ class E2VDiffusion(LightningModule):
         x0 = self.vae.normalize(self.vae.encode(self.layout.target_video(video, refs)))
         condition = self.layout.condition(self.vae, refs, video.shape[2])
         text = self.text_encoder(list(batch["caption"])).to(x0.dtype)
-        image = self.image_encoder(batch["refs_clip"]).to(x0.dtype) if self.image_encoder is not None else None
+        image = None
+        if self.image_encoder is not None:
+            image = self.image_encoder(self.layout.image_inputs(refs, batch["refs_clip"])).to(x0.dtype)
         return {"x0": x0, "condition": condition, "text": text, "image": image, "num_refs": refs.shape[1]}
 
     def step_generator(self, stream: int, device: torch.device | str | None = None) -> torch.Generator:
