@@ -5,6 +5,10 @@ diffusers' ``UniPCMultistepScheduler(use_flow_sigmas=True, flow_shift=shift)``: 
 [1, 1/1000], shifted by ``s t / (1 + (s - 1) t)``, followed by a final 0. The model predicts the flow velocity
 ``v = eps - x0`` at ``x_sigma = (1 - sigma) x0 + sigma eps``; the DiT's timestep is ``1000 * sigma``.
 
+``schedule="legacy"`` reproduces the schedule of diffusers as of April 2025, the one the official SkyReels-A2
+weights were sampled with: ``sigma = shift(s)`` for ``s`` evenly spaced in [1 - 1/1000, 0) (no final 1/1000 point,
+no 1e-6 nudge), and integer DiT timesteps ``floor(1000 * sigma)`` (999, 997, 994, ... 140 at 50 steps, shift 8).
+
 Usage::
 
     solver = build("solver", {"name": "unipc", "shift": 8.0, "num_steps": 50})
@@ -22,35 +26,59 @@ from e2v.modules.flow import TIMESTEP_SCALE, shift_time
 from e2v.registry import register
 
 NUM_TRAIN_TIMESTEPS = 1000
+SCHEDULES = ("current", "legacy")
 
 
-def flow_sigmas(num_steps: int, shift: float) -> torch.Tensor:
-    """``[num_steps + 1]`` float32 noise levels from ~1 down to a final 0 (diffusers' flow-sigma schedule)."""
+def _shifted_levels(num_steps: int, shift: float, schedule: str) -> torch.Tensor:
+    """``[num_steps]`` float64 noise levels from ~1 down (the final 0 not included) of ``schedule``."""
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    sigmas = torch.linspace(1, 1 / NUM_TRAIN_TIMESTEPS, num_steps + 1, dtype=torch.float64)[:-1]
-    sigmas = shift_time(sigmas, shift)
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown sigma schedule {schedule!r}; schedules: {', '.join(SCHEDULES)}")
+    if schedule == "legacy":  # diffusers <= 0.33: flip(shift(1 - alphas))[:-1], alphas = linspace(1, 1/1000)
+        levels = 1 - torch.linspace(1, 1 / NUM_TRAIN_TIMESTEPS, num_steps + 1, dtype=torch.float64)
+        return shift_time(levels.flip(0), shift)[:-1]
+    sigmas = shift_time(torch.linspace(1, 1 / NUM_TRAIN_TIMESTEPS, num_steps + 1, dtype=torch.float64)[:-1], shift)
     if abs(sigmas[0].item() - 1) < 1e-6:
         sigmas[0] -= 1e-6  # keeps log(1 - sigma) finite for UniPC
+    return sigmas
+
+
+def flow_sigmas(num_steps: int, shift: float, schedule: str = "current") -> torch.Tensor:
+    """``[num_steps + 1]`` float32 noise levels from ~1 down to a final 0 (diffusers' flow-sigma schedule)."""
+    sigmas = _shifted_levels(num_steps, shift, schedule)
     return torch.cat([sigmas, sigmas.new_zeros(1)]).float()
 
 
-class FlowSolver:
-    """Shared schedule handling: ``timesteps(n)`` sets the schedule and resets the solver's state."""
+def flow_timesteps(num_steps: int, shift: float, schedule: str = "current") -> torch.Tensor:
+    """``[num_steps]`` float32 DiT timesteps: ``1000 * sigma`` (``current``) or its integer part (``legacy``,
+    taken in float64 like diffusers' ``astype(int64)``)."""
+    if schedule == "legacy":
+        return (_shifted_levels(num_steps, shift, schedule) * TIMESTEP_SCALE).floor().float()
+    return flow_sigmas(num_steps, shift, schedule)[:-1] * TIMESTEP_SCALE
 
-    def __init__(self, num_steps: int = 50, shift: float = 1.0) -> None:
+
+class FlowSolver:
+    """Shared schedule handling: ``timesteps(n)`` sets the schedule and resets the solver's state.
+
+    ``schedule``: ``"current"`` (diffusers' flow sigmas today) or ``"legacy"`` (diffusers of April 2025, integer
+    timesteps: what the official SkyReels-A2 release sampled with)."""
+
+    def __init__(self, num_steps: int = 50, shift: float = 1.0, schedule: str = "current") -> None:
         if shift <= 0:
             raise ValueError(f"shift must be > 0, got {shift}")
         self.num_steps = num_steps
         self.shift = shift
-        self.sigmas = flow_sigmas(num_steps, shift)
+        self.schedule = schedule
+        self.sigmas = flow_sigmas(num_steps, shift, schedule)
 
     def timesteps(self, num_steps: int | None = None) -> torch.Tensor:
-        """``[n]`` DiT timesteps (``1000 * sigma``, float32) for ``n`` steps (default ``num_steps``) of this run;
-        sets ``sigmas`` and resets the multistep state."""
-        self.sigmas = flow_sigmas(num_steps or self.num_steps, self.shift)
+        """``[n]`` DiT timesteps (float32, see :func:`flow_timesteps`) for ``n`` steps (default ``num_steps``) of
+        this run; sets ``sigmas`` and resets the multistep state."""
+        num_steps = num_steps or self.num_steps
+        self.sigmas = flow_sigmas(num_steps, self.shift, self.schedule)
         self.reset()
-        return self.sigmas[:-1] * TIMESTEP_SCALE
+        return flow_timesteps(num_steps, self.shift, self.schedule)
 
     def reset(self) -> None:
         """Forget any multistep history (call before sampling a new video)."""
@@ -108,10 +136,10 @@ class UniPC(FlowSolver):
     flow_shift=shift, solver_order=order, solver_type="bh2", lower_order_final=True)``.
     """
 
-    def __init__(self, num_steps: int = 50, shift: float = 1.0, order: int = 2) -> None:
+    def __init__(self, num_steps: int = 50, shift: float = 1.0, order: int = 2, schedule: str = "current") -> None:
         if order not in (1, 2, 3):
             raise ValueError(f"UniPC order must be 1, 2 or 3, got {order}")
-        super().__init__(num_steps, shift)
+        super().__init__(num_steps, shift, schedule)
         self.order = order
         self.reset()
 

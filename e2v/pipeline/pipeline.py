@@ -6,8 +6,9 @@ branch runs in ONE batched DiT forward, and finally decode and cut the reference
 
 Guidance branches (stacked along the batch): ``full`` (prompt + references), ``textless`` (negative prompt +
 references), ``null`` (negative prompt, no references: zero image tokens and zero layout condition, as in
-training's reference dropout). The negative prompt ``""`` is e2v's null text: zero text states, as in training's
-text dropout.
+training's reference dropout). With the ``e2v`` preset the negative prompt ``""`` is e2v's null text: zero text states,
+as in training's text dropout. The ``preset`` (:mod:`e2v.pipeline.presets`: ``e2v`` or ``official``) sets the
+remaining choices: default negative prompt, reference resizing, noise generator, condition sampling, frames cut.
   - text CFG (official, ``guidance`` 5.0): ``v = v_textless + g (v_full - v_textless)``
   - dual guidance (``image_guidance`` set): ``v = v_null + s_img (v_textless - v_null) + s_txt (v_full - v_textless)``
 
@@ -32,8 +33,6 @@ from e2v import registry
 from e2v.datamodules.references import (
     check_reference_size,
     load_reference,
-    pad_to_white_square,
-    prepare_reference,
     to_float_image,
 )
 from e2v.datamodules.video_io import pil_to_rgb
@@ -41,6 +40,7 @@ from e2v.modules.layouts import latent_frames
 from e2v.modules.quantize import quantize_linears
 from e2v.families import family_specs
 from e2v.modules.weights import CheckpointError, load_checkpoint, read_config
+from e2v.pipeline.presets import GenerationPreset, get_preset
 from e2v.pipeline.step_cache import StepCache
 
 ReferenceImage = Union[str, os.PathLike, torch.Tensor, PIL.Image.Image]
@@ -99,6 +99,7 @@ class E2VPipeline:
         tile: VAE tile size in pixels for encoding/decoding large frames while sampling (None: the VAE's own
             setting).
         parallel: a :class:`~e2v.pipeline.parallel.ParallelConfig` for sequence / CFG parallelism (None: off).
+        preset: a generation preset or its name (default ``e2v``; see :mod:`e2v.pipeline.presets`).
     """
 
     def __init__(
@@ -113,7 +114,9 @@ class E2VPipeline:
         offload: bool = False,
         tile: Optional[int] = None,
         parallel: Any = None,
+        preset: Union[str, GenerationPreset, None] = None,
     ) -> None:
+        self.preset = get_preset(preset)
         self.dit, self.vae, self.text_encoder, self.image_encoder = dit, vae, text_encoder, image_encoder
         self.layout, self.solver = layout, solver
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -148,12 +151,16 @@ class E2VPipeline:
         solver: Any = None,
         dtype: Optional[Union[str, torch.dtype]] = None,
         family: Optional[str] = None,
+        preset: Union[str, GenerationPreset, None] = None,
         **kwargs: Any,
     ) -> "E2VPipeline":
         """Load the official SkyReels-A2 / Wan2.1 release root (``transformer/``, ``vae/``, ``text_encoder/``,
         ``tokenizer/``, ``image_encoder/``, ``image_processor/``) as the components of a model ``family``
         (``e2v registry family``; default: ``wan2.1-i2v-14b`` for a 36-channel DiT, ``wan2.1-t2v-1.3b`` otherwise).
-        ``layout`` overrides the family's; ``dtype`` applies to the DiT and the text encoder."""
+        ``layout`` overrides the family's; ``dtype`` applies to the DiT and the text encoder (default: the preset's;
+        the ``official`` preset casts the whole DiT, ``preset`` also sets the solver's schedule)."""
+        preset = get_preset(preset)
+        dtype = preset.dtype if dtype is None else dtype
         folder = Path(folder)
         _weights_root_check(folder, ("transformer", "vae", "text_encoder", "tokenizer"))
         if family is None:
@@ -161,6 +168,7 @@ class E2VPipeline:
             family = "wan2.1-i2v-14b" if in_channels == 36 else "wan2.1-t2v-1.3b"
         specs = family_specs({"name": family, "weights": str(folder)})
         dit = registry.build("dit", {**specs["dit"], "dtype": dtype})
+        preset.cast_dit(dit, dtype)
         layout = registry.build("reference_layout", layout or specs["layout"])
         image_encoder = None
         if layout.uses_image_tokens:
@@ -172,7 +180,8 @@ class E2VPipeline:
             text_encoder=registry.build("text_encoder", {**specs["text_encoder"], "dtype": dtype}),
             image_encoder=image_encoder,
             layout=layout,
-            solver=registry.build("solver", solver or DEFAULT_SOLVER),
+            solver=registry.build("solver", solver or {**DEFAULT_SOLVER, "schedule": preset.schedule}),
+            preset=preset,
             **kwargs,
         )
 
@@ -274,23 +283,26 @@ class E2VPipeline:
         self, refs: Sequence[ReferenceImage], kinds: Optional[Sequence[str]], height: int, width: int
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Layout-ready references ``[1, N, 3, H, W]`` and image-encoder squares ``[1, N, 3, S, S]`` (or None)."""
-        kinds = list(kinds) if kinds is not None else ["object"] * len(refs)
+        kinds = list(kinds) if kinds is not None else self.preset.default_kinds(len(refs))
         if len(kinds) != len(refs):
             raise ValueError(f"got {len(kinds)} reference kinds for {len(refs)} references")
         images = [load_reference_image(image) for image in refs]
-        layout_refs = torch.stack([prepare_reference(img, kind, height, width) for img, kind in zip(images, kinds)])
+        layout_refs = torch.stack([self.preset.prepare_reference(img, kind, height, width)
+                                   for img, kind in zip(images, kinds)])
         clip_refs = None
         if self.image_encoder is not None:
-            clip_refs = torch.stack([pad_to_white_square(img, self.image_encoder.image_size) for img in images])[None]
+            clip_refs = torch.stack([self.preset.clip_square(img, self.image_encoder.image_size) for img in images])[None]
         return layout_refs[None], clip_refs
 
     @torch.no_grad()
     def encode_text(self, prompt: str, negative_prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prompt and negative prompt states ``[1, L, D]`` each (negative ``""``: zeros, the null text)."""
+        """Prompt and negative prompt states ``[1, L, D]`` each (negative ``""``: zeros, the null text, unless the
+        preset encodes it)."""
+        encode_negative = bool(negative_prompt) or self.preset.encode_empty_negative
         with self._borrowed(), self._on_device(self.text_encoder):
-            prompts = [prompt] + ([negative_prompt] if negative_prompt else [])
+            prompts = [prompt] + ([negative_prompt] if encode_negative else [])
             states = self.text_encoder(prompts).float()
-        negative = states[1:] if negative_prompt else torch.zeros_like(states[:1])
+        negative = states[1:] if encode_negative else torch.zeros_like(states[:1])
         return states[:1].to(self.device), negative.to(self.device)
 
     # --------------------------------------------------------------------------------------------- denoising
@@ -341,7 +353,7 @@ class E2VPipeline:
         self,
         refs: Sequence[ReferenceImage],
         prompt: str,
-        negative_prompt: str = "",
+        negative_prompt: Optional[str] = None,
         kinds: Optional[Sequence[str]] = None,
         height: int = 480,
         width: int = 832,
@@ -356,13 +368,15 @@ class E2VPipeline:
         """Generate a video ``[3, F - prefix, H, W]`` in [-1, 1] (``prefix = layout.prefix_frames(N)``); with
         ``decode=False``, the denoised normalised latents ``[1, 16, T, h, w]`` (reference frames included) instead.
 
-        ``refs``: N >= 1 images (paths, PIL images, tensors); ``kinds``: one per reference (default ``"object"``;
-        ``"background"`` is cover-cropped instead of white-padded). ``steps``: solver steps (default the solver's
+        ``refs``: N >= 1 images (paths, PIL images, tensors); ``kinds``: one per reference (default: the preset's,
+        ``"object"`` for ``e2v``; ``"background"`` is cropped instead of white-padded). ``negative_prompt``: None for
+        the preset's default. ``steps``: solver steps (default the solver's
         ``num_steps``). ``guidance``: text CFG scale (1 = off); ``image_guidance``: reference scale of dual guidance.
         """
         if not refs:
             raise ValueError("at least one reference image is needed")
         self.check_request(len(refs), height, width, frames)
+        negative_prompt = self.preset.negative_prompt if negative_prompt is None else negative_prompt
         with self._borrowed():
             return self._generate(refs, prompt, negative_prompt, kinds, height, width, frames, steps, guidance,
                                   image_guidance, seed, progress, decode)
@@ -373,35 +387,40 @@ class E2VPipeline:
                   decode: bool) -> torch.Tensor:
         """``__call__``'s work, the components borrowed."""
         layout_refs, clip_refs = self.prepare_references(refs, kinds, height, width)
-        branches = self._branches(prompt, negative_prompt, layout_refs, clip_refs, frames, guidance, image_guidance)
-
         vae_factor = self.vae.spatial_factor
         shape = (1, self.vae.z_dim, latent_frames(frames), height // vae_factor, width // vae_factor)
-        latents = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(self.device)
+        latents, generator = self.preset.initial_noise(shape, seed, self.device)  # noise first, as officially
+        branches = self._branches(prompt, negative_prompt, layout_refs, clip_refs, frames, guidance, image_guidance,
+                                  generator)
         timesteps = self.solver.timesteps(steps).to(self.device)
         if self.step_cache is not None:
             self.step_cache.reset()
         with self._on_device(self.dit):
             for i, t in enumerate(tqdm(timesteps, desc="sampling", disable=not progress)):
                 velocities = self.velocity(latents, t.reshape(1), branches, i, len(timesteps))
+                if self.preset.guidance_in_dit_dtype:
+                    velocities = velocities.to(self.dit.proj_out.weight.dtype)
                 latents = self.solver.step(self.combine(velocities, guidance, image_guidance), i, latents)
         if not decode:
             return latents.float().cpu()
         with self._on_device(self.vae):
             video = self.vae.decode(self.vae.denormalize(latents.to(self.device)))[0].float()
-        return video[:, self.layout.prefix_frames(len(refs)) :].clamp(-1, 1).cpu()
+        return video[:, self.preset.prefix_frames(self.layout, len(refs)) :].clamp(-1, 1).cpu()
 
     def _branches(self, prompt: str, negative_prompt: str, layout_refs: torch.Tensor,
                   clip_refs: Optional[torch.Tensor], frames: int, guidance: float,
-                  image_guidance: Optional[float]) -> dict[str, torch.Tensor]:
-        """Batched conditions of the guidance branches: ``condition``, ``text`` and ``image`` (or None), ``[G, ...]``."""
+                  image_guidance: Optional[float], generator: Optional[torch.Generator] = None
+                  ) -> dict[str, torch.Tensor]:
+        """Batched conditions of the guidance branches: ``condition``, ``text`` and ``image`` (or None), ``[G, ...]``.
+        ``generator``: where the preset's posterior sample of the condition latents is drawn from."""
         text, negative = self.encode_text(prompt, negative_prompt)
         image = None
         if clip_refs is not None:
             with self._on_device(self.image_encoder):
                 image = self.image_encoder(self.layout.image_inputs(layout_refs, clip_refs).to(self.device)).float()
         with self._on_device(self.vae):
-            condition = self.layout.condition(self.vae, layout_refs.to(self.device, self.vae.dtype), frames).float()
+            vae = self.preset.condition_vae(self.vae, generator)
+            condition = self.layout.condition(vae, layout_refs.to(self.device, self.vae.dtype), frames).float()
         count = 3 if image_guidance is not None else 2 if guidance != 1 else 1
         texts = [text, negative, negative][:count]
         conditions = [condition, condition, torch.zeros_like(condition)][:count]
