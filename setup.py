@@ -22,6 +22,7 @@ setup(
         "opencv-python-headless==4.14.0.94",
         "scikit-image==0.26.0",
         "bitsandbytes==0.50.2",
+        "peft==0.21.2",  # LoRA (e2v/lora.py)
         "numpy==2.4.6",
         "pillow==13.0.0",
         "tqdm==4.70.1",

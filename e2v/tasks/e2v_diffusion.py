@@ -21,6 +21,7 @@ from e2v.specs import FamilySpec, DiTSpec, ImageEncoderSpec, LayoutSpec, SolverS
 from e2v.tasks.optim import configure_optimization
 from e2v.modules.flow import TIMESTEP_SCALE, expand_like, noisy_latents, velocity_target
 from e2v.tasks.frozen import build_frozen, restore_prefixes, strip_prefixes
+from e2v.lora import LoRAConfig, LoRAOptions, apply_lora, drop_base, is_adapter_key
 from e2v.tasks.sharding import FSDPOptions, ShardingPolicy, is_meta, is_sharded, materialize_dit, meta_dit, shard_dit
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class E2VDiffusion(LightningModule):
         reference_dropout: float = 0.05,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
+        lora: LoRAOptions | None = None,
         max_nonfinite_steps: int = 0,
         sample_solver: SolverSpec = {"name": "euler", "shift": 3.0},
         seed: int = 0,
@@ -73,6 +75,9 @@ class E2VDiffusion(LightningModule):
             text_dropout, reference_dropout: per-sample probabilities of dropping the prompt / the references (CFG).
             optimizer, lr_scheduler: callables from the recipe (``class_path`` + ``init_args``), e.g. torch AdamW or
                 bitsandbytes AdamW8bit.
+            lora: train LoRA adapters on a frozen DiT instead of the whole DiT (:mod:`e2v.lora`), e.g.
+                ``{rank: 32, alpha: 32, targets: attention, quantize: int8}``; checkpoints then hold the adapters
+                only.
             max_nonfinite_steps: how many steps with a NaN/inf loss may be skipped (each reported) before the run
                 stops with an error; 0 stops at the first one.
             seed: base of the per-step random streams (timesteps, noise, dropout), so a resumed run draws the same.
@@ -97,6 +102,9 @@ class E2VDiffusion(LightningModule):
             self.dit, self.dit_weights = meta_dit(specs["dit"])
         else:  # a random preset is built in full: its initialisation is drawn over whole tensors, rank-consistent
             self.dit = registry.build("dit", specs["dit"])
+        self.lora = LoRAConfig.from_options(lora)
+        if self.lora is not None:
+            apply_lora(self.dit, self.lora)
         self.vae = build_frozen("vae", specs["vae"])
         self.text_encoder = build_frozen("text_encoder", specs["text_encoder"])
         image_spec = specs["image_encoder"]
@@ -268,6 +276,8 @@ class E2VDiffusion(LightningModule):
         checkpoints, full or distributed (FSDP2), never carry them."""
         state = super().state_dict(*args, **kwargs)
         strip_prefixes(state, FROZEN)
+        if self.lora is not None:  # the frozen base comes from the DiT spec too: keep the adapters only
+            drop_base(state, "dit.")
         return state
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -281,7 +291,15 @@ class E2VDiffusion(LightningModule):
     def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True, assign: bool = False) -> Any:
         state_dict = dict(state_dict)
         restore_prefixes(self, state_dict, FROZEN)
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        if self.lora is None:
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        # LoRA: the frozen DiT base stays as built from its spec; strict loading still needs every adapter tensor
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        missing = [k for k in result.missing_keys if is_adapter_key(k) or not k.startswith("dit.")]
+        if strict and (missing or result.unexpected_keys):
+            raise RuntimeError(f"LoRA state dict does not fit: missing {missing[:5]}, "
+                               f"unexpected {result.unexpected_keys[:5]}")
+        return result
 
     # --------------------------------------------------------------------------------------------------- sampling
     def make_pipeline(self, solver: dict[str, Any] | str | None = None):
