@@ -41,6 +41,7 @@ _BUILTIN_MODULES = (
     "e2v.modules.image_encoder",
     "e2v.modules.flow",
     "e2v.modules.layouts",
+    "e2v.modules.canvas_layout",
     "e2v.modules.solvers",
     "e2v.modules.face_encoder",
     "e2v.modules.feature_nets",
