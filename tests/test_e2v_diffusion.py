@@ -57,7 +57,10 @@ def test_nonfinite_loss_is_skipped_then_stops():
     module = E2VDiffusion(text_encoder=TEXT, max_nonfinite_steps=1)
     with torch.no_grad():
         module.dit.proj_out.weight.fill_(float("nan"))
-    assert module.training_step(make_batch(), 0) is None
+    skipped = module.training_step(make_batch(), 0)
+    skipped.backward()  # a zero loss connected to no parameter: no gradient, so the optimizer step changes nothing
+    assert skipped.item() == 0 and all(p.grad is None for p in module.parameters())
+    assert module.skipped_steps == 1
     with pytest.raises(FloatingPointError, match="non-finite loss .* max_nonfinite_steps=1"):
         module.training_step(make_batch(), 1)
 
@@ -80,3 +83,19 @@ def test_frozen_parts_stay_frozen_in_train_mode(module):
         assert not any(m.training for m in part.modules() if m is not part or not hasattr(part, "model"))
         assert not any(p.requires_grad for p in part.parameters())
     assert module.dit.training and all(p.requires_grad for p in module.dit.parameters())
+
+
+def test_all_bad_batch_is_a_step_without_gradients(module):
+    """A batch whose samples were all unreadable (only ``skipped``/``id``): a zero loss tied to no parameter."""
+    before = module.skipped_steps
+    loss = module.training_step({"skipped": [("c0", "unreadable_video", "broken")], "id": []}, 0)
+    loss.backward()
+    assert loss.item() == 0 and all(p.grad is None for p in module.dit.parameters())
+    assert module.skipped_steps == before + 1
+
+
+def test_timestep_bucket_sums_match_a_loop(module):
+    per_sample = torch.tensor([1.0, 2.0, 4.0, 8.0, 16.0])
+    t = torch.tensor([0.1, 0.2, 0.6, 0.99, 1.0])
+    sums = module.timestep_bucket_sums(per_sample, t)
+    assert sums.tolist() == [[3.0, 0.0, 4.0, 24.0], [2.0, 0.0, 1.0, 2.0]]

@@ -3,12 +3,19 @@
 After every optimizer step ``ema <- decay * ema + (1 - decay) * param`` for each parameter with ``requires_grad``
 (frozen VAE / text / image encoders are not tracked). Under FSDP2 (``ModelParallelStrategy`` + ``fully_shard``) the
 parameters are DTensors: the EMA clones them as they are and updates the local shards, so it stays sharded like the
-weights and is never gathered during training. Checkpoints store full tensors (a DTensor is gathered one tensor at a
-time at save, as the strategy's full state dict does for the weights) and are resharded locally on load.
+weights and is never gathered during training. With ``save_distributed_checkpoint`` the EMA shards go into the
+distributed checkpoint beside the weights (keys ``ema/<parameter name>`` of its ``state_dict``), written and read by
+every rank for its own shard; a full checkpoint stores full tensors (gathered one tensor at a time, as the strategy's
+full state dict does for the weights), resharded locally on load.
+
+With ``cpu_offload`` the EMA shards live in host memory: each update starts non-blocking copies of the weights into
+(pinned) staging buffers and returns; a worker thread waits for them and does the lerp while training goes on. The
+EMA is brought up to date (the thread joined) before anything reads it: the next update, a swap, a checkpoint.
 """
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -16,6 +23,10 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 from torch.distributed.tensor import DTensor, distribute_tensor
+
+from e2v.modules.reshard import reshard
+
+SHARDED_PREFIX = "ema/"  # EMA keys in a distributed checkpoint's state_dict: ema/<parameter name>
 
 
 def _local(tensor: torch.Tensor) -> torch.Tensor:
@@ -36,7 +47,8 @@ class EMA(Callback):
         update_every: update the EMA every this many optimizer steps (the decay is not rescaled).
         start_step: before this optimizer step the EMA just copies the weights.
         use_for_validation: swap the EMA weights in for validation loops during fit.
-        cpu_offload: keep the EMA (local shards) in CPU memory; each update copies the weights to the CPU.
+        cpu_offload: keep the EMA (local shards) in CPU memory; each update copies the weights to the CPU
+            without blocking and a worker thread applies them (see the module docstring).
         apply_at_fit_end: copy the EMA into the model's weights when fit ends (the final model is the EMA model).
     """
 
@@ -65,6 +77,11 @@ class EMA(Callback):
         self._swapped = False
         self._pending: dict[str, Any] | None = None  # a loaded state waiting for the module's parameters
         self._module: torch.nn.Module | None = None
+        self._save_sharded = False  # the strategy writes distributed checkpoints and the weights are DTensors
+        self._checkpoint_path: str | None = None  # the distributed checkpoint a sharded EMA state is read from
+        self._staging: list[torch.Tensor] | None = None  # cpu_offload: host copies of the weights for the next lerp
+        self._worker: ThreadPoolExecutor | None = None
+        self._applying: Future | None = None  # cpu_offload: the lerp of the last update, in the worker thread
 
     @property
     def state_key(self) -> str:
@@ -97,6 +114,10 @@ class EMA(Callback):
         return [_local(p.detach()) for p in params.values()], [_local(self.shadow[n]) for n in params]
 
     def _load_into_shadow(self, state: dict[str, Any]) -> None:
+        self.flush()
+        if "sharded" in state:
+            self._load_sharded(state)
+            return
         saved = state["shadow"]
         if saved.keys() != self.shadow.keys():
             raise RuntimeError(
@@ -117,12 +138,46 @@ class EMA(Callback):
         self.num_updates = int(state["num_updates"])
         self._last_step = int(state["last_step"])
 
+    def _load_sharded(self, state: dict[str, Any]) -> None:
+        """Read this rank's EMA shards from the distributed checkpoint (collective; no rank reads a full tensor)."""
+        from torch.distributed.checkpoint import load
+
+        if sorted(state["sharded"]) != sorted(self.shadow):
+            raise RuntimeError(
+                "EMA checkpoint state does not match the module's trainable parameters: "
+                f"{len(state['sharded'])} saved vs {len(self.shadow)} trainable; first differing names: "
+                f"{sorted(set(state['sharded']) ^ self.shadow.keys())[:5]}"
+            )
+        if self._checkpoint_path is None:
+            raise RuntimeError("EMA: the checkpoint holds a sharded EMA but its folder is unknown (load it through "
+                               "Trainer.fit(ckpt_path=...))")
+        load({"state_dict": self._sharded_values(self.shadow)}, checkpoint_id=self._checkpoint_path)
+        self.num_updates = int(state["num_updates"])
+        self._last_step = int(state["last_step"])
+
+    def _sharded_values(self, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``ema/<name> -> DTensor`` sharing the EMA's storage (an offloaded local shard is wrapped, not copied)."""
+        out = {}
+        for name, value in values.items():
+            if not isinstance(value, DTensor):
+                param = self._module.get_parameter(name)
+                value = DTensor.from_local(value, param.device_mesh, param.placements, run_check=False,
+                                           shape=param.shape, stride=param.stride())
+            out[SHARDED_PREFIX + name] = value
+        return out
+
     def state_dict(self) -> dict[str, Any]:
-        """Full (unsharded) CPU tensors; collective under FSDP2 (Lightning calls it on every rank)."""
+        """Full (unsharded) CPU tensors, collective under FSDP2 (Lightning calls it on every rank); with distributed
+        checkpoints only the counters and names: the shards go into the checkpoint's state dict
+        (:meth:`on_save_checkpoint`)."""
         if not self.shadow:
             return {}
+        self.flush()
+        meta = {"num_updates": self.num_updates, "last_step": self._last_step, "decay": self.decay}
+        if self._save_sharded:
+            return {"sharded": sorted(self.shadow), **meta}
         shadow = {n: self._full(n, v).detach().cpu().clone() for n, v in self._ema_values().items()}
-        return {"shadow": shadow, "num_updates": self.num_updates, "last_step": self._last_step, "decay": self.decay}
+        return {"shadow": shadow, **meta}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if not state_dict:
@@ -153,6 +208,8 @@ class EMA(Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._module = pl_module
         self._init_shadow(pl_module)
+        sharded = any(isinstance(p, DTensor) for p in trainable_parameters(pl_module).values())
+        self._save_sharded = sharded and bool(getattr(trainer.strategy, "_save_distributed_checkpoint", False))
         self._last_step = trainer.global_step  # the weights of this step are the EMA's start
         if self._pending is not None:
             self._load_into_shadow(self._pending)
@@ -167,14 +224,61 @@ class EMA(Callback):
         self._last_step = step
         self.update(pl_module, decay=self.decay if step > self.start_step else 0.0)
 
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        if self._save_sharded and self.shadow:  # every rank adds its shards to the distributed state dict
+            self.flush()
+            reshard(pl_module)
+            checkpoint["state_dict"].update(self._sharded_values(self._ema_values()))
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        self._checkpoint_path = str(trainer.ckpt_path) if trainer.ckpt_path is not None else None
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.flush()
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.flush()
+        if self._worker is not None:
+            self._worker.shutdown()
+            self._worker = None
+
     @torch.no_grad()
     def update(self, module: torch.nn.Module, decay: float | None = None) -> None:
-        """One EMA step from the module's current weights (``decay=0`` copies them)."""
+        """One EMA step from the module's current weights (``decay=0`` copies them). With ``cpu_offload`` the step
+        is started, not finished: see :meth:`flush`."""
+        reshard(module)  # the EMA follows the shards, which the optimizer updated
         params, shadow = self._pairs(module)
-        if self.cpu_offload:
-            params = [p.to("cpu") for p in params]
-        torch._foreach_lerp_(shadow, params, 1.0 - (self.decay if decay is None else decay))
+        weight = 1.0 - (self.decay if decay is None else decay)
         self.num_updates += 1
+        if not self.cpu_offload:
+            torch._foreach_lerp_(shadow, params, weight)
+            return
+        self.flush()  # the last update's lerp reads the staging buffers
+        if self._staging is None:
+            pin = any(p.is_cuda for p in params)
+            self._staging = [torch.empty_like(e, pin_memory=pin) for e in shadow]
+        for buffer, param in zip(self._staging, params):
+            buffer.copy_(param, non_blocking=True)
+        copied = None
+        if any(p.is_cuda for p in params):
+            copied = torch.cuda.Event()
+            copied.record()
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ema")
+        self._applying = self._worker.submit(self._apply, shadow, self._staging, weight, copied)
+
+    @staticmethod
+    @torch.no_grad()
+    def _apply(shadow: list[torch.Tensor], staged: list[torch.Tensor], weight: float, copied: Any) -> None:
+        if copied is not None:
+            copied.synchronize()  # the host copies of the weights have arrived
+        torch._foreach_lerp_(shadow, staged, weight)
+
+    def flush(self) -> None:
+        """Finish an offloaded update still in flight (re-raising its error), so the EMA is up to date."""
+        applying, self._applying = self._applying, None
+        if applying is not None:
+            applying.result()
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.use_for_validation and self.shadow and not self._swapped and trainer.state.fn == "fit":
@@ -187,6 +291,8 @@ class EMA(Callback):
     @torch.no_grad()
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.apply_at_fit_end and self.shadow and not self._swapped:
+            self.flush()
+            reshard(pl_module)
             params, shadow = self._pairs(pl_module)
             for p, e in zip(params, shadow):
                 p.copy_(e)
@@ -194,7 +300,12 @@ class EMA(Callback):
     # ---- swapping -------------------------------------------------------------------------------------------
     @torch.no_grad()
     def _swap(self, module: torch.nn.Module) -> None:
-        """Exchange the weights and the EMA in place (its own inverse), one tensor-sized buffer at a time."""
+        """Exchange the weights and the EMA in place (its own inverse), one tensor-sized buffer at a time.
+
+        Under FSDP2 gathered weights left by a forward without backward are freed first: the swap writes the shards,
+        and the next forward must gather the swapped values."""
+        self.flush()
+        reshard(module)
         params, shadow = self._pairs(module)
         for p, e in zip(params, shadow):
             tmp = p.to(e.device, copy=True)

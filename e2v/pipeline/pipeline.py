@@ -38,6 +38,7 @@ from e2v.datamodules.references import (
 from e2v.datamodules.video_io import pil_to_rgb
 from e2v.modules.layouts import latent_frames
 from e2v.modules.quantize import quantize_linears
+from e2v.modules.reshard import fsdp_modules, reshard
 from e2v.families import family_specs
 from e2v.modules.weights import CheckpointError, load_checkpoint, read_config
 from e2v.pipeline.presets import GenerationPreset, get_preset
@@ -308,8 +309,16 @@ class E2VPipeline:
     # --------------------------------------------------------------------------------------------- denoising
     def predict(self, dit_input: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor,
                 image: Optional[torch.Tensor], step: int, num_steps: int) -> torch.Tensor:
-        """One DiT forward ``[G, C_in, T, h, w] -> [G, 16, T, h, w]`` through the step cache and token sharding."""
+        """One DiT forward ``[G, C_in, T, h, w] -> [G, 16, T, h, w]`` through the step cache and token sharding.
+
+        Without either, the DiT's own forward runs: under FSDP2 (a training run's samples) its hooks gather the
+        sharded weights, which a call of its pieces would bypass."""
         dit = self.dit
+        if self.parallel is None and self.step_cache is None:
+            return dit(dit_input, timestep, text, image)
+        if fsdp_modules(dit):
+            raise ValueError("the step cache and sequence / CFG parallelism call the DiT's pieces, which FSDP2 does "
+                             "not gather: sample a sharded DiT without them")
         inputs = dit.embed_inputs(dit_input, timestep, text, image)
         rope = dit.rope(inputs.grid)
         tokens = inputs.tokens
@@ -395,7 +404,7 @@ class E2VPipeline:
         timesteps = self.solver.timesteps(steps).to(self.device)
         if self.step_cache is not None:
             self.step_cache.reset()
-        with self._on_device(self.dit):
+        with self._on_device(self.dit), _resharded(self.dit):
             for i, t in enumerate(tqdm(timesteps, desc="sampling", disable=not progress)):
                 velocities = self.velocity(latents, t.reshape(1), branches, i, len(timesteps))
                 if self.preset.guidance_in_dit_dtype:
@@ -426,6 +435,16 @@ class E2VPipeline:
         conditions = [condition, condition, torch.zeros_like(condition)][:count]
         images = None if image is None else torch.cat([image, image, torch.zeros_like(image)][:count])
         return {"condition": torch.cat(conditions), "text": torch.cat(texts), "image": images}
+
+
+@contextlib.contextmanager
+def _resharded(dit: nn.Module) -> Iterator[None]:
+    """Under FSDP2, free the weights the DiT's forwards gathered when the block ends: no backward follows a sampling
+    forward, and a gathered copy left behind would miss the next writes to the shards (optimizer, EMA swap)."""
+    try:
+        yield
+    finally:
+        reshard(dit)
 
 
 def _ema_weights(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:

@@ -21,6 +21,7 @@ from e2v.specs import FamilySpec, DiTSpec, ImageEncoderSpec, LayoutSpec, SolverS
 from e2v.tasks.optim import configure_optimization
 from e2v.modules.flow import TIMESTEP_SCALE, expand_like, noisy_latents, velocity_target
 from e2v.tasks.frozen import build_frozen, restore_prefixes, strip_prefixes
+from e2v.modules.reshard import reshard
 from e2v.lora import LoRAConfig, LoRAOptions, apply_lora, drop_base, is_adapter_key
 from e2v.tasks.sharding import FSDPOptions, ShardingPolicy, is_meta, is_sharded, materialize_dit, meta_dit, shard_dit
 
@@ -111,6 +112,8 @@ class E2VDiffusion(LightningModule):
         self.image_encoder = build_frozen("image_encoder", image_spec) if self.layout.uses_image_tokens else None
         self._check_widths()
         self.nonfinite_steps = 0
+        self.skipped_steps = 0  # steps every rank skipped (bad batch or non-finite loss on some rank)
+        self._bucket_sums: torch.Tensor | None = None  # train loss sums / counts per flow-time bucket since the last log
         # checkpoints hold no frozen weights (see state_dict); on_load_checkpoint checks the trained ones instead
         self.strict_loading = False
 
@@ -188,21 +191,53 @@ class E2VDiffusion(LightningModule):
         weights = self.layout.loss_weights(inputs["num_refs"], x0.shape[2]).to(per_frame)
         return (per_frame * weights).sum(1) / weights.sum()
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        """The flow loss of a batch; every rank skips the step (:meth:`skip_step`) when any rank's batch has no
+        readable sample or any rank's loss is not finite: ranks agree through one all_reduce of a flag per check, so
+        none is left waiting in the gradient collectives (DDP / FSDP)."""
         self.log_skipped_samples()
-        if "video" not in batch and "latents" not in batch:  # every sample of the batch was unreadable
-            return None
+        unreadable = self.ranks_with("video" not in batch and "latents" not in batch)  # all samples were unreadable
+        if unreadable:
+            return self.skip_step(f"rank(s) {unreadable} had no readable sample in their batch", batch)
         inputs = self.drop_conditions(self.encode_batch(batch))
         x0 = inputs["x0"]
         t = self.timestep_sampler(x0.shape[0], generator=self.step_generator(stream=0, device="cpu")).to(self.device)
         noise = torch.randn(x0.shape, generator=self.step_generator(stream=1), device=self.device, dtype=x0.dtype)
         per_sample = self.flow_loss(inputs, t, noise)
         loss = per_sample.mean()
-        if not torch.isfinite(loss):
-            return self.handle_nonfinite(loss, batch)
+        nonfinite = self.ranks_with(~torch.isfinite(loss.detach()))  # the step's one host sync
+        if nonfinite:
+            return self.handle_nonfinite(loss, batch, nonfinite)
         self.log("train/loss", loss, prog_bar=True, batch_size=x0.shape[0])
-        self.log_timestep_buckets(per_sample.detach(), t, "train")
+        self.accumulate_timestep_buckets(per_sample.detach(), t)
         return loss
+
+    def ranks_with(self, flag: bool | torch.Tensor) -> list[int]:
+        """The global ranks whose ``flag`` (a bool or a 0-dim bool tensor) is set, the same list on every rank:
+        one all_reduce of a ``[world_size]`` vector (nothing to reduce on one process)."""
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if world == 1 and not isinstance(flag, torch.Tensor):
+            return [0] if flag else []
+        flags = torch.zeros(world, device=self.device)
+        flags[self.global_rank] = flag.float() if isinstance(flag, torch.Tensor) else float(flag)
+        if world > 1:
+            flags = self.trainer.strategy.reduce(flags, reduce_op="sum")
+        return [rank for rank, value in enumerate(flags.tolist()) if value]
+
+    def skip_step(self, reason: str, batch: dict[str, Any]) -> torch.Tensor:
+        """Skip the step on every rank, reported by rank 0: the loss returned is a zero connected to no parameter, so
+        the backward computes no gradient, no rank enters a gradient collective and the optimizer step changes nothing
+        (Lightning refuses a None loss under DDP / FSDP). The step still counts as a global step on every rank.
+
+        Under FSDP2 a forward that ran leaves the root's parameters gathered (its backward would free them): they are
+        freed here, so the sharded parameters stay the only copy (what the EMA and the optimizer update)."""
+        reshard(self)
+        if self.global_rank == 0:
+            log.warning("skipping global step %d on every rank: %s (batch ids on rank 0: %s)", self.global_step,
+                        reason, batch.get("id", "?"))
+        self.skipped_steps += 1
+        self.log("train/skipped_steps", float(self.skipped_steps))
+        return torch.zeros((), device=self.device, requires_grad=True)
 
     def log_skipped_samples(self) -> None:
         """Log how many samples the datamodule skipped so far (bad files), when it counts them."""
@@ -211,28 +246,45 @@ class E2VDiffusion(LightningModule):
             self.log("data/skipped_samples", float(sum(datamodule.skip_counts.values())))
             self.log("data/skipped_fraction", float(datamodule.skip_fraction))
 
-    def handle_nonfinite(self, loss: torch.Tensor, batch: dict[str, Any]) -> None:
-        """Skip a step whose loss is NaN/inf (reported), or stop once ``max_nonfinite_steps`` are used up."""
+    def handle_nonfinite(self, loss: torch.Tensor, batch: dict[str, Any], ranks: list[int]) -> torch.Tensor:
+        """Skip a step whose loss is NaN/inf on some rank (every rank skips it), or stop every rank once
+        ``max_nonfinite_steps`` are used up (the count is the same on every rank)."""
         self.nonfinite_steps += 1
-        ids = batch.get("id", "?")
         message = (
-            f"non-finite loss ({loss.item()}) at global step {self.global_step} (batch ids: {ids}); "
+            f"non-finite loss on rank(s) {ranks} (rank {self.global_rank}: {loss.item()}) at global step "
+            f"{self.global_step} (batch ids on rank {self.global_rank}: {batch.get('id', '?')}); "
             f"{self.nonfinite_steps} such step(s) so far, limit max_nonfinite_steps={self.hparams.max_nonfinite_steps}"
         )
         if self.nonfinite_steps > self.hparams.max_nonfinite_steps:
             raise FloatingPointError(message + ". Lower the learning rate, check the data, or raise the limit.")
-        log.warning("skipping the step: %s", message)
         self.log("train/nonfinite_steps", float(self.nonfinite_steps))
-        return None
+        return self.skip_step(message, batch)
 
-    def log_timestep_buckets(self, per_sample: torch.Tensor, t: torch.Tensor, stage: str) -> None:
-        """Log the loss per flow-time bucket (``t`` in [0, .25), [.25, .5), ...): where the model still struggles."""
+    def timestep_bucket_sums(self, per_sample: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """``[2, K]``: per flow-time bucket (``t`` in [0, .25), [.25, .5), ...) the loss sum and the sample count,
+        computed on the device (no host sync)."""
         buckets = (t.clamp(0, 1 - 1e-6) * TIMESTEP_BUCKETS).long()
-        for k in range(TIMESTEP_BUCKETS):
-            chosen = buckets == k
-            if chosen.any():
+        sums = per_sample.new_zeros(2, TIMESTEP_BUCKETS)
+        sums[0].index_add_(0, buckets, per_sample)
+        sums[1].index_add_(0, buckets, torch.ones_like(per_sample))
+        return sums
+
+    def accumulate_timestep_buckets(self, per_sample: torch.Tensor, t: torch.Tensor) -> None:
+        """Add the step's bucket sums on the device; when Lightning writes logs, log each bucket's mean loss over the
+        steps since the last write (one host copy per log interval): where the model still struggles."""
+        sums = self.timestep_bucket_sums(per_sample.float(), t)
+        self._bucket_sums = sums if self._bucket_sums is None else self._bucket_sums + sums
+        connector = getattr(self._trainer, "_logger_connector", None)  # Lightning's own "write logs now" decision
+        if connector is None or connector.should_update_logs:
+            self.log_timestep_buckets(self._bucket_sums, "train")
+            self._bucket_sums = None
+
+    def log_timestep_buckets(self, sums: torch.Tensor, stage: str) -> None:
+        """Log the mean loss of each non-empty bucket from ``sums [2, K]`` (:meth:`timestep_bucket_sums`)."""
+        for k, (total, count) in enumerate(zip(*sums.tolist())):
+            if count > 0:
                 lo, hi = k / TIMESTEP_BUCKETS, (k + 1) / TIMESTEP_BUCKETS
-                self.log(f"{stage}/loss_t{lo:.2f}-{hi:.2f}", per_sample[chosen].mean(), batch_size=int(chosen.sum()))
+                self.log(f"{stage}/loss_t{lo:.2f}-{hi:.2f}", total / count, batch_size=int(count))
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         """Velocity loss at evenly spaced flow times (deterministic: the same noise every validation)."""
@@ -245,7 +297,7 @@ class E2VDiffusion(LightningModule):
         per_sample = self.flow_loss(inputs, t, noise)
         loss = per_sample.mean()
         self.log("val/loss", loss, prog_bar=True, batch_size=b, sync_dist=True)
-        self.log_timestep_buckets(per_sample, t, "val")
+        self.log_timestep_buckets(self.timestep_bucket_sums(per_sample.float(), t), "val")
         return loss
 
     # -------------------------------------------------------------------------------------------- optim / scaling
