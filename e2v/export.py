@@ -16,6 +16,7 @@ import argparse
 import os
 import shutil
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -59,7 +60,9 @@ def _dcp_tensors(folder: Path) -> dict[str, LazyTensor]:
     def loader(key: str, size: torch.Size, dtype: torch.dtype):
         def load() -> torch.Tensor:
             tensor = torch.empty(size, dtype=dtype)
-            dcp.load({"state_dict": {key[len(DCP_PREFIX):]: tensor}}, storage_reader=reader, no_dist=True)
+            with warnings.catch_warnings():  # "torch.distributed is disabled ... single process": intended here
+                warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+                dcp.load({"state_dict": {key[len(DCP_PREFIX):]: tensor}}, storage_reader=reader, no_dist=True)
             return tensor
 
         return load
@@ -113,9 +116,11 @@ def export_checkpoint(
     which: Optional[str] = None,
     base: Optional[str] = None,
     max_shard_bytes: int = 5 * 1024**3,
+    merge_lora: bool = False,
 ) -> str:
     """Write ``out/transformer/`` from the checkpoint's DiT weights and link the frozen components of the release
     root into ``out`` (see the module docstring). Returns which weights were written (``ema`` / ``raw``).
+    A LoRA checkpoint (adapters only) needs ``merge_lora``: its adapters are merged into the base DiT of its spec.
 
     The weights' names and shapes are checked against the DiT of the checkpoint's spec before anything is written;
     the folder is written under a temporary name and renamed when complete.
@@ -128,6 +133,15 @@ def export_checkpoint(
     spec = dict(hparams["dit"])
     if root is not None and spec.get("weights") is not None:
         spec["weights"] = str(root / "transformer")  # the config of the run's DiT, wherever the release now is
+    if hparams.get("lora"):
+        if not merge_lora:
+            raise BadInput(f"{checkpoint} is a LoRA checkpoint (adapters only): pass --merge-lora to merge them into "
+                           "the base DiT")
+        from e2v.lora import merged_weights
+
+        weights = merged_weights(spec, hparams["lora"], weights, str(checkpoint))
+    elif merge_lora:
+        raise BadInput(f"--merge-lora: {checkpoint} is not a LoRA checkpoint (its hyper-parameters have no 'lora')")
     try:
         dit, _ = meta_dit(spec)
     except CheckpointError as err:
@@ -163,13 +177,15 @@ def export_command(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--base", default=None,
                         help="release root with the frozen components (default: the run's family weights)")
     parser.add_argument("--max-shard-gb", type=positive_float, default=5.0, help="safetensors shard size (GB)")
+    parser.add_argument("--merge-lora", action="store_true",
+                        help="a LoRA checkpoint: merge its adapters into the base DiT (from --base or the run's)")
     args = parser.parse_args(argv)
     if not Path(args.checkpoint).exists():
         print(f"e2v export: error: checkpoint {args.checkpoint} does not exist", file=sys.stderr)
         return 2
     try:
         kind = export_checkpoint(args.checkpoint, args.out, args.weights, args.base,
-                                 max_shard_bytes=int(args.max_shard_gb * 1024**3))
+                                 max_shard_bytes=int(args.max_shard_gb * 1024**3), merge_lora=args.merge_lora)
     except (BadInput, CheckpointError) as err:
         print(f"e2v export: error: {err}", file=sys.stderr)
         return 2
