@@ -196,3 +196,22 @@ def test_fsdp2_sharded_ema(tmp_path, cpu_offload):
         port = s.getsockname()[1]
     mp.spawn(_fsdp2_worker, args=(2, port, cpu_offload, tmp_path), nprocs=2, join=True)
     assert (tmp_path / f"ok_{cpu_offload}").exists()
+
+
+def test_cpu_offload_updates_equal_on_device_ones(tmp_path):
+    """cpu_offload starts each update (copies + lerp in a worker thread) and finishes it before any read: the EMA
+    equals the on-device one at every validation swap and at the end."""
+    results = {}
+    for offload in (False, True):
+        model, ema = TinyModule(), EMA(decay=0.7, cpu_offload=offload)
+        trainer = _trainer(tmp_path, [ema], max_steps=5, val_check_interval=2, limit_val_batches=1)
+        trainer.fit(model, train_dataloaders=_loader(), val_dataloaders=_loader())
+        results[offload] = (model.val_seen, dict(ema.shadow), ema.num_updates)
+    (seen, shadow, updates), (seen_offload, shadow_offload, updates_offload) = results[False], results[True]
+    assert updates == updates_offload == 5 and shadow_offload["net.weight"].device.type == "cpu"
+    for name in shadow:
+        torch.testing.assert_close(shadow_offload[name], shadow[name], rtol=0, atol=1e-7)
+    for (step, weights), (step_offload, weights_offload) in zip(seen, seen_offload, strict=True):
+        assert step == step_offload
+        for name in weights:
+            torch.testing.assert_close(weights_offload[name], weights[name], rtol=0, atol=1e-7)
