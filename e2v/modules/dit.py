@@ -23,10 +23,11 @@ rope shard and an attention backend) and :meth:`WanDiT.head`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +46,7 @@ KEEP_FP32 = ("rope", "time_embedder", "time_proj", "scale_shift_table", "norm1",
 UNUSED_OFFICIAL_KEYS = ("norm_added_q",)
 
 Rope = tuple[torch.Tensor, torch.Tensor]
+KV = tuple[torch.Tensor, torch.Tensor]
 
 
 @dataclass
@@ -242,6 +244,8 @@ def fused_linear(x: torch.Tensor, *layers: nn.Linear) -> tuple[torch.Tensor, ...
 class WanAttention(nn.Module):
     """Self-attention (with RoPE) or cross-attention (text, plus image tokens via ``add_k_proj``/``add_v_proj``)."""
 
+    context_cache: Optional["ContextCache"] = None  # set by WanDiT.cache_context: context keys/values memoised
+
     def __init__(self, dim: int, heads: int, eps: float, added_kv_proj_dim: Optional[int] = None) -> None:
         super().__init__()
         self.heads = heads
@@ -271,12 +275,24 @@ class WanAttention(nn.Module):
         """``x [B, S, dim]`` attends to ``text [B, L, dim]`` and, when given, ``image [B, M, dim]``; outputs summed."""
         attend = resolve_backend(backend)
         q = self._heads(self.norm_q(self.to_q(x)))
-        k, v = fused_linear(text, self.to_k, self.to_v)
-        out = attend(q, self._heads(self.norm_k(k)), self._heads(v))
-        if image is not None:
-            k, v = fused_linear(image, self.add_k_proj, self.add_v_proj)
-            out = out + attend(q, self._heads(self.norm_added_k(k)), self._heads(v))
+        if self.context_cache is None:
+            text_kv, image_kv = self.context_kv(text, image)
+        else:
+            text_kv, image_kv = self.context_cache.get(self, (text, image), lambda: self.context_kv(text, image))
+        out = attend(q, *text_kv)
+        if image_kv is not None:
+            out = out + attend(q, *image_kv)
         return self.to_out[0](out.flatten(2))
+
+    def context_kv(self, text: torch.Tensor, image: Optional[torch.Tensor]) -> tuple[KV, Optional[KV]]:
+        """Cross-attention keys and values ``[B, L | M, heads, head_dim]``: of ``text [B, L, dim]`` (to_k / to_v,
+        norm_k) and, when given, of ``image [B, M, dim]`` (add_k_proj / add_v_proj, norm_added_k)."""
+        k, v = fused_linear(text, self.to_k, self.to_v)
+        text_kv = (self._heads(self.norm_k(k)), self._heads(v))
+        if image is None:
+            return text_kv, None
+        k, v = fused_linear(image, self.add_k_proj, self.add_v_proj)
+        return text_kv, (self._heads(self.norm_added_k(k)), self._heads(v))
 
 
 class WanTransformerBlock(nn.Module):
@@ -391,8 +407,32 @@ class DiTInputs:
     image: Optional[torch.Tensor]
 
 
+class ContextCache:
+    """Memo of cross-attention context tensors for :meth:`WanDiT.cache_context`, keyed by the module and the identity
+    of its input tensors (storage address, shape, strides, dtype, device and version counter: an in-place change
+    misses). Each entry keeps its inputs alive, so no other tensor can take their address while it exists."""
+
+    def __init__(self) -> None:
+        self.entries: dict[tuple, tuple[tuple, Any]] = {}
+
+    @staticmethod
+    def _key(tensor: Optional[torch.Tensor]) -> tuple:
+        if tensor is None:
+            return (None,)
+        return (tensor.data_ptr(), tuple(tensor.shape), tensor.stride(), tensor.dtype, tensor.device, tensor._version)
+
+    def get(self, owner: nn.Module, inputs: tuple[Optional[torch.Tensor], ...], compute: Callable[[], Any]) -> Any:
+        """``compute()`` the first time ``owner`` sees these ``inputs``, its stored result afterwards."""
+        key = (id(owner), *map(self._key, inputs))
+        if key not in self.entries:
+            self.entries[key] = (inputs, compute())
+        return self.entries[key][1]
+
+
 class WanDiT(nn.Module):
     """Wan2.1 / SkyReels-A2 DiT; ``forward(latents, timestep, text, image=None) -> [B, C_out, T, H, W]``."""
+
+    context_cache: Optional[ContextCache] = None  # set inside cache_context
 
     def __init__(self, config: WanDiTConfig, attention: BackendSpec = "sdpa") -> None:
         super().__init__()
@@ -443,10 +483,38 @@ class WanDiT(nn.Module):
         tokens = tokens.flatten(2).transpose(1, 2).contiguous()
         embedder = self.condition_embedder
         temb, modulation = embedder.time(timestep)
-        text = embedder.text_embedder(text.to(embedder.text_embedder.linear_1.weight.dtype))
-        if image is not None:
-            image = embedder.image_embedder(image.to(embedder.image_embedder.ff.net[2].weight.dtype))
+        text, image = self.embed_context(text, image)
         return DiTInputs(tokens, grid, temb, modulation, text, image)
+
+    def embed_context(
+        self, text: torch.Tensor, image: Optional[torch.Tensor]
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Embedded ``text [B, L, dim]`` and ``image [B, M, dim]`` (or None) from the raw ``text [B, L, text_dim]``
+        and ``image [B, M, image_dim]``; memoised inside :meth:`cache_context`."""
+
+        def embed() -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+            embedder = self.condition_embedder
+            embedded = embedder.text_embedder(text.to(embedder.text_embedder.linear_1.weight.dtype))
+            if image is None:
+                return embedded, None
+            return embedded, embedder.image_embedder(image.to(embedder.image_embedder.ff.net[2].weight.dtype))
+
+        return embed() if self.context_cache is None else self.context_cache.get(self, (text, image), embed)
+
+    @contextlib.contextmanager
+    def cache_context(self) -> Iterator[None]:
+        """Inside the block the cross-attention context (embedded text / image tokens, and every block's keys and
+        values) is computed once per distinct input tensor and reused by later forwards: a sampling loop computes
+        it at its first step only, for all guidance branches of the batch at once. Exact (the same tensors)."""
+        cache = ContextCache()
+        users = [self] + [block.attn2 for block in self.blocks]
+        for user in users:
+            user.context_cache = cache
+        try:
+            yield
+        finally:
+            for user in users:
+                user.context_cache = None
 
     def run_blocks(
         self,

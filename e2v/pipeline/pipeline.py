@@ -12,9 +12,10 @@ remaining choices: default negative prompt, reference resizing, noise generator,
   - text CFG (official, ``guidance`` 5.0): ``v = v_textless + g (v_full - v_textless)``
   - dual guidance (``image_guidance`` set): ``v = v_null + s_img (v_textless - v_null) + s_txt (v_full - v_textless)``
 
-Speed switches: :meth:`E2VPipeline.enable_step_cache`, :meth:`compile`, :meth:`quantize`, ``tile`` (VAE tiled
-decode), ``offload`` (each component on the compute device only while used), and ``parallel`` (sequence /
-CFG parallelism, see :mod:`e2v.pipeline.parallel`).
+Speed switches: :meth:`E2VPipeline.enable_step_cache`, :meth:`enable_block_offload`, :meth:`compile`,
+:meth:`quantize`, ``tile`` (VAE tiled decode), ``offload`` (each component on the compute device only while used),
+and ``parallel`` (sequence / CFG parallelism, see :mod:`e2v.pipeline.parallel`). The cross-attention context is
+computed once per video (``cache_context``).
 """
 
 from __future__ import annotations
@@ -37,11 +38,12 @@ from e2v.datamodules.references import (
 )
 from e2v.datamodules.video_io import pil_to_rgb
 from e2v.modules.layouts import latent_frames
-from e2v.modules.quantize import quantize_linears
+from e2v.modules.quantize import BITSANDBYTES_MODES, move_module, quantize_linears
 from e2v.modules.reshard import fsdp_modules, reshard
 from e2v.families import family_specs
 from e2v.modules.weights import CheckpointError, load_checkpoint, read_config
 from e2v.pipeline.presets import GenerationPreset, get_preset
+from e2v.pipeline.offload import BlockOffload
 from e2v.pipeline.step_cache import StepCache
 
 ReferenceImage = Union[str, os.PathLike, torch.Tensor, PIL.Image.Image]
@@ -103,6 +105,8 @@ class E2VPipeline:
         preset: a generation preset or its name (default ``e2v``; see :mod:`e2v.pipeline.presets`).
     """
 
+    cache_context = True  # the cross-attention context once per video (exact); False: every step (benchmarks)
+
     def __init__(
         self,
         dit: nn.Module,
@@ -124,6 +128,7 @@ class E2VPipeline:
         self.offload = offload
         self.parallel = parallel
         self.step_cache: Optional[StepCache] = None
+        self.block_offload: Optional[BlockOffload] = None
         if dit.config.in_channels != layout.in_channels:
             raise ValueError(
                 f"the DiT takes {dit.config.in_channels} input channels but the {type(layout).__name__} layout "
@@ -138,7 +143,7 @@ class E2VPipeline:
             vae.tile_size, vae.tile_overlap = own
         if not offload:
             for module in self.modules():
-                module.to(self.device)
+                move_module(module, self.device)
 
     def modules(self) -> list[nn.Module]:
         return [m for m in (self.text_encoder, self.image_encoder, self.vae, self.dit) if m is not None]
@@ -226,11 +231,27 @@ class E2VPipeline:
         )
 
     # ------------------------------------------------------------------------------------------ speed switches
-    def enable_step_cache(self, threshold: Optional[float], warmup: int = 1) -> "E2VPipeline":
+    def enable_step_cache(
+        self, threshold: Optional[float], warmup: int = 1, teacache: Optional[str] = None
+    ) -> "E2VPipeline":
         """Skip the DiT blocks when the first block's modulated input changed less than ``threshold`` (relative L1)
-        since the last computed step (None: off). Typical thresholds: 0.05 (safe) .. 0.2 (fast)."""
+        since the last computed step (None: off). Typical thresholds: 0.05 (safe) .. 0.2 (fast). ``teacache``: a
+        TeaCache4Wan2.1 fit (:data:`~e2v.pipeline.step_cache.TEACACHE_WAN`) deciding from the rescaled, accumulated
+        timestep-embedding change instead."""
         reduce = self.parallel.all_reduce_sp if self.parallel is not None else None
-        self.step_cache = None if threshold is None else StepCache(threshold, warmup, reduce)
+        self.step_cache = None if threshold is None else StepCache(threshold, warmup, reduce, teacache)
+        return self
+
+    def enable_block_offload(self, blocks_per_group: Optional[int]) -> "E2VPipeline":
+        """Keep the DiT blocks' weights in (pinned) host memory and stream them to ``device`` ``blocks_per_group``
+        blocks at a time, the next group prefetched on a side stream (:mod:`e2v.pipeline.offload`); the rest of the
+        DiT stays on ``device``. None: off (the DiT back on ``device`` unless ``offload``). Quantize first; with
+        ``offload`` the other components still move to ``device`` only while used."""
+        if self.block_offload is not None:
+            self.block_offload.remove()
+        self.block_offload = None if blocks_per_group is None else BlockOffload(self.dit, self.device, blocks_per_group)
+        if blocks_per_group is None:
+            move_module(self.dit, "cpu" if self.offload else self.device)
         return self
 
     def compile(self, **options: Any) -> "E2VPipeline":
@@ -240,9 +261,14 @@ class E2VPipeline:
         return self
 
     def quantize(self, mode: str) -> "E2VPipeline":
-        """Weight-only ``int8`` / ``nf4`` quantisation (bitsandbytes) of the DiT's and the text encoder's Linears."""
+        """Weight-only quantisation of the DiT's Linears (:data:`~e2v.modules.quantize.MODES`); with the bitsandbytes
+        modes ``int8`` / ``nf4`` the text encoder's too (transformers' umT5 casts activations to its weights' dtype,
+        which the plain-torch ``int8wo`` / ``fp8`` storage cannot serve)."""
+        if self.block_offload is not None:
+            raise ValueError("quantize() the DiT before enable_block_offload(): the offload streams its current layers")
         quantize_linears(self.dit, mode, skip=DIT_QUANTIZE_SKIP)
-        quantize_linears(self.text_encoder.model, mode)
+        if mode in BITSANDBYTES_MODES:
+            quantize_linears(self.text_encoder.model, mode)
         return self
 
     @contextlib.contextmanager
@@ -263,15 +289,22 @@ class E2VPipeline:
 
     @contextlib.contextmanager
     def _on_device(self, module: Optional[nn.Module]) -> Iterator[None]:
-        """With offload: move ``module`` to the compute device for the block and back to the CPU after."""
+        """With offload: move ``module`` to the compute device for the block and back to the CPU after. The DiT under
+        block offload: its streamed blocks go back to the host after the block."""
+        if self.block_offload is not None and module is self.dit:
+            try:
+                yield
+            finally:
+                self.block_offload.release()
+            return
         if not self.offload or module is None:
             yield
             return
-        module.to(self.device)
+        move_module(module, self.device)
         try:
             yield
         finally:
-            module.to("cpu")
+            move_module(module, "cpu")
 
     # ------------------------------------------------------------------------------------------------ inputs
     def check_request(self, num_refs: int, height: int, width: int, frames: int) -> None:
@@ -404,7 +437,8 @@ class E2VPipeline:
         timesteps = self.solver.timesteps(steps).to(self.device)
         if self.step_cache is not None:
             self.step_cache.reset()
-        with self._on_device(self.dit), _resharded(self.dit):
+        context = self.dit.cache_context() if self.cache_context else contextlib.nullcontext()
+        with self._on_device(self.dit), _resharded(self.dit), context:
             for i, t in enumerate(tqdm(timesteps, desc="sampling", disable=not progress)):
                 velocities = self.velocity(latents, t.reshape(1), branches, i, len(timesteps))
                 if self.preset.guidance_in_dit_dtype:
