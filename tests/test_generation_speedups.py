@@ -133,3 +133,21 @@ def test_weight_only_quantised_pipeline_with_block_offload_equals_without():
     quantised = tiny_pipeline().quantize("fp8")
     streamed = tiny_pipeline(offload=True).quantize("fp8").enable_block_offload(1)
     torch.testing.assert_close(generate(streamed, refs), generate(quantised, refs), atol=0, rtol=0)
+
+
+def test_generate_cli_streams_quantised_blocks_with_teacache(tmp_path, capsys):
+    from e2v.datamodules.video_io import probe_video, save_image
+    from e2v.pipeline.generate import generate_command
+    from test_pipeline import save_checkpoint
+
+    save_checkpoint(tiny_pipeline(), tmp_path / "run.ckpt")
+    save_image(tmp_path / "ref.png", tiny_refs(1)[0])
+    base = ["--checkpoint", str(tmp_path / "run.ckpt"), "--ref", str(tmp_path / "ref.png"), "--prompt", "a cat",
+            "--height", "16", "--width", "32", "--frames", "9", "--steps", "2", "--no-progress", "--device", "cpu"]
+    speed = ["--offload-blocks", "1", "--quantize", "fp8", "--step-cache", "0.1", "--teacache", "wan2.1-i2v-14b-480p"]
+    assert generate_command([*base, "--out", str(tmp_path / "a.mp4"), *speed]) == 0
+    assert probe_video(tmp_path / "a.mp4")["frames"] == 8
+    assert generate_command([*base, "--out", str(tmp_path / "b.mp4"), "--offload-blocks", "1", "--quantize", "int8"]) == 2
+    assert "--offload-blocks cannot stream bitsandbytes layers (--quantize int8)" in capsys.readouterr().err
+    assert generate_command([*base, "--out", str(tmp_path / "c.mp4"), "--teacache", "wan2.1-t2v-14b"]) == 2
+    assert "--teacache needs --step-cache" in capsys.readouterr().err

@@ -190,3 +190,9 @@ def peak_memory_bytes(device: Union[str, torch.device]) -> Optional[int]:
     """Peak bytes allocated on a CUDA ``device`` since the last reset; None for other devices."""
     device = torch.device(device)
     return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+
+
+def peak_memory_note(device: Union[str, torch.device]) -> str:
+    """``", peak accelerator memory X.XX GiB"`` for a CUDA ``device`` (since the last reset), ``""`` elsewhere."""
+    peak = peak_memory_bytes(device)
+    return "" if peak is None else f", peak accelerator memory {peak / 2**30:.2f} GiB"
