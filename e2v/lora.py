@@ -6,8 +6,8 @@ A recipe turns it on with ``model.init_args.lora: {rank: 32, alpha: 32, targets:
 reference image branch) or ``attention`` (every projection of self- and cross-attention). Only the adapter
 tensors train, so the optimizer state and the checkpoints hold only them (:func:`adapter_state`); the base comes
 back from the DiT spec's weights. :func:`attach_adapter` puts a trained adapter on a DiT (``e2v generate --lora``),
-:func:`merge_lora` folds it into the base weights and :func:`export_merged` writes the merged DiT as a
-diffusers-layout folder usable by ``--weights``-style loading.
+:func:`merge_lora` folds it into the base weights and :func:`merged_weights` gives the merged DiT's state dict
+(``e2v export CHECKPOINT --merge-lora``: a release root usable by ``--weights``).
 
 Adapter tensor names are peft's: ``blocks.3.attn2.add_k_proj.lora_A.default.weight`` ``[rank, in]`` and
 ``...lora_B.default.weight`` ``[out, rank]`` (B starts at zero, so a fresh adapter leaves the DiT unchanged).
@@ -19,14 +19,13 @@ import dataclasses
 import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Mapping, Optional, TypedDict
+from typing import Any, Literal, Mapping, Optional, TypedDict
 
 import torch
 from torch import nn
 
 from e2v.modules.quantize import MODES as QUANTIZE_MODES
-from e2v.modules.weights import CheckpointError, load_checkpoint, parse_dtype
+from e2v.modules.weights import CheckpointError, load_checkpoint
 
 ADAPTER = "default"  # peft's adapter name
 TARGETS = {
@@ -45,8 +44,8 @@ class LoRAOptions(TypedDict, total=False):
     rank: int
     alpha: float
     dropout: float
-    targets: str
-    quantize: Optional[str]
+    targets: Literal["image_kv", "attention"]
+    quantize: Optional[Literal["int8", "nf4"]]
 
 
 @dataclass(frozen=True)
@@ -114,6 +113,9 @@ def apply_lora(dit: nn.Module, config: LoRAConfig) -> nn.Module:
     (peft) into the :data:`TARGETS` layers, in place. Only the adapter tensors have ``requires_grad``."""
     from peft import LoraConfig, inject_adapter_in_model
 
+    if any(p.is_meta for p in dit.parameters()):
+        raise ValueError("lora needs a DiT with real weights, got one on the meta device (fsdp sharded loading): "
+                         "LoRA trains on one GPU without fsdp (recipes/a2-14b-lora.yaml)")
     if not any(re.fullmatch(TARGETS[config.targets], name) for name, _ in dit.named_modules()):
         hint = " (this DiT has no image branch; use targets: attention)" if config.targets == "image_kv" else ""
         raise ValueError(f"lora.targets {config.targets!r} matches no layer of {type(dit).__name__}{hint}")
@@ -182,39 +184,41 @@ def load_adapter(
 
 
 @torch.no_grad()
+def load_adapter_tensors(dit: nn.Module, adapters: Mapping[str, Any], source: str) -> None:
+    """Copy ``adapters`` (DiT names; tensors or lazily read ones with ``load()``) into the LoRA layers of ``dit``.
+    Raises :class:`CheckpointError` naming ``source`` when names or shapes differ."""
+    targets = dict(adapter_state(dit.state_dict(keep_vars=True)))
+    missing, unexpected = sorted(set(targets) - set(adapters)), sorted(set(adapters) - set(targets))
+    wrong = [f"{k}: {tuple(adapters[k].shape)} vs {tuple(targets[k].shape)}"
+             for k in sorted(set(targets) & set(adapters)) if tuple(adapters[k].shape) != tuple(targets[k].shape)]
+    if missing or unexpected or wrong:
+        raise CheckpointError(f"LoRA adapter {source} does not fit this DiT: missing {missing[:5]}, unexpected "
+                              f"{unexpected[:5]}, wrong shape {wrong[:5]}")
+    for key, tensor in adapters.items():
+        targets[key].copy_(tensor if isinstance(tensor, torch.Tensor) else tensor.load())
+
+
 def attach_adapter(dit: nn.Module, path: str | os.PathLike, merge: bool = True, ema: bool = True) -> nn.Module:
     """Put the adapter of the LoRA checkpoint ``path`` on ``dit`` (in place): injected on a full-precision base
-    (the checkpoint's ``quantize`` is a training-time choice and not repeated), loaded, and merged when ``merge``.
-    Raises :class:`CheckpointError` when the adapter does not fit the DiT (names or shapes)."""
+    (the checkpoint's ``quantize`` is a training-time choice and not repeated), loaded, and merged when ``merge``
+    (``e2v generate --lora``). Raises :class:`CheckpointError` when the adapter does not fit the DiT."""
     config, _, state = load_adapter(path, ema=ema)
     apply_lora(dit, dataclasses.replace(config, quantize=None))
-    targets = dict(adapter_state(dit.state_dict(keep_vars=True)))
-    missing, unexpected = sorted(set(targets) - set(state)), sorted(set(state) - set(targets))
-    wrong = [f"{k}: {tuple(state[k].shape)} vs {tuple(targets[k].shape)}"
-             for k in set(targets) & set(state) if state[k].shape != targets[k].shape]
-    if missing or unexpected or wrong:
-        raise CheckpointError(f"LoRA adapter {path} does not fit this DiT: missing {missing[:5]}, unexpected "
-                              f"{unexpected[:5]}, wrong shape {wrong[:5]}")
-    for key, tensor in state.items():
-        targets[key].copy_(tensor)
+    load_adapter_tensors(dit, state, str(path))
     dit.requires_grad_(False)
     return merge_lora(dit) if merge else dit
 
 
-def export_merged(path: str | os.PathLike, out: str | os.PathLike, base_weights: Optional[str] = None,
-                  dtype: torch.dtype | str | None = None) -> Path:
-    """Merge the adapter of the LoRA checkpoint ``path`` into its base DiT and write a diffusers-layout
-    ``transformer`` folder at ``out`` (config.json + safetensors shards). The base is the checkpoint's DiT spec
-    (its ``weights`` folder, or ``base_weights`` when the folder moved); ``dtype`` (default: the spec's) is the
-    merged weights' dtype. Returns ``out``."""
+def merged_weights(spec: Any, lora: Mapping[str, Any], adapters: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """The full DiT state dict of the base DiT ``spec`` (a registry spec whose ``weights`` folder holds the base)
+    with the ``lora`` settings' adapters (``adapters``: DiT names) merged in: what ``e2v export --merge-lora``
+    writes. The base is loaded in full (in the spec's dtype) on the CPU."""
     from e2v import registry
 
-    _, hparams, _ = load_adapter(path)
-    spec = dict(hparams["dit"])
-    if base_weights is not None:
-        spec["weights"] = str(base_weights)
-    if dtype is not None:
-        spec["dtype"] = str(parse_dtype(dtype)).removeprefix("torch.")
-    dit = attach_adapter(registry.build("dit", spec), path, merge=True)
-    dit.save_pretrained(str(out))
-    return Path(out)
+    if registry.split_spec("dit", spec)[1].get("weights") is None:
+        raise CheckpointError(f"{source}: the base DiT of a LoRA run must come from a weights folder to be merged "
+                              f"into, but its DiT spec {spec} is a random-init preset")
+    config = dataclasses.replace(LoRAConfig.from_options(lora), quantize=None)
+    dit = apply_lora(registry.build("dit", spec), config)
+    load_adapter_tensors(dit, adapters, source)
+    return merge_lora(dit).state_dict()

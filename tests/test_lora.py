@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
-from e2v.lora import LoRAConfig, attach_adapter, export_merged, is_adapter_key, load_adapter, lora_layers, merge_lora
+from e2v.lora import LoRAConfig, attach_adapter, is_adapter_key, load_adapter, lora_layers, merge_lora
 from e2v.modules.dit import WanDiT
 from e2v.modules.weights import CheckpointError
 from e2v.tasks.e2v_diffusion import E2VDiffusion
@@ -170,21 +170,52 @@ def test_checkpoint_holds_only_adapters_and_resume_restores_them(tmp_path):
     assert config == LoRAConfig(rank=4, alpha=8.0, targets="attention") and all(map(is_adapter_key, adapter))
 
 
-def test_export_merged_writes_a_loadable_diffusers_folder(tmp_path):
-    base = WanDiT.from_preset("tiny")
-    base.save_pretrained(str(tmp_path / "base"))
+def save_release(module, root):
+    """The components of a tiny ``module`` as an official-layout release root."""
+    module.dit.save_pretrained(str(root / "transformer"))
+    module.vae.save_pretrained(root / "vae")
+    module.text_encoder.save_pretrained(root)
+    module.image_encoder.save_pretrained(root)
+    return root
+
+
+def test_export_merge_lora_and_generate_lora_use_the_trained_adapter(tmp_path, capsys):
+    from e2v.export import export_command
+    from e2v.pipeline.generate import build_parser, build_pipeline, generate_command
+    from e2v.pipeline.pipeline import E2VPipeline
+
     torch.manual_seed(0)
-    module = E2VDiffusion(text_encoder=TEXT, dit={"name": "wan", "weights": str(tmp_path / "base")},
-                          lora={"rank": 2, "targets": "image_kv"})
+    root = save_release(E2VDiffusion(text_encoder=TEXT), tmp_path / "release")
+    module = E2VDiffusion(family={"name": "tiny", "weights": str(root)}, lora={"rank": 2, "targets": "image_kv"})
     randomize_adapters(module.dit)
     path = tmp_path / "run.ckpt"
     torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, path)
-    out = export_merged(path, tmp_path / "merged")
-    merged = WanDiT.from_pretrained(str(out))
-    inputs = dit_inputs(base)
+    inputs = dit_inputs(module.dit)
     with torch.no_grad():
-        torch.testing.assert_close(merged(*inputs), module.dit(*inputs), rtol=1e-5, atol=1e-5)
-    assert not any(is_adapter_key(k) for k in load_file(str(out / "diffusion_pytorch_model.safetensors")))
+        trained = module.dit(*inputs)
+
+    assert export_command([str(path), "--out", str(tmp_path / "plain")]) == 2
+    assert "is a LoRA checkpoint (adapters only): pass --merge-lora" in capsys.readouterr().err
+    assert export_command([str(path), "--out", str(tmp_path / "out"), "--merge-lora"]) == 0
+    shard = tmp_path / "out" / "transformer" / "diffusion_pytorch_model.safetensors"
+    assert not any(is_adapter_key(k) for k in load_file(str(shard)))
+    exported = E2VPipeline.from_weights(tmp_path / "out", solver={"name": "euler", "num_steps": 1}, dtype="float32")
+    with torch.no_grad():
+        torch.testing.assert_close(exported.dit(*inputs), trained, rtol=1e-5, atol=1e-5)
+
+    request = ["--ref", "unused.png", "--prompt", "p", "--out", str(tmp_path / "v.mp4"), "--weights", str(root),
+               "--device", "cpu", "--dtype", "float32"]
+    pipe = build_pipeline(build_parser().parse_args([*request, "--lora", str(path)]), None)
+    assert not lora_layers(pipe.dit)  # merged
+    with torch.no_grad():
+        torch.testing.assert_close(pipe.dit(*inputs), trained, rtol=1e-5, atol=1e-5)
+
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), "red").save(tmp_path / "ref.png")
+    request[1] = str(tmp_path / "ref.png")
+    assert generate_command([*request, "--lora", str(tmp_path / "missing.ckpt")]) == 2
+    assert f"--lora {tmp_path / 'missing.ckpt'} does not exist" in capsys.readouterr().err
     with pytest.raises(CheckpointError, match="is not a LoRA checkpoint"):
         torch.save({"hyper_parameters": {"dit": {"name": "wan"}}, "state_dict": {}}, tmp_path / "full.ckpt")
         load_adapter(tmp_path / "full.ckpt")
