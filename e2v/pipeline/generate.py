@@ -65,8 +65,6 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--weights", help="an official SkyReels-A2 / Wan2.1 release folder")
     parser.add_argument("--lora", default=None, metavar="CKPT",
                         help="a LoRA training checkpoint: its adapters (EMA when present) merged into the DiT")
-    parser.add_argument("--lora", default=None, metavar="CKPT",
-                        help="a LoRA training checkpoint: its adapters (EMA when present) merged into the DiT")
     parser.add_argument("--height", type=frame_size, default=480)
     parser.add_argument("--width", type=frame_size, default=832)
     parser.add_argument("--frames", type=frame_count, default=81, help="4k+1 frames, reference prefix included")
@@ -134,8 +132,6 @@ def resolve_preset(args: argparse.Namespace) -> GenerationPreset:
 def build_pipeline(args: argparse.Namespace, parallel) -> E2VPipeline:
     if args.lora is not None and not Path(args.lora).is_file():
         raise BadInput(f"--lora {args.lora} does not exist or is not a file")
-    if args.lora is not None and not Path(args.lora).is_file():
-        raise BadInput(f"--lora {args.lora} does not exist or is not a file")
     if args.offload_blocks is not None and args.quantize in BITSANDBYTES_MODES:
         raise BadInput(f"--offload-blocks cannot stream bitsandbytes layers (--quantize {args.quantize}): "
                        "use --quantize int8wo or fp8")
@@ -149,10 +145,6 @@ def build_pipeline(args: argparse.Namespace, parallel) -> E2VPipeline:
         pipe = E2VPipeline.from_checkpoint(args.checkpoint, solver=solver, **options)
     else:
         pipe = E2VPipeline.from_weights(args.weights, solver=solver, dtype=args.dtype, **options)
-    if args.lora:
-        from e2v.lora import attach_adapter
-
-        attach_adapter(pipe.dit, args.lora)  # merged before any quantisation: the sampling cost is unchanged
     if args.lora:
         from e2v.lora import attach_adapter
 
