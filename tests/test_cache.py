@@ -181,3 +181,87 @@ def test_cache_command_from_a_family(world, cli_cache, tmp_path):
             "--buckets", json.dumps(BUCKETS), "--records-per-shard", "2"]
     assert cache_command(argv) == 0
     assert json.loads((tmp_path / "cache" / "index.json").read_text())["key"] == explicit
+
+
+def _shard_tensors(out):
+    from safetensors.torch import load_file
+
+    return {f"{shard.name}:{k}": v for shard in sorted(out.glob("shard_*.safetensors")) for k, v in load_file(shard).items()}
+
+
+def _index_without_paths(out):
+    index = json.loads((out / "index.json").read_text())
+    return {k: v for k, v in index.items() if k != "manifest"}
+
+
+def test_batched_cache_equals_one_at_a_time(world, tmp_path, components, monkeypatch):
+    """Records of a shard are encoded in batches of a bucket and reference count: same records, same numbers."""
+    import e2v.datamodules.cache as cache_module
+
+    sizes, encode = [], cache_module.encode_samples
+    monkeypatch.setattr(cache_module, "encode_samples", lambda samples, *a, **k: sizes.append(len(samples)) or
+                        encode(samples, *a, **k))
+    settings = dict(**components, buckets=BUCKETS, image_size=32, records_per_shard=4)
+    single = build_cache(world, tmp_path / "single", **settings, batch_size=1)
+    assert sizes == [1, 1, 1]
+    sizes.clear()
+    batched = build_cache(world, tmp_path / "batched", **settings, batch_size=4)
+    assert sorted(sizes) == [1, 2]  # c0 and c2 share a bucket (and reference count): one batch
+    assert [r["id"] for r in batched.records] == [r["id"] for r in single.records] == ["c0", "c1", "c2"]
+    assert _index_without_paths(tmp_path / "batched") == _index_without_paths(tmp_path / "single")
+    one, many = _shard_tensors(tmp_path / "single"), _shard_tensors(tmp_path / "batched")
+    assert one.keys() == many.keys()
+    for name in one:
+        torch.testing.assert_close(many[name], one[name], atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_two_ranks_split_the_shards_and_rank0_writes_the_same_index(world, tmp_path, components):
+    """Rank 1 encodes shard 1 while rank 0 encodes shard 0, then rank 0 finds rank 1's shard by polling the folder and
+    writes the index: the same index and tensors as a 1-rank build."""
+    import threading
+
+    reference = tmp_path / "one_rank"
+    build(world, reference, components, batch_size=2)
+    out, results = tmp_path / "two_ranks", {}
+    seen = []
+
+    def rank(r):
+        results[r] = build(world, out, components, batch_size=2, rank=r, world_size=2, poll_seconds=0.05,
+                           on_shard=lambda done, total: seen.append((r, done, total)))
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert results[1] is None and [r["id"] for r in results[0].records] == ["c0", "c1", "c2"]
+    assert sorted(r for r, _, _ in seen) == [0, 1]  # one shard each
+    assert _index_without_paths(out) == _index_without_paths(reference)
+    expected, got = _shard_tensors(reference), _shard_tensors(out)
+    assert expected.keys() == got.keys() and all(torch.equal(got[k], expected[k]) for k in expected)
+
+
+@pytest.mark.parametrize("augmentation", [{"shuffle_references": True}, {"reference_dropout_count": 0.3}])
+def test_cached_mode_refuses_reference_augmentation(world, cli_cache, augmentation):
+    """The cache holds each clip once with all its references in order: the A2 order/count augmentation cannot be
+    applied to it, so asking for it with cache_dir is an error naming the keys (it used to be ignored silently)."""
+    with pytest.raises(ValueError, match="shuffle_references=.* reference_dropout_count=.* cache_dir="):
+        TripletDataModule(str(world), buckets=BUCKETS, image_size=32, cache_dir=str(cli_cache), **augmentation)
+    assert not TripletDataModule(str(world), buckets=BUCKETS, image_size=32, cache_dir=str(cli_cache)).shuffle_references
+    assert TripletDataModule(str(world), buckets=BUCKETS, image_size=32).shuffle_references  # online default: on
+
+
+def test_datamodule_builds_the_cache_with_the_module_components(world, tmp_path, components):
+    """fit's cache build: the module's own components, on the trainer's device, then moved back; rank 0 of 1."""
+    import lightning as L
+
+    module = torch.nn.Module()
+    module.vae, module.text_encoder, module.image_encoder = (components[k] for k in ("vae", "text_encoder", "image_encoder"))
+    module.layout = components["layout"]
+    dm = TripletDataModule(str(world), buckets=BUCKETS, image_size=32, cache_dir=str(tmp_path / "cache"),
+                           cache_batch_size=2)
+    dm.trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    dm._build_cache(module)
+    cache = LatentCache(tmp_path / "cache")
+    assert [r["id"] for r in cache.records] == ["c0", "c1", "c2"]
+    cache.check_components(*components.values())

@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -138,23 +139,32 @@ def trim_text(text: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_sample(sample: dict[str, Any], vae, text_encoder, image_encoder, layout, device="cpu") -> dict:
-    """One online sample (unbatched, from :class:`TripletDataset`) -> its cached tensors (unbatched, on CPU).
+def encode_samples(samples: list[dict[str, Any]], vae, text_encoder, image_encoder, layout, device="cpu") -> list[dict]:
+    """Online samples of one shape (unbatched, from :class:`TripletDataset`: same bucket and reference count) ->
+    their cached tensors (unbatched, on CPU), encoded as one batch on ``device``.
 
     Exactly what the online training step computes: ``x0 = normalize(encode(target_video))``, the layout's
     condition, text states and image tokens.
     """
-    video = sample["video"][None].to(device)
-    refs = sample["refs"][None].to(device)
+    video = torch.stack([sample["video"] for sample in samples]).to(device)
+    refs = torch.stack([sample["refs"] for sample in samples]).to(device)
     x0 = vae.normalize(vae.encode(layout.target_video(video, refs)))
     out = {
-        "latents": x0[0],
-        "condition": layout.condition(vae, refs, video.shape[2])[0],
-        "text": trim_text(text_encoder([sample["caption"]])[0]),
+        "latents": x0,
+        "condition": layout.condition(vae, refs, video.shape[2]),
+        "text": text_encoder([sample["caption"] for sample in samples]),
     }
     if image_encoder is not None and layout.uses_image_tokens:
-        out["image"] = image_encoder(layout.image_inputs(refs, sample["refs_clip"][None].to(device)))[0]
-    return {name: tensor.cpu() for name, tensor in out.items()}
+        refs_clip = torch.stack([sample["refs_clip"] for sample in samples]).to(device)
+        out["image"] = image_encoder(layout.image_inputs(refs, refs_clip))
+    out = {name: tensor.cpu() for name, tensor in out.items()}
+    return [{name: trim_text(tensor[i]) if name == "text" else tensor[i] for name, tensor in out.items()}
+            for i in range(len(samples))]
+
+
+def encode_sample(sample: dict[str, Any], vae, text_encoder, image_encoder, layout, device="cpu") -> dict:
+    """:func:`encode_samples` of one sample."""
+    return encode_samples([sample], vae, text_encoder, image_encoder, layout, device)[0]
 
 
 def _shard_name(shard: int) -> str:
@@ -177,18 +187,31 @@ def build_cache(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     on_shard: Callable[[int, int], None] | None = None,
-) -> "LatentCache":
+    batch_size: int = 8,
+    rank: int = 0,
+    world_size: int = 1,
+    poll_seconds: float = 2.0,
+) -> "LatentCache | None":
     """Encode every usable record of ``manifest`` into ``out_dir``; resumes a run that stopped part-way.
 
     Record i goes to shard ``i // records_per_shard`` (by manifest order of the parsed records), so a rerun
-    rebuilds exactly the missing shards. Records that fail (bad files, too short, too many references for the
+    rebuilds exactly the missing shards. Within a shard, records of the same bucket and reference count are encoded
+    ``batch_size`` at a time on ``device``. Records that fail (bad files, too short, too many references for the
     layout) are listed in the index under ``skipped``. ``on_shard(done, total)`` is called after each shard.
+
+    Split across ranks: rank ``r`` of ``world_size`` encodes the missing shards ``r, r + world_size, ...``; each shard
+    file carries its records in its metadata. Rank 0 writes ``index.json`` (after each of its shards, and once the
+    other ranks' shard files are all there, found by polling the folder: no collective, so no barrier timeout), then
+    returns the :class:`LatentCache`; the other ranks return None after their own shards.
     Raises StaleCacheError when ``out_dir`` holds a cache of other components, settings or manifest.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     buckets = check_buckets(buckets)
     check_reference_counts(min_references, max_references)
+    if batch_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"build_cache: batch_size must be >= 1 and 0 <= rank < world_size, got {batch_size}, "
+                         f"{rank}, {world_size}")
     settings = {
         "buckets": [list(b) for b in buckets],
         "fps": fps,
@@ -214,7 +237,8 @@ def build_cache(
         "shards": {},
     }
     index_path = out_dir / INDEX_NAME
-    remove_orphan_temps(out_dir, INDEX_NAME)  # left by a run killed while writing the index
+    if rank == 0:
+        remove_orphan_temps(out_dir, INDEX_NAME)  # left by a run killed while writing the index
     if index_path.is_file():
         previous = _read_index(index_path)
         for field in ("key", "manifest_sha256", "records_per_shard"):
@@ -224,47 +248,122 @@ def build_cache(
                     "it was written with other components, settings or manifest. Use a new directory or delete it."
                 )
         index["shards"] = {k: v for k, v in previous["shards"].items() if (out_dir / v["file"]).is_file()}
-    for stale in out_dir.glob(".shard_*.tmp"):
-        stale.unlink()
+    for stale in out_dir.glob(f".shard_*.{rank}.tmp" if rank else ".shard_*.tmp"):
+        if rank or not stale.name.endswith(tuple(f".{r}.tmp" for r in range(1, world_size))):
+            stale.unlink()  # a shard cut off mid-write by a killed run (another rank's are its own business)
+    _collect_shards(out_dir, index, range(num_shards))
     dataset = TripletDataset(records, buckets, fps, image_size, max_references, shuffle_references=False)
-    shortest = min(f for f, _, _ in buckets)
-    todo = [shard for shard in range(num_shards) if str(shard) not in index["shards"]]
+    todo = [shard for shard in range(num_shards) if str(shard) not in index["shards"]][rank::world_size]
     progress = tqdm(total=sum(min(len(records), (s + 1) * records_per_shard) - s * records_per_shard for s in todo),
-                    desc=f"caching {Path(manifest).name}", unit="clip", disable=not todo)
+                    desc=f"caching {Path(manifest).name}", unit="clip", disable=not todo or rank != 0)
+    encoder = (vae, text_encoder, image_encoder, layout)
     for shard in todo:
-        tensors: dict[str, torch.Tensor] = {}
-        entries, skipped = [], []
-        for slot, i in enumerate(range(shard * records_per_shard, min(len(records), (shard + 1) * records_per_shard))):
-            record = records[i]
-            progress.update()
-            try:
-                check_references(record, decode=False, min_references=min_references)
-                bucket = assign_bucket(check_video(record, shortest, fps, decode=False), record, buckets, fps)
-                num_refs = min(len(record.references), max_references)
-                layout.check(num_refs, buckets[bucket][0])
-                sample = dataset.load(SampleKey(i, bucket, num_refs, 0, 0, 0))
-                encoded = encode_sample(sample, vae, text_encoder, image_encoder, layout, device)
-            except (RecordError, ValueError) as err:
-                reason = err.reason if isinstance(err, RecordError) else "layout"
-                skipped.append({"id": record.id, "reason": reason, "message": str(err)})
-                continue
-            for name, tensor in encoded.items():
-                tensors[f"{slot}/{name}"] = tensor.to(dtype).contiguous()
-            entries.append(
-                {"id": record.id, "slot": slot, "bucket": list(buckets[bucket]), "num_refs": num_refs,
-                 "caption": record.caption}
-            )
+        slots = range(shard * records_per_shard, min(len(records), (shard + 1) * records_per_shard))
+        tensors, entries, skipped = _encode_shard(dataset, records, slots, encoder, buckets, fps, max_references,
+                                                  min_references, batch_size, device, progress)
         file = _shard_name(shard)
-        tmp = out_dir / f".{file}.tmp"
-        save_file(tensors, str(tmp), metadata={"format": "pt", "key": index["key"]})
+        tmp = out_dir / f".{file}.{rank}.tmp"
+        tensors = {name: tensor.to(dtype).contiguous() for name, tensor in tensors.items()}
+        save_file(tensors, str(tmp), metadata={"format": "pt", "key": index["key"],
+                                               "records": json.dumps({"records": entries, "skipped": skipped})})
         os.replace(tmp, out_dir / file)
         index["shards"][str(shard)] = {"file": file, "records": entries, "skipped": skipped}
-        write_json_atomic(index_path, index, indent=1, sort_keys=True)
+        if rank == 0:
+            _collect_shards(out_dir, index, range(num_shards))
+            write_json_atomic(index_path, index, indent=1, sort_keys=True)
         if on_shard is not None:
             on_shard(len(index["shards"]), num_shards)
     progress.close()
+    if rank != 0:
+        return None
+    wait_for(lambda: len(_collect_shards(out_dir, index, range(num_shards))) == num_shards,
+             lambda: f"shards {sorted(set(map(str, range(num_shards))) - index['shards'].keys(), key=int)} of {out_dir}",
+             poll_seconds)
     write_json_atomic(index_path, index, indent=1, sort_keys=True)
     return LatentCache(out_dir)
+
+
+def wait_for(done: Callable[[], bool], what: Callable[[], str], poll_seconds: float = 2.0,
+             stall_seconds: float = 3600.0) -> None:
+    """Poll ``done()`` every ``poll_seconds`` (the cache ranks share a folder, not a collective: no barrier timeout);
+    CacheError naming ``what()`` after ``stall_seconds`` without it."""
+    start = time.monotonic()
+    while not done():
+        if time.monotonic() - start > stall_seconds:
+            raise CacheError(f"gave up after {stall_seconds:.0f} s waiting for {what()} (did another rank fail?)")
+        time.sleep(poll_seconds)
+
+
+def wait_for_cache(cache_dir: str | os.PathLike, poll_seconds: float = 2.0, stall_seconds: float = 3600.0) -> "LatentCache":
+    """The cache in ``cache_dir`` once rank 0 has written its complete index (see :func:`build_cache`)."""
+    def complete() -> bool:
+        path = Path(cache_dir) / INDEX_NAME
+        if not path.is_file():
+            return False
+        index = _read_index(path)
+        return len(index["shards"]) == index["num_shards"]
+
+    wait_for(complete, lambda: f"the complete index of {cache_dir}", poll_seconds, stall_seconds)
+    return LatentCache(cache_dir)
+
+
+def _collect_shards(out_dir: Path, index: dict[str, Any], shards: range) -> dict[str, Any]:
+    """Add to ``index["shards"]`` the completed shard files of this cache found in ``out_dir`` (their records are
+    in their metadata); a shard file of another cache key raises StaleCacheError. Returns ``index["shards"]``."""
+    done = index["shards"]
+    for shard in shards:
+        file = _shard_name(shard)
+        if str(shard) in done or not (out_dir / file).is_file():
+            continue
+        with safe_open(str(out_dir / file), framework="pt", device="cpu") as handle:
+            metadata = handle.metadata() or {}
+        if metadata.get("key") != index["key"]:
+            raise StaleCacheError(f"{out_dir / file} was written for another cache key ({metadata.get('key')} vs "
+                                  f"{index['key']}): use a new directory or delete the folder")
+        if "records" not in metadata:
+            continue  # written before shard files carried their records: re-encoded
+        done[str(shard)] = {"file": file, **json.loads(metadata["records"])}
+    return done
+
+
+def _encode_shard(dataset: TripletDataset, records: list, slots: range, encoder: tuple, buckets: list, fps,
+                  max_references: int, min_references: int, batch_size: int, device, progress: tqdm):
+    """The tensors (``{slot}/{name}``), entries and skipped records of one shard; records of the same bucket and
+    reference count go through :func:`encode_samples` ``batch_size`` at a time."""
+    vae, text_encoder, image_encoder, layout = encoder
+    shortest = min(f for f, _, _ in buckets)
+    groups: dict[tuple[int, int], list[tuple[int, int, dict]]] = {}
+    entries, skipped, tensors = {}, [], {}
+
+    def flush(group: list[tuple[int, int, dict]]) -> None:
+        encoded = encode_samples([sample for _, _, sample in group], vae, text_encoder, image_encoder, layout, device)
+        for (slot, _, _), out in zip(group, encoded):
+            tensors.update({f"{slot}/{name}": tensor for name, tensor in out.items()})
+        group.clear()
+
+    for slot, i in enumerate(slots):
+        record = records[i]
+        progress.update()
+        try:
+            check_references(record, decode=False, min_references=min_references)
+            bucket = assign_bucket(check_video(record, shortest, fps, decode=False), record, buckets, fps)
+            num_refs = min(len(record.references), max_references)
+            layout.check(num_refs, buckets[bucket][0])
+            sample = dataset.load(SampleKey(i, bucket, num_refs, 0, 0, 0))
+        except (RecordError, ValueError) as err:
+            reason = err.reason if isinstance(err, RecordError) else "layout"
+            skipped.append({"id": record.id, "reason": reason, "message": str(err)})
+            continue
+        entries[slot] = {"id": record.id, "slot": slot, "bucket": list(buckets[bucket]), "num_refs": num_refs,
+                         "caption": record.caption}
+        group = groups.setdefault((bucket, num_refs), [])
+        group.append((slot, i, sample))
+        if len(group) == batch_size:
+            flush(group)
+    for group in groups.values():
+        if group:
+            flush(group)
+    return tensors, [entries[slot] for slot in sorted(entries)], skipped
 
 
 class LatentCache:

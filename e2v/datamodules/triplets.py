@@ -23,14 +23,17 @@ from dataclasses import dataclass
 from typing import Any, Hashable
 
 import lightning as L
+import torch
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from e2v.datamodules.cache import CachedTripletDataset, LatentCache
+from e2v.datamodules.cache import CachedTripletDataset, LatentCache, wait_for_cache
 from e2v.datamodules.cache import build_cache as build_latent_cache
 from e2v.datamodules.collate import Collate, Keyed
 from e2v.datamodules.manifest import DEFAULT_MIN_REFERENCES, RecordError, check_references, check_video, read_manifest
 from e2v.datamodules.samples import TripletDataset, assign_bucket, check_buckets, check_reference_counts
 from e2v.datamodules.sampler import BucketBatchSampler
+from e2v.modules.quantize import move_module
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +64,19 @@ class TripletDataModule(L.LightningDataModule):
         image_size: side S of the white-padded squares for the image encoder (``refs_clip``).
         max_references: references used per sample (the first ones of the record).
         min_references: records with fewer references are skipped; the floor of the random count augmentation.
-        shuffle_references: present the references in random order.
+        shuffle_references: present the references in random order (default: on when decoding online, off with
+            ``cache_dir``).
         reference_dropout_count: probability that a sample keeps a random count of its references in
             ``[min_references, available]`` for an epoch.
+            The latent cache holds each record encoded once, in manifest order with all its references (the A2
+            target and condition depend on both), so ``shuffle_references: true`` or ``reference_dropout_count > 0``
+            with ``cache_dir`` is refused: decode online to train with them.
         max_skip_fraction: stop with SkipLimitError when the fraction of bad records passes it.
         seed: the data order is a function of (seed, epoch).
         cache_dir: read precomputed latents from this latent cache instead of decoding videos.
         build_cache: with ``cache_dir``, first encode the training manifest there with the LightningModule's own
-            VAE / encoders / layout when the cache is missing or partial (the opt-in latent precomputation).
+            VAE / encoders / layout when the cache is missing or partial (the opt-in latent precomputation): on the
+            training device, ``cache_batch_size`` clips at a time, each rank encoding its share of the shards.
         drop_last: drop each bucket's last incomplete batch.
     """
 
@@ -86,13 +94,14 @@ class TripletDataModule(L.LightningDataModule):
         image_size: int = 224,
         max_references: int = 3,
         min_references: int = DEFAULT_MIN_REFERENCES,
-        shuffle_references: bool = True,
+        shuffle_references: bool | None = None,
         reference_dropout_count: float = 0.0,
         max_skip_fraction: float = 0.05,
         seed: int = 0,
         cache_dir: str | None = None,
         build_cache: bool = True,
         drop_last: bool = False,
+        cache_batch_size: int = 8,
     ):
         super().__init__()
         self.train_manifest = train_manifest
@@ -100,6 +109,14 @@ class TripletDataModule(L.LightningDataModule):
         self.fps = fps
         self.buckets = check_buckets(buckets if buckets is not None else [[frames, height, width]])
         check_reference_counts(min_references, max_references)
+        if cache_dir is not None and (shuffle_references or reference_dropout_count > 0):
+            raise ValueError(
+                f"TripletDataModule: shuffle_references={shuffle_references} and reference_dropout_count="
+                f"{reference_dropout_count} need online decoding, but cache_dir={cache_dir!r} is set: the latent "
+                "cache holds each clip encoded once with all its references in manifest order. Set "
+                "shuffle_references: false and reference_dropout_count: 0, or drop cache_dir"
+            )
+        shuffle_references = cache_dir is None if shuffle_references is None else shuffle_references
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.image_size = image_size
@@ -112,6 +129,7 @@ class TripletDataModule(L.LightningDataModule):
         self.cache_dir = cache_dir
         self.build_cache = build_cache
         self.drop_last = drop_last
+        self.cache_batch_size = cache_batch_size
         self.skip_counts: Counter = Counter()
         self._bad_ids: set[str] = set()
         self._num_records = 0
@@ -194,24 +212,36 @@ class TripletDataModule(L.LightningDataModule):
         return _Split(dataset, dataset.bucket_keys(), dataset.ref_counts())
 
     def _build_cache(self, module: L.LightningModule) -> None:
-        """Encode the training manifest into ``cache_dir`` with the module's own frozen components (rank 0; resumes
-        a partial cache, leaves a complete one untouched), so recipe and cache can never disagree on them."""
-        if self.trainer.is_global_zero:
+        """Encode the training manifest into ``cache_dir`` with the module's own frozen components (resumes a partial
+        cache, leaves a complete one untouched), so recipe and cache can never disagree on them. The components
+        visit the training device for it; each rank encodes its share of the shards and waits, polling the folder
+        (no collective: no barrier timeout), for rank 0's complete index."""
+        components = [getattr(module, name, None) for name in ("vae", "text_encoder", "image_encoder")]
+        device = self.trainer.strategy.root_device
+        homes = {c: next(c.parameters(), torch.empty(0)).device for c in components if isinstance(c, nn.Module)}
+        for component in homes:
+            move_module(component, device)
+        try:
             build_latent_cache(
                 self.train_manifest,
                 self.cache_dir,
-                module.vae,
-                module.text_encoder,
-                getattr(module, "image_encoder", None),
+                *components,
                 module.layout,
                 self.buckets,
                 fps=self.fps,
                 image_size=self.image_size,
                 max_references=self.max_references,
                 min_references=self.min_references,
-                device=module.device,
+                device=device,
+                batch_size=self.cache_batch_size,
+                rank=self.trainer.global_rank,
+                world_size=self.trainer.world_size,
             )
-        self.trainer.strategy.barrier("e2v-latent-cache")
+        finally:
+            for component, home in homes.items():
+                move_module(component, home)
+        if not self.trainer.is_global_zero:
+            wait_for_cache(self.cache_dir)
 
     def _trainer_attached(self) -> bool:
         try:
@@ -255,7 +285,7 @@ class TripletDataModule(L.LightningDataModule):
             shuffle=True,
             drop_last=self.drop_last,
             min_references=self.min_references,
-            reference_dropout_count=0.0 if self.cache_dir else self.reference_dropout_count,
+            reference_dropout_count=self.reference_dropout_count,
             rank=rank,
             world_size=world_size,
         )
