@@ -166,6 +166,10 @@ class BlockOffload:
         """``(host copy, tensor the module uses now)`` for every streamed tensor of ``group``."""
         return [(slot.host, slot.get()) for slot in self._slots[group]]
 
+    def streamed_bytes(self) -> int:
+        """Bytes of the streamed tensors (all groups), held in host memory."""
+        return sum(slot.host.numel() * slot.host.element_size() for group in self._slots for slot in group)
+
     def release(self) -> None:
         """Every group back to its host tensors (device copies freed)."""
         for group in list(self._loaded):
