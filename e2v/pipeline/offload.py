@@ -10,8 +10,10 @@ At most two groups are on the device: the running one and the prefetched next on
 is prefetched for the next step). :meth:`BlockOffload.release` sends everything back to the host tensors. On a CPU
 "device" the same code runs synchronously (copies into fresh CPU tensors), so results equal the plain run exactly.
 
-Memory for a 14B-shaped DiT (40 blocks of ~0.4 G parameters, ~0.8 GB each in bf16): two groups of one block use
-~1.6 GB on the accelerator instead of ~28 GB for all blocks.
+Weights on the accelerator for a 14B-shaped DiT (40 blocks of ~0.4 G parameters, ~0.8 GB each in bf16): ~1.6 GB for
+two one-block groups instead of ~32 GB for all blocks (arithmetic; ``benchmarks/bench_offload_memory.py`` measures
+the peak of a whole step on a GPU). Only the running group is needed; the second is the prefetch that hides the
+host-to-device copy behind the compute.
 """
 
 from __future__ import annotations
