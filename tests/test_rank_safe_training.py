@@ -1,5 +1,5 @@
-"""FSDP2 on 2 CPU (gloo) processes: a bad batch or a non-finite loss on ONE rank skips the step on every rank (no hang,
-same step counts, reported once), sample videos go through the sharded DiT with the EMA weights (equal to an unsharded
+"""FSDP2 (and DDP) on 2 CPU (gloo) processes: a bad batch or a non-finite loss on ONE rank skips the step on every
+rank (no hang, same step counts, reported once), sample videos go through the sharded DiT with the EMA weights (equal to an unsharded
 copy of them), and the EMA is saved sharded in the distributed checkpoint and read back shard by shard."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import lightning as L
 import pytest
 import torch
 import torch.multiprocessing as mp
-from lightning.pytorch.strategies import ModelParallelStrategy
+from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 from torch.distributed.tensor import DTensor
 from torch.utils.data import DataLoader
 
@@ -81,11 +81,22 @@ class CheckedSamples(SampleVideos):
             del pl_module.generate_samples
         # no gathered copy is left behind (it would miss the EMA swap back and the next optimizer step)
         self.resharded.append(all(isinstance(p, DTensor) for p in pl_module.dit.parameters()))
-        ema_weights = {n.removeprefix("dit."): v.full_tensor() for n, v in self.ema.shadow.items()}
+        ema_weights = {n.removeprefix("dit."): full(v, pl_module.get_parameter(n)) for n, v in self.ema.shadow.items()}
         self.reference.dit.load_state_dict(ema_weights)
         expected = self.reference.eval().generate_samples(self.batches[0], steps=SAMPLE["steps"],
                                                           guidance=SAMPLE["guidance"], seed=self.seed)["video"]
         self.checked.append((trainer.global_step, (outputs[0]["video"] - expected).abs().max().item()))
+
+
+def full(value: torch.Tensor, param: DTensor) -> torch.Tensor:
+    """The whole tensor of an EMA entry: a DTensor, or an offloaded local shard laid out like ``param``."""
+    if not isinstance(value, DTensor):
+        value = DTensor.from_local(value, param.device_mesh, param.placements, shape=param.shape, stride=param.stride())
+    return value.full_tensor()
+
+
+def local(value: torch.Tensor) -> torch.Tensor:
+    return value.to_local() if isinstance(value, DTensor) else value
 
 
 class Messages(logging.Handler):
@@ -106,7 +117,7 @@ def trainer(root, callbacks, max_steps):
                      default_root_dir=root, callbacks=callbacks)
 
 
-def worker(rank: int, port: int, root) -> None:
+def worker(rank: int, port: int, root, cpu_offload: bool) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", NODE_RANK="0",
                       RANK=str(rank), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
@@ -117,7 +128,7 @@ def worker(rank: int, port: int, root) -> None:
     torch.manual_seed(0)
     reference = E2VDiffusion(**MODEL)  # the same frozen components; gets the EMA weights at each sample
     batches = DataLoader(train_batches(module, rank), batch_size=None)
-    ema, weights = EMA(decay=0.5), WeightsPerStep()
+    ema, weights = EMA(decay=0.5, cpu_offload=cpu_offload), WeightsPerStep()
     samples = CheckedSamples(reference, ema)
     first = trainer(root, [weights, ema, samples], STEPS)
     first.fit(module, train_dataloaders=batches)
@@ -130,11 +141,11 @@ def worker(rank: int, port: int, root) -> None:
                             for s in range(1, STEPS)]}
     # resume: a fresh EMA reads its shards back from the distributed checkpoint
     torch.manual_seed(1)
-    resumed_module, resumed_ema = E2VDiffusion(**MODEL), EMA(decay=0.5)
+    resumed_module, resumed_ema = E2VDiffusion(**MODEL), EMA(decay=0.5, cpu_offload=cpu_offload)
     trainer(root, [resumed_ema], STEPS).fit(resumed_module, train_dataloaders=batches,
                                             ckpt_path=str(root / "sharded.ckpt"))
-    result["ema_restored"] = all(torch.equal(resumed_ema.shadow[n].to_local(), v.to_local())
-                                 for n, v in ema.shadow.items())
+    result["ema_restored"] = all(torch.equal(local(resumed_ema.shadow[n]), local(v)) for n, v in ema.shadow.items())
+    result["ema_offloaded"] = all(isinstance(v, DTensor) != cpu_offload for v in resumed_ema.shadow.values())
     result["ema_updates"] = (ema.num_updates, resumed_ema.num_updates)
     torch.save(result, root / f"rank{rank}.pt")
 
@@ -145,15 +156,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_one_bad_rank_skips_everywhere_and_sharded_sampling_and_ema(tmp_path):
-    context = mp.start_processes(worker, args=(free_port(), tmp_path), nprocs=2, join=False, start_method="fork")
+def run_two_ranks(target, root, *args) -> None:
+    """``target(rank, port, root, *args)`` on 2 forked processes; fails (killing them) when they hang."""
+    context = mp.start_processes(target, args=(free_port(), root, *args), nprocs=2, join=False, start_method="fork")
     deadline = time.monotonic() + 300
     while not context.join(timeout=5):
         if time.monotonic() > deadline:
             for process in context.processes:
                 process.kill()
             pytest.fail("the 2-rank fit hung")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cpu_offload", [False, True], ids=["ema-on-device", "ema-cpu-offload"])
+def test_one_bad_rank_skips_everywhere_and_sharded_sampling_and_ema(tmp_path, cpu_offload):
+    run_two_ranks(worker, tmp_path, cpu_offload)
     results = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in range(2)]
     for rank, result in enumerate(results):
         assert result["steps"] == [1, 2, 3, 4, 5] and result["global_step"] == STEPS, rank
@@ -163,7 +180,8 @@ def test_one_bad_rank_skips_everywhere_and_sharded_sampling_and_ema(tmp_path):
         assert [step for step, _ in result["checked"]] == [2, 4], rank
         assert all(error < 1e-5 for _, error in result["checked"]), result["checked"]
         assert result["resharded"] == [True, True], rank
-        assert result["ema_restored"] and result["ema_updates"] == (STEPS, STEPS), rank
+        assert result["ema_restored"] and result["ema_offloaded"], rank
+        assert result["ema_updates"] == (STEPS, STEPS), rank
     warnings = results[0]["messages"]
     assert len(warnings) == 2 and results[1]["messages"] == []  # reported once, by rank 0
     assert "global step 1" in warnings[0] and "rank(s) [1] had no readable sample" in warnings[0]
@@ -177,3 +195,30 @@ def test_one_bad_rank_skips_everywhere_and_sharded_sampling_and_ema(tmp_path):
 
     keys = FileSystemReader(str(tmp_path / "sharded.ckpt")).read_metadata().state_dict_metadata
     assert {f"state_dict.{SHARDED_PREFIX}{name}" for name in ema_state["sharded"]} <= set(keys)
+
+
+def ddp_worker(rank: int, port: int, root) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", NODE_RANK="0",
+                      RANK=str(rank), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    module, weights = E2VDiffusion(**MODEL), {}
+
+    class Weights(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            weights[trainer.global_step] = {n: p.detach().clone() for n, p in pl_module.dit.named_parameters()}
+
+    strategy = DDPStrategy(timeout=timedelta(seconds=60))
+    L.Trainer(accelerator="cpu", devices=2, strategy=strategy, max_steps=STEPS, logger=False, enable_checkpointing=False,
+              enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
+              callbacks=[Weights()]).fit(module, train_dataloaders=DataLoader(train_batches(module, rank), batch_size=None))
+    unchanged = [all(torch.equal(weights[s + 1][n], weights[s][n]) for n in weights[s]) for s in range(1, STEPS)]
+    torch.save({"steps": sorted(weights), "skipped": module.skipped_steps, "unchanged": unchanged}, root / f"ddp{rank}.pt")
+
+
+@pytest.mark.slow
+def test_ddp_one_bad_rank_skips_everywhere(tmp_path):
+    run_two_ranks(ddp_worker, tmp_path)
+    for rank in range(2):
+        result = torch.load(tmp_path / f"ddp{rank}.pt", weights_only=True)
+        assert result == {"steps": [1, 2, 3, 4, 5], "skipped": 2, "unchanged": [True, True, False, False]}, rank

@@ -23,6 +23,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 from torch.distributed.tensor import DTensor, distribute_tensor
+from torch.distributed.tensor._dtensor_spec import DTensorSpec, TensorMeta
 
 from e2v.modules.reshard import reshard
 
@@ -156,13 +157,16 @@ class EMA(Callback):
         self._last_step = int(state["last_step"])
 
     def _sharded_values(self, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """``ema/<name> -> DTensor`` sharing the EMA's storage (an offloaded local shard is wrapped, not copied)."""
+        """``ema/<name> -> DTensor`` sharing the EMA's storage: an offloaded local shard is wrapped where it lives (as
+        FSDP2's own CPU offload keeps host shards of a GPU mesh), not copied to the mesh's device as ``from_local``
+        would, so the distributed checkpoint writes from it and reads into it."""
         out = {}
         for name, value in values.items():
             if not isinstance(value, DTensor):
                 param = self._module.get_parameter(name)
-                value = DTensor.from_local(value, param.device_mesh, param.placements, run_check=False,
-                                           shape=param.shape, stride=param.stride())
+                meta = TensorMeta(param.shape, param.stride(), value.dtype)
+                value = DTensor(value, DTensorSpec(param.device_mesh, tuple(param.placements), tensor_meta=meta),
+                                requires_grad=False)
             out[SHARDED_PREFIX + name] = value
         return out
 
@@ -228,7 +232,11 @@ class EMA(Callback):
         if self._save_sharded and self.shadow:  # every rank adds its shards to the distributed state dict
             self.flush()
             reshard(pl_module)
-            checkpoint["state_dict"].update(self._sharded_values(self._ema_values()))
+            values = self._sharded_values(self._ema_values())
+            if values.keys() & checkpoint["state_dict"].keys():
+                raise RuntimeError("EMA: the checkpoint's state dict already holds EMA shards (ema/...): one EMA "
+                                   "callback per run can save into a distributed checkpoint")
+            checkpoint["state_dict"].update(values)
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
         self._checkpoint_path = str(trainer.ckpt_path) if trainer.ckpt_path is not None else None

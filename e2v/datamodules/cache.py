@@ -6,9 +6,10 @@ For each manifest record the cache stores (written by :func:`build_cache`, ``e2v
 ``image [N*tok,image_dim]`` (when the layout uses image tokens).
 
 Layout on disk: ``shard_00000.safetensors`` ... (``records_per_shard`` manifest records each, tensors named
-``{slot}/latents`` etc.) plus ``index.json`` listing completed shards, skipped records and the cache key.
-Every file is written to a temp name and renamed, and the index is rewritten after each shard, so a killed run
-resumes where it stopped and never exposes a half-written shard. The key hashes the identities of the VAE,
+``{slot}/latents`` etc., the shard's records and skipped records in its metadata) plus ``index.json`` listing
+completed shards, skipped records and the cache key. Every file is written to a temp name and renamed, and rank 0
+rewrites the index after each of its shards, so a killed run resumes where it stopped and never exposes a
+half-written shard. Several ranks split the shards (:func:`build_cache`); records are encoded in batches. The key hashes the identities of the VAE,
 encoders and layout (class, config, a weight fingerprint) and the data settings; a cache whose key differs from
 the components at hand is refused with :class:`StaleCacheError`.
 """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -90,6 +91,9 @@ def cache_command(argv: list[str] | None = None) -> int:
     parser.add_argument("--records-per-shard", type=positive_int, default=64)
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-size", type=positive_int, default=8,
+                        help="clips encoded together (same bucket and reference count); under torchrun each rank "
+                             "(RANK / WORLD_SIZE) encodes its share of the shards and rank 0 writes the index")
     args = parser.parse_args(argv)
     if args.family is None:
         if args.weights is not None:
@@ -140,10 +144,15 @@ def cache_command(argv: list[str] | None = None) -> int:
             dtype=getattr(torch, args.dtype),
             device=args.device,
             on_shard=lambda done, total: print(f"shard {done}/{total} written", flush=True),
+            batch_size=args.batch_size,
+            rank=int(os.environ.get("RANK", 0)),
+            world_size=int(os.environ.get("WORLD_SIZE", 1)),
         )
     except (CacheError, FileNotFoundError, ValueError, TypeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if cache is None:  # a rank other than 0: its shards are written, rank 0 writes the index
+        return 0
     print(f"{cache.dir}: {len(cache.records)} records cached, {len(cache.skipped)} skipped (key {cache.index['key']})")
     for skipped in cache.skipped[:20]:
         print(f"  skipped {skipped['id']}: {skipped['reason']}: {skipped['message']}")
