@@ -10,8 +10,8 @@ from e2v.datamodules.cache import encode_sample
 from e2v.modules.canvas_layout import CanvasLayout, canvas_grid, cell_boxes, paste_references, trim_white
 from e2v.modules.vae import WanVAE
 from e2v.tasks.e2v_diffusion import E2VDiffusion
+from test_e2v_diffusion import TEXT, make_batch
 
-TEXT = {"name": "umt5", "preset": "tiny", "max_length": 16}
 
 
 @pytest.fixture(scope="module")
@@ -127,17 +127,6 @@ def test_errors_are_clear():
         layout.check(2, 8)
 
 
-def make_batch(num_refs: int = 3, frames: int = 9, size: int = 16) -> dict:
-    g = torch.Generator().manual_seed(0)
-    return {
-        "video": torch.rand(2, 3, frames, size, size, generator=g) * 2 - 1,
-        "refs": torch.rand(2, num_refs, 3, size, size, generator=g) * 2 - 1,
-        "refs_clip": torch.rand(2, num_refs, 3, 32, 32, generator=g) * 2 - 1,
-        "caption": ["a red star over grass", "a cat"],
-        "id": ["clip0", "clip1"],
-    }
-
-
 @pytest.fixture(scope="module")
 def module():
     torch.manual_seed(0)
@@ -145,7 +134,7 @@ def module():
 
 
 def test_training_sees_the_canvas_and_the_cache_matches(module):
-    batch = make_batch()
+    batch = make_batch(n=3, frames=9, size=16)
     inputs = module.encode_batch(batch)
     tokens = module.image_encoder.tokens_per_image
     assert inputs["image"].shape == (2, tokens, module.image_encoder.dim)  # one canvas, whatever N
@@ -160,7 +149,7 @@ def test_training_sees_the_canvas_and_the_cache_matches(module):
 
 
 def test_tiny_training_step_and_generation(module):
-    batch = make_batch()
+    batch = make_batch(n=3, frames=9, size=16)
     inputs = module.encode_batch(batch)
     cached = {"latents": inputs["x0"], "condition": inputs["condition"], "text": inputs["text"], "image": inputs["image"]}
     loss = module.training_step(batch, 0)

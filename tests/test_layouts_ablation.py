@@ -9,8 +9,8 @@ from e2v.datamodules.cache import component_identity
 from e2v.modules.layouts import A2Layout, fold_frame_mask
 from e2v.modules.vae import WanVAE
 from e2v.tasks.e2v_diffusion import E2VDiffusion
+from test_e2v_diffusion import TEXT, make_batch
 
-TEXT = {"name": "umt5", "preset": "tiny", "max_length": 16}
 NO_REPEAT = {"name": "a2", "repeat": False}
 AFTER = {"name": "a2", "combine": "after"}
 
@@ -119,23 +119,12 @@ def test_options_change_the_cache_identity():
     assert len(identities) == 3
 
 
-def make_batch(num_refs: int = 3, frames: int = 13, size: int = 16) -> dict:
-    g = torch.Generator().manual_seed(0)
-    return {
-        "video": torch.rand(2, 3, frames, size, size, generator=g) * 2 - 1,
-        "refs": torch.rand(2, num_refs, 3, size, size, generator=g) * 2 - 1,
-        "refs_clip": torch.rand(2, num_refs, 3, 32, 32, generator=g) * 2 - 1,
-        "caption": ["a red star over grass", "a cat"],
-        "id": ["clip0", "clip1"],
-    }
-
-
 @pytest.mark.parametrize("spec", [NO_REPEAT, AFTER])
 def test_tiny_training_step_and_generation(spec):
     """One optimizer step (online and from cached latents: the same loss) and a 2-step generation."""
     torch.manual_seed(0)
     module = E2VDiffusion(text_encoder=TEXT, layout=spec, text_dropout=0.0, reference_dropout=0.0)
-    batch = make_batch()
+    batch = make_batch(n=3, frames=13, size=16)
     inputs = module.encode_batch(batch)
     cached = {"latents": inputs["x0"], "condition": inputs["condition"], "text": inputs["text"], "image": inputs["image"]}
     assert module.encode_batch(cached)["num_refs"] == 3
