@@ -56,9 +56,15 @@ def quantised_after_forward(mode: str) -> nn.Module:
     return model
 
 
+MOVERS = {"move_module": move_module, "Module.to": lambda module, *args, **kwargs: module.to(*args, **kwargs)}
+
+
+@pytest.mark.parametrize("mover", list(MOVERS))
 @pytest.mark.parametrize("mode", ["int8", "nf4", "int8wo", "fp8"])
 @pytest.mark.parametrize("forwarded", [False, True])
-def test_move_module_moves_every_tensor_to_meta(mode, forwarded):
+def test_moves_take_every_tensor_to_meta(mover, mode, forwarded):
+    """A parent's move (move_module, or plain Module.to as Lightning does) reaches the scales kept outside the
+    parameters: bitsandbytes' own classes leave them behind (and fail for meta), the layers made here do not."""
     pytest.importorskip("bitsandbytes")
     model = quantised_after_forward(mode) if forwarded else quantize_linears(mlp(), mode)
     names = set(all_tensors(model))
@@ -66,18 +72,19 @@ def test_move_module_moves_every_tensor_to_meta(mode, forwarded):
         assert any(name.endswith(("weight.SCB", "state.SCB")) for name in names)
     if mode == "nf4":
         assert any("quant_state.absmax" in name for name in names)
-    move_module(model, "meta")
+    MOVERS[mover](model, "meta")
     moved = all_tensors(model)
     assert set(moved) == names
     assert {name: t.device.type for name, t in moved.items() if t.device.type != "meta"} == {}
 
 
-def test_move_module_keeps_int8_weights_and_outputs_on_a_dtype_move():
+@pytest.mark.parametrize("mover", list(MOVERS))
+def test_moves_keep_int8_weights_and_outputs_on_a_dtype_move(mover):
     model = quantised_after_forward("int8")
     x = torch.randn(4, 256)
     with torch.no_grad():
         before = model(x)
-    move_module(model, "cpu", dtype=torch.bfloat16)
+    MOVERS[mover](model, "cpu", dtype=torch.bfloat16)
     tensors = all_tensors(model)
     assert tensors["0.weight"].dtype == torch.int8 and tensors["0.bias"].dtype == torch.bfloat16
     assert tensors["0.state.CB"].data_ptr() == tensors["0.weight"].data_ptr()  # CB is the weight, not a stale copy
@@ -86,11 +93,19 @@ def test_move_module_keeps_int8_weights_and_outputs_on_a_dtype_move():
         torch.testing.assert_close(model(x.bfloat16()).float(), before, atol=0.05, rtol=0.05)
 
 
-def test_move_module_keeps_plain_parameter_objects():
+def test_move_module_keeps_plain_parameter_objects_and_moves_foreign_bitsandbytes_layers():
     model = mlp()
     weight = model[0].weight
     move_module(model, "cpu", dtype=torch.float64)
     assert model[0].weight is weight and weight.dtype == torch.float64
+    bnb = pytest.importorskip("bitsandbytes")
+    foreign = bnb.nn.Linear8bitLt(64, 32, has_fp16_weights=False)  # bitsandbytes' own class, made elsewhere
+    foreign.weight = bnb.nn.Int8Params(torch.randn(32, 64), requires_grad=False, has_fp16_weights=False)
+    foreign = nn.Sequential(foreign.to("cpu"))
+    with pytest.raises(RuntimeError):
+        foreign.to("meta")  # why move_module exists
+    move_module(foreign, "meta")
+    assert {t.device.type for t in all_tensors(foreign).values()} == {"meta"}
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -100,6 +115,6 @@ def test_quantised_on_cpu_then_moved_to_cuda_matches(mode):
     x = torch.randn(4, 256)
     with torch.no_grad():
         on_cpu = model(x)
-        move_module(model, "cuda")
+        model.cuda()  # as Lightning moves a module tree
         assert all(t.is_cuda for t in all_tensors(model).values())
         torch.testing.assert_close(model(x.cuda()).cpu(), on_cpu, atol=0.05, rtol=0.05)

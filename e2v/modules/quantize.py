@@ -5,7 +5,9 @@ Modes:
 - ``int8`` (LLM.int8, ``Linear8bitLt``, threshold 6.0) and ``nf4`` (``Linear4bit``): bitsandbytes. Weights are
   quantised when the replacement layer is moved to its device; runs on CPU tensors as well as CUDA (bitsandbytes
   >= 0.49 ships CPU kernels). Their scales live outside the module's parameters (``Int8Params.CB/SCB``, the layer's
-  matmul state, the 4-bit ``QuantState``): move such modules with :func:`move_module`, not ``module.to``.
+  matmul state, the 4-bit ``QuantState``), which a parent's ``module.to`` leaves behind (and fails for the meta
+  device): the layers made here override ``_apply`` so that every move (``module.to``, Lightning's, ``to_empty``)
+  carries them; :func:`move_module` does the same for bitsandbytes layers made elsewhere.
 - ``int8wo`` and ``fp8``: :class:`WeightOnlyLinear`, plain torch. Weights stored as int8 or float8 e4m3 (kept as
   uint8 bits) with one fp32 scale per output channel, all ordinary buffers, dequantised per matmul. Half the bytes
   of bf16; they move with ``module.to`` and stream through block offload (:mod:`e2v.pipeline.offload`).
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 from fnmatch import fnmatch
 from typing import Iterable, Iterator, Optional, Union
+
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -77,20 +81,42 @@ class WeightOnlyLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, mode={self.mode}"
 
 
+@functools.cache
+def _movable_layers() -> tuple[type, type]:
+    """bitsandbytes' ``Linear8bitLt`` and ``Linear4bit`` with an ``_apply`` that carries their scales along
+    (subclasses of the same name: bitsandbytes and peft see their own layer types)."""
+    bnb = _bitsandbytes()
+
+    class Linear8bitLt(bnb.nn.Linear8bitLt):
+        """``Linear8bitLt`` whose ``CB``/``SCB`` (on the weight or in the matmul state) follow every module move."""
+
+        def _apply(self, fn, recurse=True):
+            return _apply_with_scales(self, fn, recurse, super()._apply)
+
+    class Linear4bit(bnb.nn.Linear4bit):
+        """``Linear4bit`` whose ``QuantState`` follows every module move (meta device included)."""
+
+        def _apply(self, fn, recurse=True):
+            return _apply_with_scales(self, fn, recurse, super()._apply)
+
+    return Linear8bitLt, Linear4bit
+
+
 def _quantized_linear(linear: nn.Linear, mode: str) -> nn.Module:
     """A copy of ``linear`` holding its weight in ``mode``, on the same device."""
     if mode in WEIGHT_ONLY_MODES:
         return WeightOnlyLinear(linear, mode)
     bnb = _bitsandbytes()
+    int8_layer, four_bit_layer = _movable_layers()
     weight = linear.weight.data
     has_bias = linear.bias is not None
     if mode == "int8":
-        layer = bnb.nn.Linear8bitLt(
+        layer = int8_layer(
             linear.in_features, linear.out_features, bias=has_bias, has_fp16_weights=False, threshold=6.0
         )
         layer.weight = bnb.nn.Int8Params(weight.clone(), requires_grad=False, has_fp16_weights=False)
     else:
-        layer = bnb.nn.Linear4bit(
+        layer = four_bit_layer(
             linear.in_features, linear.out_features, bias=has_bias, quant_type="nf4", compute_dtype=weight.dtype
         )
         layer.weight = bnb.nn.Params4bit(weight.clone(), requires_grad=False, quant_type="nf4")
@@ -142,10 +168,48 @@ def side_tensors(layer: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
                     yield f"weight.quant_state.{name}{field}", tensor
 
 
-def _moved_parameter(param: nn.Parameter, device, dtype, non_blocking: bool) -> nn.Parameter:
-    """``param`` on ``device`` (dtype only for fp16/bf16/fp32/fp64 data), bitsandbytes scales carried along."""
-    target_dtype = dtype if dtype is not None and param.dtype in _FLOAT_DTYPES else None
-    data = param.data.to(device=device, dtype=target_dtype, non_blocking=non_blocking)
+def _unpack_cpu_4bit(layer: nn.Module, target: torch.device) -> None:
+    """Undo the CPU-only packing a 4-bit weight gets at its first CPU forward when it leaves the CPU."""
+    weight = getattr(layer, "weight", None)
+    state = getattr(weight, "quant_state", None)
+    if getattr(state, "packing_format_for_cpu", False) and target.type != "cpu":
+        from bitsandbytes.nn.modules import _convert_weight_packed_for_cpu_inverse
+
+        weight.data, weight.quant_state = _convert_weight_packed_for_cpu_inverse(weight.data, state)
+
+
+def _sync_matmul_state(layer: nn.Module) -> None:
+    """After a move: ``Linear8bitLt``'s matmul state points at the moved weight and scales, ``Linear4bit`` at the
+    moved ``QuantState``."""
+    matmul_state = getattr(layer, "state", None)
+    if getattr(matmul_state, "CB", None) is not None:  # Linear8bitLt after a forward: CB is the weight
+        matmul_state.CB = layer.weight.data
+    if getattr(matmul_state, "SCB", None) is not None:
+        matmul_state.SCB = matmul_state.SCB.to(device=layer.weight.device)
+    if hasattr(layer, "quant_state") and hasattr(layer.weight, "quant_state"):  # Linear4bit keeps a reference
+        layer.quant_state = layer.weight.quant_state
+
+
+def _apply_with_scales(layer: nn.Module, fn, recurse: bool, base_apply) -> nn.Module:
+    """``nn.Module._apply`` of a bitsandbytes layer: ``fn`` on the weight's data (int8 / uint8, which dtype moves
+    leave alone), the weight rebuilt around it with its scales on the new device; bias and buffers as usual. A
+    weight not quantised yet takes bitsandbytes' own path (its first move to a device quantises it)."""
+    if not getattr(layer.weight, "bnb_quantized", layer.weight.dtype == torch.int8):
+        return base_apply(fn, recurse)
+    weight = layer._parameters.pop("weight")
+    try:
+        base_apply(fn, recurse)
+    finally:
+        layer._parameters["weight"] = weight
+    _unpack_cpu_4bit(layer, fn(weight.data[:0]).device)
+    layer._parameters["weight"] = _rebuilt_parameter(layer.weight, fn(layer.weight.data))
+    _sync_matmul_state(layer)
+    return layer
+
+
+def _rebuilt_parameter(param: nn.Parameter, data: torch.Tensor, non_blocking: bool = False) -> nn.Parameter:
+    """``param`` (plain or bitsandbytes) around new ``data``; bitsandbytes scales moved to ``data``'s device."""
+    device = data.device
     kind = type(param).__name__
     if kind == "Int8Params":
         moved = type(param)(data, requires_grad=param.requires_grad, has_fp16_weights=param.has_fp16_weights)
@@ -155,7 +219,7 @@ def _moved_parameter(param: nn.Parameter, device, dtype, non_blocking: bool) -> 
     if kind == "Params4bit":
         state = param.quant_state
         if state is not None:
-            state.to(device if device is not None else data.device)  # QuantState moves in place
+            state.to(device)  # QuantState moves in place
         return type(param)(
             data, requires_grad=param.requires_grad, quant_state=state, blocksize=param.blocksize,
             compress_statistics=param.compress_statistics, quant_type=param.quant_type,
@@ -183,27 +247,21 @@ def move_module(
     module, and fails for the meta device.
     """
     device = torch.device(device) if device is not None else None
-    for layer in module.modules():
-        weight = getattr(layer, "weight", None)
-        state = getattr(weight, "quant_state", None)
-        if getattr(state, "packing_format_for_cpu", False) and device is not None and device.type != "cpu":
-            from bitsandbytes.nn.modules import _convert_weight_packed_for_cpu_inverse
 
-            weight.data, weight.quant_state = _convert_weight_packed_for_cpu_inverse(weight.data, state)
+    def convert(tensor: torch.Tensor) -> torch.Tensor:
+        target_dtype = dtype if dtype is not None and tensor.dtype in _FLOAT_DTYPES else None
+        return tensor.to(device=device, dtype=target_dtype, non_blocking=non_blocking)
+
+    for layer in module.modules():
+        if device is not None:
+            _unpack_cpu_4bit(layer, device)
         for name, param in list(layer._parameters.items()):
             if param is not None:
-                layer._parameters[name] = _moved_parameter(param, device, dtype, non_blocking)
+                layer._parameters[name] = _rebuilt_parameter(param, convert(param.data), non_blocking)
         for name, buffer in list(layer._buffers.items()):
             if buffer is not None:
-                target_dtype = dtype if dtype is not None and buffer.dtype in _FLOAT_DTYPES else None
-                layer._buffers[name] = buffer.to(device=device, dtype=target_dtype, non_blocking=non_blocking)
-        matmul_state = getattr(layer, "state", None)
-        if getattr(matmul_state, "CB", None) is not None:  # Linear8bitLt after a forward: CB is the weight
-            matmul_state.CB = layer.weight.data
-        if getattr(matmul_state, "SCB", None) is not None:
-            matmul_state.SCB = matmul_state.SCB.to(device=device, non_blocking=non_blocking)
-        if hasattr(layer, "quant_state") and hasattr(layer.weight, "quant_state"):  # Linear4bit keeps a reference
-            layer.quant_state = layer.weight.quant_state
+                layer._buffers[name] = convert(buffer)
+        _sync_matmul_state(layer)
     return module
 
 
