@@ -52,12 +52,13 @@ def test_context_cache_misses_new_or_modified_inputs():
     latents, t = torch.randn(1, 36, 1, 2, 2), torch.tensor([500.0])
     text, image = torch.randn(1, 4, 32), torch.randn(1, 3, 32)
     with dit.cache_context():
+        cache = dit.context_cache
         dit(latents, t, text, image)
-        dit(latents, t, text, image)
-        assert len(dit.context_cache.entries) == 1 + len(dit.blocks)
-        text.mul_(2)  # in place: a new version, so a miss
+        dit(latents, t, text.clone(), image[[0]])  # new tensors, same values (as a CFG-parallel rank's share): hits
+        assert len(cache.embedded) == 1 and len(cache.kv) == len(dit.blocks)
+        text.mul_(2)  # in place: other values, so a miss
         changed = dit(latents, t, text, image)
-        assert len(dit.context_cache.entries) == 2 * (1 + len(dit.blocks))
+        assert len(cache.embedded) == 2 and len(cache.kv) == 2 * len(dit.blocks)
     torch.testing.assert_close(changed, dit(latents, t, text, image), atol=0, rtol=0)
 
 

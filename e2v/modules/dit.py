@@ -278,7 +278,9 @@ class WanAttention(nn.Module):
         if self.context_cache is None:
             text_kv, image_kv = self.context_kv(text, image)
         else:
-            text_kv, image_kv = self.context_cache.get(self, (text, image), lambda: self.context_kv(text, image))
+            text_kv, image_kv = self.context_cache.keys_values(
+                self, (text, image), lambda: self.context_kv(text, image)
+            )
         out = attend(q, *text_kv)
         if image_kv is not None:
             out = out + attend(q, *image_kv)
@@ -407,26 +409,42 @@ class DiTInputs:
     image: Optional[torch.Tensor]
 
 
+def _same_values(a: Optional[torch.Tensor], b: Optional[torch.Tensor]) -> bool:
+    if a is None or b is None:
+        return a is b
+    return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
+
+
 class ContextCache:
-    """Memo of cross-attention context tensors for :meth:`WanDiT.cache_context`, keyed by the module and the identity
-    of its input tensors (storage address, shape, strides, dtype, device and version counter: an in-place change
-    misses). Each entry keeps its inputs alive, so no other tensor can take their address while it exists."""
+    """Memo of the cross-attention context for :meth:`WanDiT.cache_context`.
+
+    The embedded text / image tokens are found by value: the raw inputs are compared with stored copies, so a new
+    tensor holding the same values hits (a CFG-parallel rank's share of the branches is re-indexed every step) and
+    an in-place change misses. Each block's keys / values are found by the identity (and version) of the embedded
+    tensors they were computed from, which the cache keeps alive.
+    """
 
     def __init__(self) -> None:
-        self.entries: dict[tuple, tuple[tuple, Any]] = {}
+        self.embedded: list[tuple[tuple, Any]] = []  # (copies of the raw inputs, embedded tensors)
+        self.kv: dict[tuple, tuple[tuple, Any]] = {}  # (owner, ids and versions of its inputs) -> (inputs, result)
 
-    @staticmethod
-    def _key(tensor: Optional[torch.Tensor]) -> tuple:
-        if tensor is None:
-            return (None,)
-        return (tensor.data_ptr(), tuple(tensor.shape), tensor.stride(), tensor.dtype, tensor.device, tensor._version)
+    def embed(self, inputs: tuple[Optional[torch.Tensor], ...], compute: Callable[[], Any]) -> Any:
+        """``compute()`` for raw ``inputs`` not seen (by value) before; the stored result otherwise."""
+        for copies, result in self.embedded:
+            if all(_same_values(a, b) for a, b in zip(copies, inputs)):
+                return result
+        result = compute()
+        self.embedded.append((tuple(None if t is None else t.detach().clone() for t in inputs), result))
+        return result
 
-    def get(self, owner: nn.Module, inputs: tuple[Optional[torch.Tensor], ...], compute: Callable[[], Any]) -> Any:
-        """``compute()`` the first time ``owner`` sees these ``inputs``, its stored result afterwards."""
-        key = (id(owner), *map(self._key, inputs))
-        if key not in self.entries:
-            self.entries[key] = (inputs, compute())
-        return self.entries[key][1]
+    def keys_values(
+        self, owner: nn.Module, inputs: tuple[Optional[torch.Tensor], ...], compute: Callable[[], Any]
+    ) -> Any:
+        """``compute()`` the first time ``owner`` sees these very ``inputs``; the stored result afterwards."""
+        key = (id(owner), *((id(t), None if t is None else t._version) for t in inputs))
+        if key not in self.kv:
+            self.kv[key] = (inputs, compute())
+        return self.kv[key][1]
 
 
 class WanDiT(nn.Module):
@@ -499,7 +517,7 @@ class WanDiT(nn.Module):
                 return embedded, None
             return embedded, embedder.image_embedder(image.to(embedder.image_embedder.ff.net[2].weight.dtype))
 
-        return embed() if self.context_cache is None else self.context_cache.get(self, (text, image), embed)
+        return embed() if self.context_cache is None else self.context_cache.embed((text, image), embed)
 
     @contextlib.contextmanager
     def cache_context(self) -> Iterator[None]:
