@@ -49,7 +49,8 @@ def write_random_folder(preset: str, folder: Path) -> int:
         def random(index: int, shape: tuple[int, ...]):
             return lambda: torch.randn(shape, generator=torch.Generator().manual_seed(index)) * 0.02
 
-        tensors = {name: LazyTensor(shape, torch.float32, random(i, shape)) for i, (name, shape) in enumerate(shapes.items())}
+        tensors = {name: LazyTensor(shape, torch.float32, random(i, shape))
+                   for i, (name, shape) in enumerate(shapes.items())}
         write_weights(tensors, model.config.to_dict(), folder, max_shard_bytes=GB)
     return total
 
@@ -96,7 +97,8 @@ def _whole(folder: str, results) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="wan2.1-t2v-1.3b")
-    parser.add_argument("--folder", type=Path, default=None, help="weights folder to write / reuse (default: temporary)")
+    parser.add_argument("--folder", type=Path, default=None,
+                        help="weights folder to write / reuse (default: temporary)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the whole-model load in one process")
     args = parser.parse_args()
     scratch = None if args.folder else Path(tempfile.mkdtemp(prefix="bench_sharded_load_"))
@@ -104,7 +106,8 @@ def main() -> int:
     try:
         full = write_random_folder(args.preset, folder)
         target = 0.65 * full + GB
-        print(f"{args.preset}: full fp32 DiT {full / GB:.2f} GB; target per rank 0.65 x full + 1 GB = {target / GB:.2f} GB")
+        print(f"{args.preset}: full fp32 DiT {full / GB:.2f} GB; "
+              f"target per rank 0.65 x full + 1 GB = {target / GB:.2f} GB")
         ctx = mp.get_context("spawn")
         with ctx.Manager() as manager:
             results = manager.dict()
@@ -128,7 +131,8 @@ def main() -> int:
         if "whole" in results:
             before, peak = results["whole"]
             worst = max(results[r][1] for r in range(WORLD))
-            print(f"baseline, whole DiT in one process: peak RSS {peak / GB:.2f} GB (after imports {before / GB:.2f} GB)")
+            print(f"baseline, whole DiT in one process: peak RSS {peak / GB:.2f} GB "
+                  f"(after imports {before / GB:.2f} GB)")
             print(f"ratio peak sharded rank / whole-model load: {worst / peak:.2f}")
         return 0 if ok else 1
     finally:

@@ -170,7 +170,8 @@ def export_checkpoint(
 def export_command(argv: Optional[Sequence[str]] = None) -> int:
     """Run ``e2v export``; returns the exit code (2 for bad input or an unreadable checkpoint)."""
     parser = argparse.ArgumentParser(prog="e2v export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoint", help="an E2VDiffusion checkpoint: a .ckpt file or a distributed checkpoint folder")
+    parser.add_argument("checkpoint",
+                        help="an E2VDiffusion checkpoint: a .ckpt file or a distributed checkpoint folder")
     parser.add_argument("--out", required=True, help="release root to write (transformer/ + linked components)")
     parser.add_argument("--weights", choices=("ema", "raw"), default=None,
                         help="the EMA or the raw DiT weights (default: the EMA when the checkpoint has one)")

@@ -22,6 +22,7 @@ def _worker(rank, port, root, out):
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import DTensor
 
+    from e2v.callbacks.ema import SHARDED_PREFIX
     from e2v.tasks.e2v_diffusion import E2VDiffusion
     from e2v.tasks.sharding import is_meta
 
@@ -56,11 +57,11 @@ def _worker(rank, port, root, out):
         assert seen["blocks.0.attn1.to_out.0"] == seen["proj_out"] == (torch.bfloat16, torch.bfloat16)
         assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in module.dit.parameters())
 
-        # a distributed checkpoint as ModelParallelStrategy writes it, with the EMA shards beside the weights
+        # a distributed checkpoint as ModelParallelStrategy writes it, with the EMA callback's shards beside the weights
         state = get_model_state_dict(module, options=StateDictOptions(full_state_dict=False))
-        ema = {f"ema/{k}": (v * 0.5).detach() for k, v in state.items() if k.startswith("dit.")}
+        ema = {SHARDED_PREFIX + k: (v * 0.5).detach() for k, v in state.items() if k.startswith("dit.")}
         dcp.save({"state_dict": {**state, **ema}}, checkpoint_id=str(out / "last.ckpt"))
-        full_ema = {k.removeprefix("ema/dit."): v.full_tensor() for k, v in ema.items()}
+        full_ema = {k.removeprefix(SHARDED_PREFIX + "dit."): v.full_tensor() for k, v in ema.items()}
         if rank == 0:
             torch.save({"hyper_parameters": dict(module.hparams), "callbacks": {"EMA": {"sharded": sorted(ema)}}},
                        out / "last.ckpt" / "meta.pt")

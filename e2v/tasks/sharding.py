@@ -112,7 +112,8 @@ def shard_dit(dit: WanDiT, mesh: Any, policy: ShardingPolicy) -> None:
     reshard = policy.reshard_after_forward
     if policy.param_dtype not in (None, torch.float32):
         for module in fp32_islands(dit):
-            fully_shard(module, mesh=mesh, mp_policy=policy.mixed_precision(torch.float32), reshard_after_forward=reshard)
+            fully_shard(module, mesh=mesh, mp_policy=policy.mixed_precision(torch.float32),
+                        reshard_after_forward=reshard)
     for block in dit.blocks:
         fully_shard(block, mesh=mesh, mp_policy=policy.mixed_precision(), reshard_after_forward=reshard)
     fully_shard(dit, mesh=mesh, mp_policy=policy.mixed_precision(), reshard_after_forward=reshard)
