@@ -113,6 +113,7 @@ class E2VDiffusion(LightningModule):
         self._check_widths()
         self.nonfinite_steps = 0
         self.skipped_steps = 0  # steps every rank skipped (bad batch or non-finite loss on some rank)
+        self._host_group = None  # distributed on an accelerator: a gloo group for host flags (on_fit_start)
         self._bucket_sums: torch.Tensor | None = None  # train loss sums / counts per flow-time bucket since the last log
         # checkpoints hold no frozen weights (see state_dict); on_load_checkpoint checks the trained ones instead
         self.strict_loading = False
@@ -212,15 +213,26 @@ class E2VDiffusion(LightningModule):
         self.accumulate_timestep_buckets(per_sample.detach(), t)
         return loss
 
+    def on_fit_start(self) -> None:
+        """Distributed on an accelerator: a CPU (gloo) process group for host-side flags (:meth:`ranks_with`), so
+        agreeing on a host fact does not wait for the device's queued work."""
+        dist = torch.distributed
+        if self.trainer.world_size > 1 and dist.is_initialized() and dist.get_backend() != "gloo":
+            self._host_group = dist.new_group(backend="gloo")
+
     def ranks_with(self, flag: bool | torch.Tensor) -> list[int]:
-        """The global ranks whose ``flag`` (a bool or a 0-dim bool tensor) is set, the same list on every rank:
-        one all_reduce of a ``[world_size]`` vector (nothing to reduce on one process)."""
+        """The global ranks whose ``flag`` is set, the same list on every rank: one all_reduce of a ``[world_size]``
+        vector (nothing to reduce on one process). A host ``bool`` is reduced on the CPU (no device sync); a 0-dim
+        device tensor on its device (one host sync to read the result)."""
         world = self.trainer.world_size if self._trainer is not None else 1
         if world == 1 and not isinstance(flag, torch.Tensor):
             return [0] if flag else []
-        flags = torch.zeros(world, device=self.device)
-        flags[self.global_rank] = flag.float() if isinstance(flag, torch.Tensor) else float(flag)
-        if world > 1:
+        on_host = not isinstance(flag, torch.Tensor)
+        flags = torch.zeros(world, device="cpu" if on_host else self.device)
+        flags[self.global_rank] = float(flag) if on_host else flag.float()
+        if world > 1 and on_host:
+            torch.distributed.all_reduce(flags, group=self._host_group)
+        elif world > 1:
             flags = self.trainer.strategy.reduce(flags, reduce_op="sum")
         return [rank for rank, value in enumerate(flags.tolist()) if value]
 
