@@ -45,6 +45,23 @@ def test_each_latent_frame_sees_only_its_own_frames():
     assert torch.equal(vae.decode(z)[:, :, :5], vae.decode(z2)[:, :, :5])
 
 
+def test_pixel_refiner_starts_as_the_patch_decoder_and_keeps_chunks_apart():
+    """``pixel_width``: residual blocks per decoded frame at full resolution, zero-initialised (the decoder starts as
+    the plain patch decoder's colour channels), still one latent frame -> its own pixel frames."""
+    vae = small(pixel_width=8, pixel_depth=2)
+    z = torch.randn(1, 16, 3, 4, 4)
+    frames = z.transpose(1, 2).flatten(0, 1)
+    colours = vae._unfold(vae.decoder(frames)[:, : 3 * 4 * 4 * 4], 1)  # first 3 x (4 frames x 4 x 4) channels
+    assert torch.equal(vae.decode(z, clamp=False), colours)
+    torch.nn.init.normal_(vae.refiner.out.weight, std=0.1)  # a trained refiner acts on every pixel
+    assert not torch.allclose(vae.decode(z, clamp=False), colours)
+    z2 = z.clone()
+    z2[:, :, 2] += 1
+    assert torch.equal(vae.decode(z)[:, :, :5], vae.decode(z2)[:, :, :5])
+    with pytest.raises(ValueError, match="pixel_width \\(12\\) must be a multiple of groups"):
+        small(pixel_width=12)
+
+
 def test_untrained_vae_starts_as_a_patch_autoencoder_and_tiles():
     vae = small()
     vae.enable_tiling(16, 8)

@@ -37,6 +37,8 @@ class PatchVAEConfig:
     frames_per_latent: int = 4  # temporal factor
     width: int = 128
     depth: int = 4  # residual blocks in the encoder and in the decoder
+    pixel_width: int = 0  # > 0: the decoder ends with residual blocks of this width at full pixel resolution
+    pixel_depth: int = 1
     groups: int = 8
     in_channels: int = 3
     latents_mean: list[float] = field(default_factory=lambda: [0.0] * 16)
@@ -45,11 +47,14 @@ class PatchVAEConfig:
     def __post_init__(self) -> None:
         self.latents_mean, self.latents_std = list(self.latents_mean), list(self.latents_std)
         check_latent_statistics(self)
-        if self.width % self.groups:
-            raise ValueError(f"width ({self.width}) must be a multiple of groups ({self.groups})")
-        for name in ("z_dim", "patch", "frames_per_latent", "width", "in_channels"):
+        for name in ("width", "pixel_width"):
+            if getattr(self, name) % self.groups:
+                raise ValueError(f"{name} ({getattr(self, name)}) must be a multiple of groups ({self.groups})")
+        for name in ("z_dim", "patch", "frames_per_latent", "width", "in_channels", "pixel_depth"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.pixel_width < 0:
+            raise ValueError(f"pixel_width must be >= 0 (0 = no pixel-resolution blocks), got {self.pixel_width}")
 
     @classmethod
     def from_dict(cls, config: dict[str, Any], source: str = "config") -> "PatchVAEConfig":
@@ -86,6 +91,25 @@ def _stack(width: int, depth: int, groups: int, in_dim: int, out_dim: int) -> nn
     )
 
 
+class PixelRefiner(nn.Module):
+    """Residual blocks at full pixel resolution on each decoded frame: ``[N, C + pw, H, W] -> [N, C, H, W]``.
+
+    The first ``C`` input channels are the patch decoder's colours; the rest are features for the blocks, whose
+    output conv starts at zero (the refiner starts as the plain patch decoder)."""
+
+    def __init__(self, channels: int, width: int, depth: int, groups: int) -> None:
+        super().__init__()
+        self.channels = channels
+        self.blocks = nn.Sequential(*(ResBlock2d(width, groups) for _ in range(depth)), nn.GroupNorm(groups, width),
+                                    nn.SiLU())
+        self.out = nn.Conv2d(width, channels, 3, padding=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, : self.channels] + self.out(self.blocks(x[:, self.channels :]))
+
+
 class PatchVAE(VideoVAE):
     """``encode [B,3,F,H,W] -> [B,z,(F-1)/4+1,H/p,W/p]`` raw latents (posterior mean), ``decode`` the inverse."""
 
@@ -93,9 +117,14 @@ class PatchVAE(VideoVAE):
 
     def __init__(self, config: PatchVAEConfig) -> None:
         super().__init__(config)
-        patch_dim = config.in_channels * config.frames_per_latent * config.patch**2
-        self.encoder = _stack(config.width, config.depth, config.groups, patch_dim, 2 * config.z_dim)
-        self.decoder = _stack(config.width, config.depth, config.groups, config.z_dim, patch_dim)
+        chunk = config.frames_per_latent * config.patch**2
+        self.encoder = _stack(config.width, config.depth, config.groups, config.in_channels * chunk, 2 * config.z_dim)
+        out_channels = config.in_channels + config.pixel_width
+        self.decoder = _stack(config.width, config.depth, config.groups, config.z_dim, out_channels * chunk)
+        self.refiner = (
+            PixelRefiner(config.in_channels, config.pixel_width, config.pixel_depth, config.groups)
+            if config.pixel_width else None
+        )
 
     @property
     def temporal_factor(self) -> int:
@@ -114,8 +143,10 @@ class PatchVAE(VideoVAE):
         return x.reshape(b * (f // tf), c * tf * p * p, h // p, w // p)
 
     def _unfold(self, x: torch.Tensor, batch: int) -> torch.Tensor:
-        """Inverse of :meth:`_fold`; latent frame 0 gives one pixel frame (the last of its chunk)."""
-        tf, p, c = self.temporal_factor, self.spatial_factor, self.config.in_channels
+        """Inverse of :meth:`_fold` (any channel count); latent frame 0 gives one pixel frame (the last of its
+        chunk)."""
+        tf, p = self.temporal_factor, self.spatial_factor
+        c = x.shape[1] // (tf * p * p)
         t, (h, w) = x.shape[0] // batch, x.shape[-2:]
         video = x.reshape(batch, t, c, tf, p, p, h, w).permute(0, 2, 1, 3, 6, 4, 7, 5)
         video = video.reshape(batch, c, t * tf, h * p, w * p)
@@ -127,7 +158,11 @@ class PatchVAE(VideoVAE):
 
     def _decode_untiled(self, z: torch.Tensor) -> torch.Tensor:
         frames = z.transpose(1, 2).flatten(0, 1)  # [B*T, z, h, w]
-        return self._unfold(self.decoder(frames), z.shape[0])
+        video = self._unfold(self.decoder(frames), z.shape[0])  # [B, C (+ pixel_width), F, H, W]
+        if self.refiner is None:
+            return video
+        pixels = self.refiner(video.transpose(1, 2).flatten(0, 1))  # [B*F, C, H, W]
+        return pixels.unflatten(0, (z.shape[0], -1)).transpose(1, 2)
 
     @classmethod
     def from_config(cls, seed: int = 0, **options: Any) -> "PatchVAE":
@@ -172,6 +207,8 @@ def patch_vae(
     frames_per_latent: int = 4,
     width: int = 128,
     depth: int = 4,
+    pixel_width: int = 0,
+    pixel_depth: int = 1,
 ) -> PatchVAE:
     """Small patch-folding video VAE (Wan latent grid): ``pretrained`` asset, ``weights`` folder, or random init."""
     if pretrained is not None and weights is not None:
@@ -181,7 +218,7 @@ def patch_vae(
     else:
         vae = PatchVAE.from_config(
             seed, z_dim=z_dim, patch=patch, frames_per_latent=frames_per_latent, width=width, depth=depth,
-            latents_mean=[0.0] * z_dim, latents_std=[1.0] * z_dim,
+            pixel_width=pixel_width, pixel_depth=pixel_depth, latents_mean=[0.0] * z_dim, latents_std=[1.0] * z_dim,
         )
         dtype = parse_dtype(dtype)
         if dtype is not None:

@@ -20,7 +20,7 @@ from e2v.tasks.frozen import build_frozen
 
 
 class VAETraining(LightningModule):
-    """Loss = L1 + MSE reconstruction of ``batch["video"] [B,3,F,H,W]`` + ``kl_weight`` KL + ``perceptual_weight`` LPIPS-like.
+    """Loss = ``l1_weight`` L1 + ``mse_weight`` MSE reconstruction of ``batch["video"] [B,3,F,H,W]`` + ``kl_weight`` KL + ``perceptual_weight`` LPIPS-like.
 
     Each validation writes ``<run folder>/reconstructions/step_<k>.png`` (per clip: a truth row above a
     reconstruction row, ``preview_frames`` evenly spaced frames, enlarged) and logs it to MLflow.
@@ -36,6 +36,8 @@ class VAETraining(LightningModule):
         self,
         vae: VAESpec = {"name": "wan", "preset": "tiny"},
         kl_weight: float = 1e-6,
+        l1_weight: float = 1.0,
+        mse_weight: float = 1.0,
         perceptual: FeatureNetSpec | None = None,
         perceptual_weight: float = 0.0,
         perceptual_frames: int = 2,
@@ -71,7 +73,8 @@ class VAETraining(LightningModule):
             "mse": F.mse_loss(recon, video),
             "kl": 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).mean(),
         }
-        loss = out["l1"] + out["mse"] + self.hparams.kl_weight * out["kl"]
+        hp = self.hparams
+        loss = hp.l1_weight * out["l1"] + hp.mse_weight * out["mse"] + hp.kl_weight * out["kl"]
         if self.perceptual is not None and self.hparams.perceptual_weight > 0:
             frames = torch.linspace(0, video.shape[2] - 1, self.hparams.perceptual_frames).long().tolist()
             out["perceptual"] = self.perceptual(recon[:, :, frames].transpose(1, 2).flatten(0, 1),
