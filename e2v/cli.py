@@ -8,6 +8,7 @@
     e2v cache ...                     # precompute latents and encoder states
     e2v generate --ref a.png --ref b.png --prompt "..." --checkpoint last.ckpt --out video.mp4
     e2v export last.ckpt --out release   # a checkpoint (full or distributed) as a --weights release root
+    e2v plan --config RECIPE.yaml       # parameters and per-GPU memory of a recipe, before launching it
     e2v bench score --cases cases.jsonl --videos DIR --out REPORT   # A2-Bench-style evaluation
 """
 
@@ -23,6 +24,7 @@ USAGE = """usage: e2v {fit,validate,test,predict} --config RECIPE.yaml [override
        e2v cache ...
        e2v generate ...
        e2v export CHECKPOINT --out DIR [--weights ema|raw]
+       e2v plan --config RECIPE.yaml [--gpus N]
        e2v bench {run,score,compare,from-opens2v,from-manifest} ...
 """
 
@@ -32,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "cache": "e2v.datamodules.commands:cache_command",
     "generate": "e2v.pipeline.generate:generate_command",
     "export": "e2v.export:export_command",
+    "plan": "e2v.plan:plan_command",
 }
 DATA_COMMANDS: dict[str, str] = {
     "synth": "e2v.synth:synth_command",
