@@ -200,8 +200,8 @@ def build_cache(
     ``batch_size`` at a time on ``device``. Records that fail (bad files, too short, too many references for the
     layout) are listed in the index under ``skipped``. ``on_shard(done, total)`` is called after each shard.
 
-    Split across ranks: rank ``r`` of ``world_size`` encodes the missing shards ``r, r + world_size, ...``; each shard
-    file carries its records in its metadata. Rank 0 writes ``index.json`` (after each of its shards, and once the
+    Split across ranks: rank ``r`` of ``world_size`` encodes the missing ones of shards ``r, r + world_size, ...``;
+    each shard file carries its records in its metadata. Rank 0 writes ``index.json`` (after each of its shards, and once the
     other ranks' shard files are all there, found by polling the folder: no collective, so no barrier timeout), then
     returns the :class:`LatentCache`; the other ranks return None after their own shards.
     Raises StaleCacheError when ``out_dir`` holds a cache of other components, settings or manifest.
@@ -254,7 +254,8 @@ def build_cache(
             stale.unlink()  # a shard cut off mid-write by a killed run (another rank's are its own business)
     _collect_shards(out_dir, index, range(num_shards))
     dataset = TripletDataset(records, buckets, fps, image_size, max_references, shuffle_references=False)
-    todo = [shard for shard in range(num_shards) if str(shard) not in index["shards"]][rank::world_size]
+    # shard s is rank s % world_size's, whatever the others have done by now (no two ranks see a different split)
+    todo = [shard for shard in range(rank, num_shards, world_size) if str(shard) not in index["shards"]]
     progress = tqdm(total=sum(min(len(records), (s + 1) * records_per_shard) - s * records_per_shard for s in todo),
                     desc=f"caching {Path(manifest).name}", unit="clip", disable=not todo or rank != 0)
     encoder = (vae, text_encoder, image_encoder, layout)
