@@ -100,8 +100,8 @@ def test_shipped_weights_are_checksummed(tmp_path, monkeypatch):
 
 
 def test_shipped_vae_reconstructs_held_out_clips(tmp_path, tiny_world):
-    """The main job's VAE on held-out clips of the main job's world (never trained on): >= 26.5 dB PSNR (27.2 dB
-    over all 24; the issue aimed at 30, see e2v/assets/tiny_world_vae/README.md)."""
+    """The main job's VAE on held-out clips of the main job's world (never trained on): >= 30 dB PSNR (30.5 dB
+    over all 24, e2v/assets/tiny_world_vae/README.md)."""
     world = tiny_world(tmp_path, num_clips=0, num_heldout=12)
     import json
 
@@ -112,4 +112,4 @@ def test_shipped_vae_reconstructs_held_out_clips(tmp_path, tiny_world):
     assert isinstance(vae, PatchVAE) and vae.dtype == torch.float32
     with torch.no_grad():
         reconstruction = vae.decode(vae.encode(video))
-    assert psnr(reconstruction, video) >= 26.5
+    assert psnr(reconstruction, video) >= 30.0

@@ -38,6 +38,21 @@ def test_tiny_vae_recipe_writes_previews_and_an_export(tmp_path, monkeypatch, ti
     config = json.loads(Path("runs/tiny/vae/export/config.json").read_text())
     assert config["_class_name"] == "E2VPatchVAE" and config["latents_std"] != [1.0] * 16  # measured
     assert export.config.latents_std == pytest.approx(config["latents_std"])
+    assert config["pixel_width"] == 16 and config["pixel_depth"] == 2  # the recipe's VAE, exported whole
+
+
+def test_loss_weights_pick_the_reconstruction_terms():
+    """l1_weight / mse_weight / kl_weight weigh the terms the task reports (the tiny recipe trains on MSE alone)."""
+    from e2v.tasks.vae_training import VAETraining
+
+    video = torch.rand(2, 3, 5, 16, 16) * 2 - 1
+    vae = {"name": "patch", "width": 16, "depth": 1}
+    with torch.no_grad():
+        both = VAETraining(vae=vae, kl_weight=0.5).losses(video, sample=False)
+        mse_only = VAETraining(vae=vae, kl_weight=0.5, l1_weight=0.0, mse_weight=2.0).losses(video, sample=False)
+    assert both["loss"].item() == pytest.approx((both["l1"] + both["mse"] + 0.5 * both["kl"]).item())
+    assert mse_only["loss"].item() == pytest.approx((2 * mse_only["mse"] + 0.5 * mse_only["kl"]).item())
+    assert mse_only["mse"].item() == pytest.approx(both["mse"].item())  # same seed-0 VAE, same reconstruction
 
 
 def test_warmup_cosine_schedule():

@@ -5,8 +5,9 @@ every reference layout and DiT works with it unchanged.
 Why a second family: the Wan VAE is the real one (official weights, diffusers parity), but from scratch its 3D
 convolutions at full resolution learn slowly on a CPU (about 15-17 dB after 400 steps on the tiny world, lr above
 2e-4 diverges). This one starts as a linear patch autoencoder (zero-initialised residual branches) and works only
-at latent resolution, so it learns faster (25-26 dB held-out after 500 CPU steps on the tiny world); the shipped
-tiny-world weights reach 27.2 dB after 2500 steps (e2v/assets/tiny_world_vae/README.md).
+at latent resolution (plus, optionally, small residual blocks per decoded frame at full resolution), so it learns
+faster (25 dB held-out after 500 CPU steps on the tiny world); the shipped tiny-world weights reach 30.5 dB after
+4000 steps (e2v/assets/tiny_world_vae/README.md).
 
 Each latent frame is encoded from its own pixel frames (frame 0 is repeated to a full chunk); no state crosses
 chunks, so encoding is trivially causal.
@@ -175,7 +176,7 @@ class PatchVAE(VideoVAE):
 # Shipped pretrained weights: name -> folder under e2v/assets and the sha256 of its safetensors file
 # (how each was made: the folder's README.md).
 PRETRAINED: dict[str, tuple[str, str]] = {
-    "tiny-world": ("tiny_world_vae", "f39c1fff2f7594929220144533aaecc3dd6660cd78131cb2ade1dc42c36748b2"),
+    "tiny-world": ("tiny_world_vae", "c97a0879b337f4bccd5710bf196ddfa6860bc5b97e31a3f6a401f350e777c89b"),
 }
 
 
