@@ -24,7 +24,7 @@ from typing import Any, Literal, Mapping, Optional, TypedDict
 import torch
 from torch import nn
 
-from e2v.modules.quantize import MODES as QUANTIZE_MODES
+from e2v.modules.quantize import BITSANDBYTES_MODES as QUANTIZE_MODES  # peft wraps bitsandbytes layers only
 from e2v.modules.weights import CheckpointError, load_checkpoint
 
 ADAPTER = "default"  # peft's adapter name

@@ -108,6 +108,8 @@ def test_bad_lora_options_are_clear_errors():
         E2VDiffusion(text_encoder=TEXT, lora={"rnk": 4})
     with pytest.raises(ValueError, match="rank must be an integer >= 1.*targets must be one of image_kv, attention"):
         LoRAConfig(rank=0, targets="mlp")
+    with pytest.raises(ValueError, match="quantize must be null or one of int8, nf4, got 'fp8'"):
+        LoRAConfig(rank=4, quantize="fp8")  # weight-only fp8 / int8wo layers: peft cannot wrap them
     with pytest.raises(ValueError, match="matches no layer of WanDiT \\(this DiT has no image branch"):
         from e2v.lora import apply_lora
 
