@@ -16,28 +16,15 @@ import contextlib
 import numpy as np
 import torch
 from scipy.optimize import nnls
-from torch.profiler import ProfilerActivity, profile
 
 from e2v.modules.dit import PRESETS, WanDiT, WanDiTConfig
-from e2v.plan import CHECKPOINTED_INPUT, OUTSIDE_BLOCKS, PER_BLOCK, meta_dit, weight_copies
+from e2v.plan import CHECKPOINTED_INPUT, OUTSIDE_BLOCKS, PER_BLOCK, meta_dit, traced_peak, weight_copies
 
 SHAPES = [  # heads (x 32), ffn_dim, latent T, H, W, text tokens, image tokens
     (4, 512, 3, 16, 16, 16, 24), (8, 512, 3, 16, 16, 16, 24), (4, 1024, 3, 16, 16, 16, 24),
     (4, 512, 3, 32, 32, 16, 24), (4, 512, 3, 16, 16, 64, 96),
 ]
 MODES = {"32-true": (None, False), "bf16-mixed": (None, True), "bf16-true": ("all", False)}
-
-
-def traced_peak(fn) -> int:
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
-                    key=lambda e: e.start_ns())
-    current = peak = 0
-    for event in events:
-        current += event.nbytes()
-        peak = max(peak, current)
-    return peak
 
 
 def config(heads: int, ffn: int, layers: int) -> WanDiTConfig:

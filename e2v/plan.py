@@ -379,6 +379,22 @@ def activation_bytes(dit: torch.nn.Module, precision: str, tokens: int, context:
     return outside + len(copies) * tokens_part + sum(copies)
 
 
+def traced_peak(fn) -> int:
+    """Measured peak bytes of the CPU tensors ``fn()`` allocates (the torch profiler's allocation and free events, in
+    order): what the tests and ``benchmarks/fit_plan_activations.py`` check the activation estimate against."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    current = peak = 0
+    for event in events:
+        current += event.nbytes()
+        peak = max(peak, current)
+    return peak
+
+
 # -------------------------------------------------------------------------------------------------------- estimate
 def sample_shapes(recipe: dict[str, Any], specs: dict[str, Any], **overrides: Optional[int]) -> Shapes:
     """The planned sample: the recipe's largest bucket (most pixels) and ``max_references``, text tokens from the

@@ -13,6 +13,7 @@ from e2v.lora import LoRAConfig, attach_adapter, is_adapter_key, load_adapter, l
 from e2v.modules.dit import WanDiT
 from e2v.modules.weights import CheckpointError
 from e2v.tasks.e2v_diffusion import E2VDiffusion
+from test_export import save_release
 
 TEXT = {"name": "umt5", "preset": "tiny", "max_length": 16}
 
@@ -170,15 +171,6 @@ def test_checkpoint_holds_only_adapters_and_resume_restores_them(tmp_path):
         torch.testing.assert_close(attach_adapter(fresh, path)(*inputs), trained, rtol=1e-5, atol=1e-5)
     config, _, adapter = load_adapter(path)
     assert config == LoRAConfig(rank=4, alpha=8.0, targets="attention") and all(map(is_adapter_key, adapter))
-
-
-def save_release(module, root):
-    """The components of a tiny ``module`` as an official-layout release root."""
-    module.dit.save_pretrained(str(root / "transformer"))
-    module.vae.save_pretrained(root / "vae")
-    module.text_encoder.save_pretrained(root)
-    module.image_encoder.save_pretrained(root)
-    return root
 
 
 def test_export_merge_lora_and_generate_lora_use_the_trained_adapter(tmp_path, capsys):

@@ -2,34 +2,19 @@
 recipes' numbers in a sane range."""
 
 import contextlib
-import copy
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from torch.profiler import ProfilerActivity, profile
 
 from e2v.cli import main
 from e2v.lora import LoRAConfig, apply_lora
 from e2v.modules.dit import WanDiT
-from e2v.plan import GB, estimate
+from e2v.plan import GB, estimate, traced_peak
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 ACTIVATION_TOLERANCE = 0.15  # estimated activations within 15 % of the measured peak
-
-
-def traced_peak(fn) -> int:
-    """Peak bytes of the CPU tensors ``fn`` allocates (allocation/free events of the torch profiler, in order)."""
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
-                    key=lambda e: e.start_ns())
-    current = peak = 0
-    for event in events:
-        current += event.nbytes()
-        peak = max(peak, current)
-    return peak
 
 
 def write_recipe(tmp_path, precision="32-true", checkpointing=False, lora=None, optimizer="torch.optim.AdamW"):
