@@ -27,7 +27,7 @@ from e2v.modules.weights import CheckpointError, LazyTensor, load_checkpoint, wr
 
 DIT_PREFIX = "dit."
 DCP_PREFIX = "state_dict."  # Lightning's distributed checkpoint: {"state_dict": model state, "optimizer_0": ...}
-DCP_EMA_PREFIX = "ema/"  # EMA shards beside the weights in a distributed checkpoint (e2v.callbacks.ema)
+DCP_EMA_PREFIX = "ema/"  # EMA shards beside the weights in a distributed checkpoint (written by e2v.callbacks.ema)
 METADATA_FILE = "meta.pt"  # Lightning's non-tensor state of a distributed checkpoint (hyper-parameters, callbacks)
 COMPONENTS = ("vae", "text_encoder", "tokenizer", "image_encoder", "image_processor")
 

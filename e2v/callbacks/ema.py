@@ -25,9 +25,8 @@ from lightning.pytorch.callbacks import Callback
 from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.distributed.tensor._dtensor_spec import DTensorSpec, TensorMeta
 
+from e2v.export import DCP_EMA_PREFIX as SHARDED_PREFIX  # EMA keys in a distributed checkpoint: ema/<name>
 from e2v.modules.reshard import reshard
-
-SHARDED_PREFIX = "ema/"  # EMA keys in a distributed checkpoint's state_dict: ema/<parameter name>
 
 
 def _local(tensor: torch.Tensor) -> torch.Tensor:
