@@ -334,12 +334,12 @@ def _encode_shard(dataset: TripletDataset, records: list, slots: range, encoder:
     reference count go through :func:`encode_samples` ``batch_size`` at a time."""
     vae, text_encoder, image_encoder, layout = encoder
     shortest = min(f for f, _, _ in buckets)
-    groups: dict[tuple[int, int], list[tuple[int, int, dict]]] = {}
+    groups: dict[tuple[int, int], list[tuple[int, dict]]] = {}  # (bucket, refs) -> (slot, sample)
     entries, skipped, tensors = {}, [], {}
 
-    def flush(group: list[tuple[int, int, dict]]) -> None:
-        encoded = encode_samples([sample for _, _, sample in group], vae, text_encoder, image_encoder, layout, device)
-        for (slot, _, _), out in zip(group, encoded):
+    def flush(group: list[tuple[int, dict]]) -> None:
+        encoded = encode_samples([sample for _, sample in group], vae, text_encoder, image_encoder, layout, device)
+        for (slot, _), out in zip(group, encoded):
             tensors.update({f"{slot}/{name}": tensor for name, tensor in out.items()})
         group.clear()
 
@@ -359,7 +359,7 @@ def _encode_shard(dataset: TripletDataset, records: list, slots: range, encoder:
         entries[slot] = {"id": record.id, "slot": slot, "bucket": list(buckets[bucket]), "num_refs": num_refs,
                          "caption": record.caption}
         group = groups.setdefault((bucket, num_refs), [])
-        group.append((slot, i, sample))
+        group.append((slot, sample))
         if len(group) == batch_size:
             flush(group)
     for group in groups.values():
