@@ -5,6 +5,9 @@
     e2v registry dit wan              # one component's options, types and defaults (what a recipe may set)
     e2v data synth --out data/world   # the synthetic E2V world
     e2v data check manifest.jsonl     # validate a triplet manifest
+    e2v data synth --raw --out raw    # raw multi-shot videos with truth (to verify e2v data build)
+    e2v data build --videos raw/videos --out built   # triplets from raw videos
+    e2v data merge built              # the global stage after --shard I/N runs
     e2v cache ...                     # precompute latents and encoder states
     e2v generate --ref a.png --ref b.png --prompt "..." --checkpoint last.ckpt --out video.mp4
     e2v export last.ckpt --out release   # a checkpoint (full or distributed) as a --weights release root
@@ -20,7 +23,7 @@ from typing import Callable
 
 USAGE = """usage: e2v {fit,validate,test,predict} --config RECIPE.yaml [overrides]
        e2v registry [KIND [NAME]]
-       e2v data {synth,check} ...
+       e2v data {synth,check,build,merge} ...
        e2v cache ...
        e2v generate ...
        e2v export CHECKPOINT --out DIR [--weights ema|raw]
@@ -39,6 +42,8 @@ COMMANDS: dict[str, str] = {
 DATA_COMMANDS: dict[str, str] = {
     "synth": "e2v.synth:synth_command",
     "check": "e2v.datamodules.commands:check_command",
+    "build": "e2v.databuild.commands:build_command",
+    "merge": "e2v.databuild.commands:merge_command",
 }
 BENCH_COMMANDS: dict[str, str] = {
     "run": "e2v.bench.commands:run_command",

@@ -29,6 +29,13 @@ KINDS = (
     "scorer",
     "feature_net",
     "family",
+    "shot_detector",
+    "quality_filter",
+    "element_detector",
+    "face_detector",
+    "plate_estimator",
+    "element_embedder",
+    "captioner",
 )
 
 # Modules whose import registers e2v's own components; imported lazily on first lookup.
@@ -48,6 +55,14 @@ _BUILTIN_MODULES = (
     "e2v.modules.reference_vit",
     "e2v.pipeline.parallel",
     "e2v.families",
+    "e2v.databuild.shots",
+    "e2v.databuild.quality",
+    "e2v.databuild.elements",
+    "e2v.databuild.plate",
+    "e2v.databuild.identity",
+    "e2v.databuild.captions",
+    "e2v.databuild.faces",
+    "e2v.databuild.plugins",
 )
 
 

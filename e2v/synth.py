@@ -297,7 +297,7 @@ DIRECTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down
 TRAVEL = 0.2
 
 
-def _caption(rng: np.random.Generator, phrases: list[str], background: str, direction: str) -> str:
+def make_caption(rng: np.random.Generator, phrases: list[str], background: str, direction: str) -> str:
     subjects = phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
     plural = len(phrases) > 1
     verbs = {v: v if plural else v + "s" for v in ("move", "drift", "slide")}
@@ -365,7 +365,7 @@ def plan_clip(
     plans = tuple(_subject_plan(rng, e, slot, len(subjects), direction) for slot, e in enumerate(subjects))
     depth = tuple(int(i) for i in rng.permutation(len(subjects)))
     phrases = [_elements()[i].phrase for i in subjects]
-    caption = _caption(rng, phrases, _backgrounds()[background].phrase, direction)
+    caption = make_caption(rng, phrases, _backgrounds()[background].phrase, direction)
     pan = (*rng.uniform(0.0, 1.0, size=2),) * 2  # a still camera: only the subjects move
     prefix = "clip" if split == "train" else "heldout"
     return ClipPlan(
@@ -384,7 +384,7 @@ def _premultiplied(rgba: np.ndarray) -> np.ndarray:
     return out
 
 
-def _draw(canvas: np.ndarray, sprite: np.ndarray, pose: Pose) -> None:
+def draw(canvas: np.ndarray, sprite: np.ndarray, pose: Pose) -> None:
     """Alpha-composite a premultiplied sprite [h, w, 4] onto ``canvas`` [H, W, 3] in place, at ``pose``."""
     height, width = canvas.shape[:2]
     if pose.flip:
@@ -398,7 +398,7 @@ def _draw(canvas: np.ndarray, sprite: np.ndarray, pose: Pose) -> None:
     canvas += warped[..., :3]
 
 
-def _prescaled(rgba: np.ndarray, longest: float) -> np.ndarray:
+def prescaled(rgba: np.ndarray, longest: float) -> np.ndarray:
     """Premultiplied sprite area-downsampled to about ``longest`` px, so warps shrink it by little (no aliasing)."""
     longest = max(4, int(np.ceil(longest)))
     return _premultiplied(_resize_longest(rgba, longest) if longest < max(rgba.shape[:2]) else rgba)
@@ -409,17 +409,18 @@ def _lerp(a: Pose, b: Pose, t: float) -> Pose:
     return Pose(mix(a.x, b.x), mix(a.y, b.y), mix(a.size, b.size), mix(a.angle, b.angle), a.flip)
 
 
-def _background_canvas(plan: ClipPlan) -> np.ndarray:
-    """The background texture scaled so a frame covers ``BACKGROUND_VIEW`` of its side: float32 [Hb, Wb, 3]."""
-    texture = _backgrounds()[plan.background].rgba[..., :3]
-    scale = max(plan.height, plan.width) / BACKGROUND_VIEW / BACKGROUND_SIZE
+def background_canvas(background: int, height: int, width: int, blur: float) -> np.ndarray:
+    """Background ``background`` scaled so a ``height x width`` frame covers ``BACKGROUND_VIEW`` of its side and
+    low-passed by ``blur`` (Gaussian sigma, output pixels): float32 [Hb, Wb, 3] in [0, 1]."""
+    texture = _backgrounds()[background].rgba[..., :3]
+    scale = max(height, width) / BACKGROUND_VIEW / BACKGROUND_SIZE
     side = int(np.ceil(BACKGROUND_SIZE * scale))
     canvas = cv2.resize(texture, (side, side), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
     canvas = canvas.astype(np.float32) / 255
-    return cv2.GaussianBlur(canvas, (0, 0), plan.background_blur) if plan.background_blur > 0 else canvas
+    return cv2.GaussianBlur(canvas, (0, 0), blur) if blur > 0 else canvas
 
 
-def _window(canvas: np.ndarray, fx: float, fy: float, height: int, width: int) -> np.ndarray:
+def window(canvas: np.ndarray, fx: float, fy: float, height: int, width: int) -> np.ndarray:
     """A sub-pixel crop [height, width, 3] whose top-left corner is at fractions (fx, fy) of the free range."""
     x = fx * (canvas.shape[1] - width)
     y = fy * (canvas.shape[0] - height)
@@ -431,27 +432,27 @@ def render_clip(plan: ClipPlan) -> tuple[np.ndarray, list[np.ndarray]]:
     """Render a plan: the video ``uint8 [F, H, W, 3]`` and its references, each ``uint8 [H, W, 3]`` (the plan's
     subjects in order, then the background when it is a reference)."""
     height, width = plan.height, plan.width
-    background = _background_canvas(plan)
+    background = background_canvas(plan.background, height, width, plan.background_blur)
     sprites = [
-        _prescaled(_elements()[s.element].rgba, max(s.start.size, s.end.size) * min(height, width))
+        prescaled(_elements()[s.element].rgba, max(s.start.size, s.end.size) * min(height, width))
         for s in plan.subjects
     ]
     video = np.empty((plan.frames, height, width, 3), np.uint8)
     x0, y0, x1, y1 = plan.pan
     for f in range(plan.frames):
         t = f / max(1, plan.frames - 1)
-        frame = _window(background, x0 + (x1 - x0) * t, y0 + (y1 - y0) * t, height, width)
+        frame = window(background, x0 + (x1 - x0) * t, y0 + (y1 - y0) * t, height, width)
         for i in plan.depth:
-            _draw(frame, sprites[i], _lerp(plan.subjects[i].start, plan.subjects[i].end, t))
+            draw(frame, sprites[i], _lerp(plan.subjects[i].start, plan.subjects[i].end, t))
         video[f] = np.clip(frame * 255 + 0.5, 0, 255).astype(np.uint8)
     references = []
     for subject in plan.subjects:
         canvas = np.ones((height, width, 3), np.float32)
-        sprite = _prescaled(_elements()[subject.element].rgba, subject.reference.size * min(height, width))
-        _draw(canvas, sprite, subject.reference)
+        sprite = prescaled(_elements()[subject.element].rgba, subject.reference.size * min(height, width))
+        draw(canvas, sprite, subject.reference)
         references.append(canvas)
     if plan.background_reference:
-        references.append(_window(background, x0, y0, height, width))  # the clean plate of frame 0
+        references.append(window(background, x0, y0, height, width))  # the clean plate of frame 0
     return video, [np.clip(r * 255 + 0.5, 0, 255).astype(np.uint8) for r in references]
 
 
@@ -567,7 +568,12 @@ def synth_command(argv: list[str]) -> int:
                         help="background low-pass, Gaussian sigma in output pixels (0 = none)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1, help="processes (pays off for big frames)")
+    from e2v.databuild.raw_synth import add_raw_arguments, raw_command
+
+    add_raw_arguments(parser)
     args = parser.parse_args(argv)
+    if args.raw:
+        return raw_command(args)
     result = synthesize_world(
         args.out, num_clips=args.clips, num_heldout=args.heldout, frames=args.frames, height=args.height,
         width=args.width, fps=args.fps, max_elements=args.max_elements, seed=args.seed, workers=args.workers,

@@ -1,0 +1,247 @@
+"""The build over all videos: list, run the per-video stages (worker processes, a shard, or Ray), then merge.
+
+Layout of a build folder ``OUT``::
+
+    OUT/work/<key>.json        one per finished video (its result; a video with one is not redone)
+    OUT/clips, plates, crops   the media the results name
+    OUT/train.jsonl            the manifest (``e2v data check`` schema); OUT/heldout.jsonl with ``heldout_every``
+    OUT/report.json, report.html, report/   counts per stage, rejections by reason, sample triplets
+
+Merging (the global stage) groups identities across every clip, picks each element's reference from another clip
+of the same identity (``ref_source: cross_clip``) or, when it was seen in one clip only, from a distant frame of
+its own clip, mirrored and turned (``same_clip``), and drops near-duplicate clips. It reads only the per-video
+results, so ``--shard I/N`` runs (into one folder, or merged from several with ``--from``) give the same manifest
+as one run.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+from tqdm import tqdm
+
+from e2v.atomic import TEMP_SUFFIX, write_text_atomic
+from e2v.databuild.config import BuildConfig
+from e2v.databuild.identity import group_identities, stable_pick
+from e2v.databuild.video import WORK, VideoJob, decode_vector, job_config, process_video, result_path, video_key
+
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
+MEDIA_FOLDERS = ("clips", "plates", "crops")
+
+
+class BuildError(ValueError):
+    """Unusable build input (no videos, a bad list, a bad shard); the message names it."""
+
+
+def list_videos(source: str | os.PathLike) -> list[tuple[str, str]]:
+    """``[(path, name)]`` sorted by name: every video file under a folder (recursively), or the lines of a list
+    file (paths relative to the list's folder; blank and ``#`` lines skipped). ``name`` is the path as listed."""
+    source = Path(source)
+    if source.is_dir():
+        found = [p for p in source.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file()]
+        videos = [(str(p), p.relative_to(source).as_posix()) for p in found]
+    elif source.is_file():
+        videos = []
+        for line in source.read_text(encoding="utf-8").splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                path = Path(line).expanduser()
+                videos.append((str(path if path.is_absolute() else source.parent / path), line))
+    else:
+        raise BuildError(f"--videos {source} is neither a folder nor a list file")
+    if not videos:
+        raise BuildError(f"--videos {source} holds no videos (looked for {', '.join(VIDEO_SUFFIXES)})")
+    names = Counter(name for _, name in videos)
+    repeated = sorted(n for n, c in names.items() if c > 1)
+    if repeated:
+        raise BuildError(f"--videos {source} lists {repeated[0]!r} more than once")
+    return sorted(videos, key=lambda item: item[1])
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """``"I/N"`` -> ``(I, N)`` with 0 <= I < N; None -> ``(0, 1)``."""
+    if text is None:
+        return 0, 1
+    try:
+        index, count = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise BuildError(f"--shard must be I/N (e.g. 0/4), got {text!r}") from None
+    if not 0 <= index < count:
+        raise BuildError(f"--shard {text}: need 0 <= I < N")
+    return index, count
+
+
+def load_result(out: Path, key: str, digest: str) -> dict | None:
+    """A finished video's result made with the same settings, else None."""
+    path = result_path(out, key)
+    if not path.is_file():
+        return None
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return result if result.get("config") == digest else None
+
+
+def _clean_temps(out: Path) -> None:
+    """Remove temp files a killed build left (atomic writes that never finished)."""
+    for folder in (WORK, *MEDIA_FOLDERS):
+        for orphan in (out / folder).glob(f".*{TEMP_SUFFIX}*"):
+            orphan.unlink(missing_ok=True)
+
+
+def run_jobs(jobs: list[VideoJob], workers: int, engine: str, progress: bool) -> Iterable[dict]:
+    """Results of ``jobs`` as they finish: in this process, a spawned process pool, or Ray Data."""
+    bar = dict(total=len(jobs), desc="videos", unit="video", disable=not progress)
+    if engine == "ray":
+        from e2v.databuild.ray_engine import run_with_ray
+
+        yield from tqdm(run_with_ray(jobs, workers), **bar)
+    elif workers > 1:
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            yield from tqdm(pool.imap_unordered(process_video, jobs), **bar)
+    else:
+        yield from tqdm(map(process_video, jobs), **bar)
+
+
+def run_videos(videos: str | os.PathLike, out: str | os.PathLike, config: BuildConfig, workers: int = 1,
+               shard: tuple[int, int] = (0, 1), engine: str = "local", progress: bool = True,
+               on_result: Callable[[dict], None] | None = None) -> dict:
+    """The per-video stages for this shard's videos not done yet; returns counts (listed, shard, done, resumed)."""
+    listed = list_videos(videos)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _clean_temps(out)
+    index, count = shard
+    mine = listed[index::count]
+    digest, settings = config.digest(), job_config(config)
+    todo = [VideoJob(path, name, str(out), settings) for path, name in mine
+            if load_result(out, video_key(name), digest) is None]
+    for result in run_jobs(todo, workers, engine, progress):
+        if on_result is not None:
+            on_result(result)
+    return {"listed": len(listed), "shard": len(mine), "processed": len(todo), "resumed": len(mine) - len(todo)}
+
+
+def copy_shard(source: Path, out: Path) -> int:
+    """Copy a shard folder's per-video results and the media they name into ``out``; returns results copied."""
+    copied = 0
+    for path in sorted((source / WORK).glob("*.json")):
+        result = json.loads(path.read_text(encoding="utf-8"))
+        for clip in result.get("clips", []):
+            names = [clip["video"], clip["plate"]]
+            names += [e[k] for e in clip["elements"] for k in ("crop", "crop_same_clip")]
+            for name in names:
+                (out / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source / name, out / name)
+        (out / WORK).mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, out / WORK / path.name)
+        copied += 1
+    return copied
+
+
+@dataclass
+class Merged:
+    records: dict[str, list[dict]]  # split -> manifest records
+    counts: dict
+    samples: list[dict]
+
+
+def _hamming(a: str, b: str) -> int:
+    return int(np.unpackbits(np.frombuffer(bytes.fromhex(a), np.uint8) ^ np.frombuffer(bytes.fromhex(b), np.uint8)).sum())
+
+
+def remove_near_duplicates(clips: list[dict], distance: int) -> tuple[list[dict], list[dict]]:
+    """``(kept, removed)``: a clip within ``distance`` bits of an earlier kept clip (by id) is removed."""
+    kept, removed = [], []
+    for clip in sorted(clips, key=lambda c: c["id"]):
+        twin = next((k for k in kept if _hamming(k["hash"], clip["hash"]) <= distance), None)
+        if twin is None:
+            kept.append(clip)
+        else:
+            removed.append({**clip, "duplicate_of": twin["id"]})
+    return kept, removed
+
+
+def merge(out: str | os.PathLike, config: BuildConfig, names: list[str] | None = None) -> Merged:
+    """The global stage over the per-video results in ``out`` (``names``: only these listed videos, each of which
+    must be done); writes the manifest(s). Identities, references and duplicates are decided here."""
+    out = Path(out)
+    digest = config.digest()
+    if names is None:
+        results = [json.loads(p.read_text(encoding="utf-8")) for p in sorted((out / WORK).glob("*.json"))]
+        results = [r for r in results if r.get("config") == digest]
+    else:
+        results = [load_result(out, video_key(name), digest) for name in names]
+        missing = [name for name, r in zip(names, results) if r is None]
+        if missing:
+            raise BuildError(f"{len(missing)} video(s) are not built yet in {out} (e.g. {missing[0]}); run the "
+                             f"remaining shards first")
+    if not results:
+        raise BuildError(f"{out} holds no per-video results made with these settings; run e2v data build first")
+    results.sort(key=lambda r: r["key"])
+    counts: dict = {"videos": len(results), "videos_rejected": Counter(), "shots": 0, "clips_rejected": Counter()}
+    clips = []
+    for result in results:
+        if result["status"] != "ok":
+            counts["videos_rejected"][result["reason"]] += 1
+            continue
+        counts["shots"] += len(result["shots"])
+        for rejected in result["rejected_clips"]:
+            counts["clips_rejected"][rejected["reason"]] += 1
+        clips += [{**clip, "video_key": result["key"]} for clip in result["clips"]]
+    kept, duplicates = remove_near_duplicates(clips, config.dedup_distance)
+    counts["clips_rejected"]["near_duplicate"] += len(duplicates)
+    elements = [(clip, n, element) for clip in kept for n, element in enumerate(clip["elements"])]
+    labels = group_identities(np.stack([decode_vector(e["embedding"]) for _, _, e in elements]),
+                              config.identity_threshold) if elements else np.zeros(0, np.int64)
+    by_identity: dict[int, list[int]] = defaultdict(list)
+    for i, label in enumerate(labels):
+        by_identity[int(label)].append(i)
+    records: dict[str, list[dict]] = {"train": [], "heldout": []}
+    sources = Counter()
+    position = {(clip["id"], n): i for i, (clip, n, _) in enumerate(elements)}
+    for number, clip in enumerate(kept):
+        references = []
+        for n, element in enumerate(clip["elements"]):
+            i = position[(clip["id"], n)]
+            label = int(labels[i])
+            others = [j for j in by_identity[label] if elements[j][0]["id"] != clip["id"]]
+            other_videos = [j for j in others if elements[j][0]["video_key"] != clip["video_key"]]
+            if others:
+                j = stable_pick(sorted(other_videos or others), clip["id"], n)
+                source_clip, _, source = elements[j]
+                path, ref_source = source["crop"], "cross_clip"
+            else:
+                source_clip, path, ref_source = clip, element["crop_same_clip"], "same_clip"
+            sources[ref_source] += 1
+            references.append({"path": path, "kind": element["kind"], "element": f"identity_{label:05d}",
+                               "ref_source": ref_source, "source_clip": source_clip["id"]})
+        if config.background_reference:
+            references.append({"path": clip["plate"], "kind": "background", "element": None,
+                               "ref_source": "same_clip", "source_clip": clip["id"]})
+        split = "heldout" if config.heldout_every and number % config.heldout_every == config.heldout_every - 1 \
+            else "train"
+        records[split].append({
+            "id": clip["id"], "video": clip["video"], "caption": clip["caption"], "references": references,
+            "split": split, "caption_source": clip["caption_source"],
+            "elements": [{"kind": e["kind"], "name": r["element"], "colour": e["colour"]}
+                         for e, r in zip(clip["elements"], references)],
+            "source": {"video": clip["video_key"], "shot": clip["shot"], "frames": clip["source_frames"]},
+        })
+    counts.update(clips_kept=len(kept), identities=len(by_identity), references=dict(sources),
+                  records={k: len(v) for k, v in records.items()})
+    for split, rows in records.items():
+        if rows or split == "train":
+            write_text_atomic(out / f"{split}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    counts["videos_rejected"] = dict(counts["videos_rejected"])
+    counts["clips_rejected"] = dict(counts["clips_rejected"])
+    return Merged(records, counts, [r for r in records["train"][:: max(1, len(records["train"]) // 12)]][:12])

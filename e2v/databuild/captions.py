@@ -1,0 +1,85 @@
+"""Captions (registry kind ``captioner``). A build runs its captioners in order; the first that returns text wins.
+
+- ``sidecar``: a caption file beside the video: ``<video>.txt`` (one caption for every clip) or ``<video>.json``
+  (``{"caption": ...}`` or ``{"shots": [caption per shot]}``, shots in the detector's order).
+- ``template`` (default fallback): "a red object and a blue object move left across a green background", from the
+  detected elements' kinds and colours and their common motion.
+- ``vlm`` (``e2v.databuild.plugins``): a local vision-language model folder.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import json
+from pathlib import Path
+
+import numpy as np
+
+from e2v.databuild.stages import ClipContext
+from e2v.registry import register
+
+KIND_WORDS = {"human": "person", "face": "face", "animal": "animal", "background": "background"}
+HUES = ((15, "red"), (40, "orange"), (70, "yellow"), (165, "green"), (255, "blue"), (290, "purple"), (335, "pink"),
+        (360, "red"))
+
+
+def colour_name(pixels: np.ndarray) -> str:
+    """A basic colour word for ``uint8 [..., 3]`` pixels (their mean; white canvas pixels are ignored)."""
+    flat = pixels.reshape(-1, 3)
+    kept = flat[(flat < 240).any(axis=1)]
+    r, g, b = (kept if len(kept) else flat).mean(axis=0) / 255
+    hue, saturation, value = colorsys.rgb_to_hsv(r, g, b)
+    if value < 0.2:
+        return "black"
+    if saturation < 0.2:
+        return "white" if value > 0.85 else "grey"
+    if 15 <= hue * 360 < 45 and value < 0.6:
+        return "brown"
+    return next(word for limit, word in HUES if hue * 360 < limit)
+
+
+def _phrase(element: dict) -> str:
+    noun = KIND_WORDS.get(element.get("kind", "object"), "object")
+    colour = element.get("colour")
+    words = f"{colour} {noun}" if colour else noun
+    return ("an " if words[0] in "aeiou" else "a ") + words
+
+
+@register("captioner", "template")
+class TemplateCaptioner:
+    """Caption from the detected elements (kind, colour), their motion and the background colour."""
+
+    def caption(self, clip: ClipContext) -> str | None:
+        phrases = [_phrase(e) for e in clip.elements]
+        if not phrases:
+            return f"{clip.background} with nothing moving"
+        subjects = phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
+        verb = "moves" if len(phrases) == 1 else "move"
+        if clip.direction == "still":
+            return f"{subjects} in front of {clip.background}"
+        return f"{subjects} {verb} {clip.direction} across {clip.background}"
+
+
+@register("captioner", "sidecar")
+class SidecarCaptioner:
+    """Caption from a ``<video>.txt`` or ``<video>.json`` file beside the video (None when there is none)."""
+
+    def caption(self, clip: ClipContext) -> str | None:
+        video = Path(clip.video)
+        text_file, json_file = video.with_suffix(".txt"), video.with_suffix(".json")
+        if text_file.is_file():
+            return text_file.read_text(encoding="utf-8").strip() or None
+        if not json_file.is_file():
+            return None
+        try:
+            data = json.loads(json_file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"sidecar caption file {json_file} is not valid JSON ({err})") from err
+        if isinstance(data, dict) and isinstance(data.get("caption"), str):
+            return data["caption"].strip() or None
+        shots = data.get("shots") if isinstance(data, dict) else None
+        if not isinstance(shots, list):
+            raise ValueError(f"sidecar caption file {json_file} must hold {{'caption': str}} or {{'shots': [str, ...]}}")
+        if clip.shot < len(shots) and isinstance(shots[clip.shot], str):
+            return shots[clip.shot].strip() or None
+        return None

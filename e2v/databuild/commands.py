@@ -1,0 +1,84 @@
+"""``e2v data build`` and ``e2v data merge`` (argparse; return an exit code)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from e2v.argtypes import positive_int
+
+
+def _finish(out: Path, config, names: list[str] | None, extra: dict) -> int:
+    from e2v.databuild.build import merge
+    from e2v.databuild.report import write_report
+    from e2v.databuild.video import WORK, job_config
+
+    merged = merge(out, config, names)
+    results = [json.loads(p.read_text(encoding="utf-8")) for p in sorted((out / WORK).glob("*.json"))]
+    results = [r for r in results if r.get("config") == config.digest()]
+    report = write_report(out, merged.counts, merged.samples, results, job_config(config), extra)
+    print(json.dumps({"manifest": str(out / "train.jsonl"), **report["counts"], **report["throughput"]}, indent=2))
+    print(f"report: {out / 'report.html'}")
+    return 0
+
+
+def build_command(argv: list[str] | None = None) -> int:
+    """``e2v data build --videos DIR_OR_LIST --out DIR``: triplets from raw videos (resumable; exit 2 on bad input)."""
+    from e2v.databuild.build import BuildError, parse_shard, run_videos
+    from e2v.databuild.config import load_config
+
+    parser = argparse.ArgumentParser(prog="e2v data build", description=build_command.__doc__)
+    parser.add_argument("--videos", required=True, type=Path, help="folder of videos (recursive) or a list file")
+    parser.add_argument("--out", required=True, type=Path, help="build folder (an interrupted build resumes)")
+    parser.add_argument("--config", type=Path, default=None, help="build.yaml (default settings when absent)")
+    parser.add_argument("--workers", type=positive_int, default=1, help="worker processes (one video each)")
+    parser.add_argument("--shard", default=None, help="I/N: only every N-th video from the I-th; then e2v data merge")
+    parser.add_argument("--engine", choices=["local", "ray"], default="local",
+                        help="local processes, or Ray Data (pip install 'ray[data]'; uses a running cluster or a "
+                             "local one)")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+        shard = parse_shard(args.shard)
+        counts = run_videos(args.videos, args.out, config, workers=args.workers, shard=shard, engine=args.engine,
+                            progress=not args.no_progress)
+    except (BuildError, ValueError) as err:
+        print(f"e2v data build: error: {err}", file=sys.stderr)
+        return 2
+    print(f"videos: {counts['shard']} in this run ({counts['processed']} processed, {counts['resumed']} already done)")
+    if shard[1] > 1:
+        print(f"shard {shard[0]}/{shard[1]} done; when every shard is done: e2v data merge {args.out}")
+        return 0
+    from e2v.databuild.build import list_videos
+
+    return _finish(args.out, config, [name for _, name in list_videos(args.videos)], counts)
+
+
+def merge_command(argv: list[str] | None = None) -> int:
+    """``e2v data merge OUT [--from SHARD_DIR ...]``: the global stage (identities, references, duplicates, manifest,
+    report) over the per-video results of every shard."""
+    from e2v.databuild.build import BuildError, copy_shard, list_videos
+    from e2v.databuild.config import load_config
+
+    parser = argparse.ArgumentParser(prog="e2v data merge", description=merge_command.__doc__)
+    parser.add_argument("out", type=Path, help="build folder the shards wrote to (or that --from folders go into)")
+    parser.add_argument("--from", dest="sources", type=Path, nargs="*", default=[],
+                        help="shard folders to copy in first (shards built into separate folders)")
+    parser.add_argument("--config", type=Path, default=None, help="the build.yaml the shards used")
+    parser.add_argument("--videos", type=Path, default=None,
+                        help="the shards' --videos: checks that every listed video is done")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+        for source in args.sources:
+            if not (source / "work").is_dir():
+                raise BuildError(f"--from {source} is not a build folder (no work/)")
+        copied = sum(copy_shard(source, args.out) for source in args.sources)
+        names = [name for _, name in list_videos(args.videos)] if args.videos else None
+        return _finish(args.out, config, names, {"copied_from_shards": copied})
+    except (BuildError, ValueError, OSError) as err:
+        print(f"e2v data merge: error: {err}", file=sys.stderr)
+        return 2

@@ -1,0 +1,110 @@
+"""The build's settings (``--config build.yaml``): every key, its default, and checks before any video is read."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from e2v import registry
+from e2v.frames import is_frame_count
+from e2v.typecheck import check_options, type_hints
+
+DEFAULT_FILTERS = ("black", "flashing", "static", "blurred", "camera_motion")
+
+
+@dataclass
+class BuildConfig:
+    """``e2v data build`` settings. Components are registry specs (``"name"`` or ``{name: ..., options}``)."""
+
+    fps: float = 8.0  # training frame rate clips are sampled at
+    frames: int = 17  # frames per clip, 4k+1
+    max_clips_per_shot: int = 1  # consecutive clips cut from a shot's start
+    trim: int = 0  # native frames skipped after each cut (transitions)
+    min_side: int = 32  # videos with a smaller side are rejected (too_small)
+    max_fps: float = 120.0  # videos above this rate (or below ``fps``) are rejected (odd_fps)
+    resize: list[int] | None = None  # [height, width] of written clips (None: native size)
+    shot_detector: Any = "content"
+    filters: list[Any] = field(default_factory=lambda: list(DEFAULT_FILTERS))
+    plate_frames: int = 48  # shot frames (evenly spread) the plate is estimated from
+    plate: Any = "median"
+    element_detector: Any = "motion"
+    face_detector: Any = None  # e.g. "dlib": elements holding a face are labelled kind "face"
+    max_subjects: int = 2  # largest moving elements kept per clip (references = subjects + background)
+    min_track: float = 0.5  # share of a clip's frames an element must be found in
+    background_reference: bool = True
+    embedder: Any = "appearance"
+    face_embedder: Any = None  # e.g. "dlib_face": identities of face elements from face descriptors
+    identity_threshold: float = 0.2  # cosine distance at which identity clusters are cut
+    captioners: list[Any] = field(default_factory=lambda: ["sidecar", "template"])
+    dedup_distance: int = 12  # near-duplicate clips: Hamming distance of their 192-bit frame hashes
+    heldout_every: int = 0  # every n-th clip goes to a held-out manifest (0: none)
+
+    def component_specs(self) -> dict[str, Any]:
+        return {"shot_detector": self.shot_detector, "plate_estimator": self.plate,
+                "element_detector": self.element_detector, "face_detector": self.face_detector,
+                "element_embedder": self.embedder, "face_embedder": self.face_embedder}
+
+    def check(self, where: str = "build config") -> None:
+        """Raise ValueError naming the key for a bad value or an unknown/ill-typed component spec."""
+        if not is_frame_count(self.frames):
+            raise ValueError(f"{where}: frames must be 4k+1 (17, 33, 81, ...), got {self.frames}")
+        for key in ("fps", "max_fps", "identity_threshold"):
+            if not getattr(self, key) > 0:
+                raise ValueError(f"{where}: {key} must be > 0, got {getattr(self, key)}")
+        for key in ("max_clips_per_shot", "min_side", "plate_frames", "max_subjects"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{where}: {key} must be >= 1, got {getattr(self, key)}")
+        if self.resize is not None and (len(self.resize) != 2 or any(v < 2 or v % 2 for v in self.resize)):
+            raise ValueError(f"{where}: resize must be [height, width] with even sides, got {self.resize}")
+        specs = {**self.component_specs(), "face_embedder": self.face_embedder}
+        kinds = {"face_embedder": "element_embedder"}
+        for key, spec in specs.items():
+            if spec is not None:
+                try:
+                    registry.parse_spec(kinds.get(key, key), spec)
+                except (KeyError, TypeError, ValueError) as err:
+                    raise ValueError(f"{where}: {key}: {str(err).strip(chr(34) + chr(39))}") from err
+        for key, kind, specs_list in (("filters", "quality_filter", self.filters),
+                                      ("captioners", "captioner", self.captioners)):
+            for spec in specs_list:
+                try:
+                    registry.parse_spec(kind, spec)
+                except (KeyError, TypeError, ValueError) as err:
+                    raise ValueError(f"{where}: {key}: {str(err).strip(chr(34) + chr(39))}") from err
+
+    def digest(self) -> str:
+        """A hash of every setting: per-video results made under other settings are redone, never reused."""
+        return hashlib.sha1(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_config(path: str | Path | None) -> BuildConfig:
+    """Defaults, overridden by a YAML file's keys (unknown keys are an error naming them)."""
+    if path is None:
+        config = BuildConfig()
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"build config {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"build config {path} is not valid YAML ({err})") from err
+        if not isinstance(data, dict):
+            raise ValueError(f"build config {path} must be a mapping of settings, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(BuildConfig)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"build config {path}: unknown key(s) {unknown}; known keys: {', '.join(sorted(known))}")
+        try:
+            check_options(f"build config {path}", data, type_hints(BuildConfig))
+        except TypeError as err:
+            raise ValueError(str(err)) from err
+        config = BuildConfig(**data)
+    config.check(str(path) if path else "build config")
+    return config

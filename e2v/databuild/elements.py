@@ -1,0 +1,124 @@
+"""Element extraction: the default moving-region segmenter (registry ``element_detector`` ``motion``) and the
+tracker that links per-frame detections into elements.
+
+``motion``: pixels that differ from the shot's background plate by more than ``threshold`` (0..255, any channel),
+cleaned (opening, closing, holes filled), split into connected components, fragments within ``merge`` pixels
+joined. It assumes a still camera (the camera-motion filter runs first) and moving elements; people standing
+still need a detector plug-in (``grounded``: GroundingDINO/OWL-ViT + SAM from local folders).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from e2v.databuild.stages import Box, Detection
+from e2v.registry import register
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``bool [H, W]`` with every region not reachable from the border through background set."""
+    padded = np.pad(mask.astype(np.uint8), 1)
+    flood = padded.copy()
+    cv2.floodFill(flood, None, (0, 0), 1)
+    return (padded.astype(bool) | ~flood.astype(bool))[1:-1, 1:-1]
+
+
+@register("element_detector", "motion")
+class MotionSegmenter:
+    """Moving regions against the background plate (still camera): threshold, clean, connected components."""
+
+    def __init__(self, threshold: float = 30.0, min_area: float = 0.003, merge: int = 2) -> None:
+        self.threshold, self.min_area, self.merge = threshold, min_area, merge
+
+    def frame_mask(self, frame: np.ndarray, plate: np.ndarray) -> np.ndarray:
+        diff = np.abs(frame.astype(np.int16) - plate.astype(np.int16)).max(axis=2) > self.threshold
+        kernel = np.ones((3, 3), np.uint8)
+        mask = cv2.morphologyEx(diff.astype(np.uint8), cv2.MORPH_OPEN, np.ones((2, 2), np.uint8))
+        return fill_holes(cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel).astype(bool))
+
+    def detect(self, frames: np.ndarray, plate: np.ndarray | None) -> list[list[Detection]]:
+        plate = np.median(frames, axis=0).astype(np.uint8) if plate is None else plate
+        height, width = frames.shape[1:3]
+        min_pixels = self.min_area * height * width
+        grow = np.ones((2 * self.merge + 1,) * 2, np.uint8)
+        out = []
+        for frame in frames:
+            mask = self.frame_mask(frame, plate)
+            count, labels = cv2.connectedComponents(cv2.dilate(mask.astype(np.uint8), grow), connectivity=8)
+            found = []
+            for label in range(1, count):
+                part = mask & (labels == label)
+                area = int(part.sum())
+                if area < min_pixels:
+                    continue
+                ys, xs = np.nonzero(part)
+                box = (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
+                found.append(Detection(box, part, "object", area / (height * width)))
+            out.append(found)
+        return out
+
+
+def box_iou(a: Box, b: Box) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+@dataclass
+class Track:
+    """One element through a clip: ``detections[f]`` is its detection in frame ``f`` or None."""
+
+    detections: list[Detection | None]
+    kind: str = "object"
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def frames(self) -> list[int]:
+        return [f for f, d in enumerate(self.detections) if d is not None]
+
+    def centre(self, frame: int) -> tuple[float, float]:
+        x0, y0, x1, y1 = self.detections[frame].box
+        return (x0 + x1) / 2, (y0 + y1) / 2
+
+    @property
+    def mean_area(self) -> float:
+        return float(np.mean([d.score for d in self.detections if d is not None]))
+
+
+def link_tracks(per_frame: list[list[Detection]], frame_side: int, min_iou: float = 0.1, max_jump: float = 0.2,
+                min_coverage: float = 0.5) -> list[Track]:
+    """Greedy frame-to-frame linking: a detection joins the track whose latest box overlaps it most (IoU >=
+    ``min_iou``), else the nearest track centre within ``max_jump`` of ``frame_side``; tracks present in fewer than
+    ``min_coverage`` of the frames are dropped. Tracks are returned ordered by their first box's centre x."""
+    count = len(per_frame)
+    tracks: list[Track] = []
+    for f, detections in enumerate(per_frame):
+        free = list(range(len(tracks)))
+        for det in sorted(detections, key=lambda d: -d.score):
+            def last(track: Track) -> Detection:
+                return track.detections[track.frames[-1]]
+
+            best, best_score = None, min_iou
+            for t in free:
+                score = box_iou(last(tracks[t]).box, det.box)
+                if score >= best_score:
+                    best, best_score = t, score
+            if best is None:
+                cx, cy = (det.box[0] + det.box[2]) / 2, (det.box[1] + det.box[3]) / 2
+                jumps = [(np.hypot(cx - tracks[t].centre(tracks[t].frames[-1])[0],
+                                   cy - tracks[t].centre(tracks[t].frames[-1])[1]), t) for t in free]
+                jumps = [(d, t) for d, t in jumps if d <= max_jump * frame_side]
+                best = min(jumps)[1] if jumps else None
+            if best is None:
+                tracks.append(Track([None] * count))
+                best = len(tracks) - 1
+            else:
+                free.remove(best)
+            tracks[best].detections[f] = det
+    kept = [t for t in tracks if len(t.frames) >= min_coverage * count]
+    return sorted(kept, key=lambda t: t.centre(t.frames[0])[0])

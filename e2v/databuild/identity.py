@@ -1,0 +1,70 @@
+"""Identities across clips: element embeddings (registry kind ``element_embedder``), grouping, reference choice.
+
+``appearance`` (default, CPU, no weights): a colour histogram (``e2v.bench.embedders.ColourHistogram``, the
+square root of the joint RGB histogram of non-white pixels) joined with a mirror-symmetric 8x8 colour layout of
+the crop, so two elements of one palette but different shapes, or one element seen mirrored, are told apart and
+matched. It is a proxy for learned embeddings: the plug-ins are ``image_encoder`` (CLIP/DINOv2 folders) and
+``dlib_face`` for faces. Grouping is average-linkage clustering of cosine distances (scipy) cut at ``threshold``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import cv2
+import numpy as np
+from scipy.cluster.hierarchy import fcluster, linkage
+
+from e2v.bench.embedders import ColourHistogram
+from e2v.registry import register
+
+WHITE = 255
+
+
+def _unit(rows: np.ndarray) -> np.ndarray:
+    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-8)
+
+
+@register("element_embedder", "appearance")
+class Appearance:
+    """Colour histogram + mirror-symmetric colour layout of a crop on white (a CPU proxy, no weights)."""
+
+    def __init__(self, bins: int = 8, layout: int = 8, layout_weight: float = 0.5) -> None:
+        self.histogram = ColourHistogram(bins)
+        self.layout, self.layout_weight = layout, layout_weight
+
+    def _layout(self, crop: np.ndarray) -> np.ndarray:
+        side = max(crop.shape[:2])
+        square = np.full((side, side, 3), WHITE, np.uint8)
+        top, left = (side - crop.shape[0]) // 2, (side - crop.shape[1]) // 2
+        square[top : top + crop.shape[0], left : left + crop.shape[1]] = crop
+        thumb = cv2.resize(square, (self.layout,) * 2, interpolation=cv2.INTER_AREA).astype(np.float32) / 255
+        thumb = (thumb + thumb[:, ::-1]) / 2  # the same element seen mirrored gives the same layout
+        flat = thumb.ravel() - thumb.mean()
+        return flat / max(np.linalg.norm(flat), 1e-8)
+
+    def embed(self, crops: list[np.ndarray]) -> np.ndarray:
+        colours = self.histogram.embed(crops).numpy()
+        layouts = np.stack([self._layout(c) for c in crops])
+        joined = np.concatenate([np.sqrt(1 - self.layout_weight) * _unit(colours),
+                                 np.sqrt(self.layout_weight) * layouts], axis=1)
+        return _unit(joined).astype(np.float32)
+
+
+def group_identities(embeddings: np.ndarray, threshold: float) -> np.ndarray:
+    """Identity labels ``int [N]`` (0.. in order of first appearance) from L2-normalised ``[N, D]`` embeddings:
+    average-linkage clusters whose mean cosine distance stays under ``threshold``."""
+    count = len(embeddings)
+    if count < 2:
+        return np.zeros(count, np.int64)
+    distances = np.clip(1 - embeddings @ embeddings.T, 0, 2)
+    condensed = distances[np.triu_indices(count, 1)]
+    raw = fcluster(linkage(condensed, method="average"), t=threshold, criterion="distance")
+    order = {label: n for n, label in enumerate(dict.fromkeys(raw.tolist()))}
+    return np.array([order[label] for label in raw], np.int64)
+
+
+def stable_pick(options: list, *key: object) -> object:
+    """One of ``options`` chosen by a hash of ``key`` (the same choice in every run, shard and engine)."""
+    digest = hashlib.sha1(repr(key).encode()).digest()
+    return options[int.from_bytes(digest[:8], "big") % len(options)]

@@ -1,0 +1,133 @@
+"""Clip quality filters (registry kind ``quality_filter``): each measures one number on a clip's frames
+``uint8 [F, H, W, 3]`` and rejects the clip under its ``name`` (the report's rejection reason) when it fails.
+
+The thresholds are per frame and per pixel, so they hold across resolutions; ``e2v data build`` writes every
+measured value to the report, to tune them on a user's footage.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from e2v.registry import register
+
+
+def luma(frames: np.ndarray) -> np.ndarray:
+    """``float32 [F, H, W]`` Rec. 601 luma in 0..255."""
+    return frames.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+
+
+class _Filter:
+    name = ""
+
+    def measure(self, frames: np.ndarray) -> float:
+        raise NotImplementedError
+
+    def passes(self, value: float) -> bool:
+        raise NotImplementedError
+
+    def check(self, frames: np.ndarray) -> tuple[bool, float]:
+        value = float(self.measure(frames))
+        return self.passes(value), value
+
+
+@register("quality_filter", "black")
+class Black(_Filter):
+    """Rejects dark clips: mean luma below ``min_luma`` (0..255)."""
+
+    name = "black"
+
+    def __init__(self, min_luma: float = 12.0) -> None:
+        self.min_luma = min_luma
+
+    def measure(self, frames: np.ndarray) -> float:
+        return luma(frames).mean()
+
+    def passes(self, value: float) -> bool:
+        return value >= self.min_luma
+
+
+@register("quality_filter", "static")
+class Static(_Filter):
+    """Rejects clips where nothing moves: the share of pixels whose luma changes by more than ``change`` (0..255)
+    between consecutive frames, averaged over frame pairs, below ``min_moving`` (compression noise stays under
+    ``change``)."""
+
+    name = "static"
+
+    def __init__(self, min_moving: float = 0.001, change: float = 10.0) -> None:
+        self.min_moving, self.change = min_moving, change
+
+    def measure(self, frames: np.ndarray) -> float:
+        y = luma(frames)
+        return (np.abs(np.diff(y, axis=0)) > self.change).mean() if len(y) > 1 else 0.0
+
+    def passes(self, value: float) -> bool:
+        return value >= self.min_moving
+
+
+@register("quality_filter", "flashing")
+class Flashing(_Filter):
+    """Rejects strobing clips: more than ``max_flashes`` frames whose mean luma jumps by over ``jump`` (0..255)
+    from the previous frame."""
+
+    name = "flashing"
+
+    def __init__(self, jump: float = 30.0, max_flashes: int = 1) -> None:
+        self.jump, self.max_flashes = jump, max_flashes
+
+    def measure(self, frames: np.ndarray) -> float:
+        means = luma(frames).mean(axis=(1, 2))
+        return float((np.abs(np.diff(means)) > self.jump).sum())
+
+    def passes(self, value: float) -> bool:
+        return value <= self.max_flashes
+
+
+@register("quality_filter", "blurred")
+class Blurred(_Filter):
+    """Rejects blurred clips: the median over frames of edge strength relative to contrast (99th percentile of the
+    luma gradient magnitude per pixel over the 1-99 percentile luma range) below ``min_sharpness``. Relative, so a
+    smooth sky with one sharp subject passes and a blurred high-contrast wall does not."""
+
+    name = "blurred"
+
+    def __init__(self, min_sharpness: float = 0.12) -> None:
+        self.min_sharpness = min_sharpness
+
+    def measure(self, frames: np.ndarray) -> float:
+        ratios = []
+        for y in luma(frames):
+            gradient = np.hypot(cv2.Sobel(y, cv2.CV_32F, 1, 0), cv2.Sobel(y, cv2.CV_32F, 0, 1)) / 8  # Sobel gain
+            low, high = np.percentile(y, (1, 99))
+            ratios.append(np.percentile(gradient, 99) / max(8.0, high - low))
+        return float(np.median(ratios))
+
+    def passes(self, value: float) -> bool:
+        return value >= self.min_sharpness
+
+
+@register("quality_filter", "camera_motion")
+class CameraMotion(_Filter):
+    """Rejects clips with camera motion: the median (over frame pairs) of the median optical-flow magnitude
+    (Farneback, over all pixels) above ``max_motion`` in fractions of the frame's longest side per frame. Moving
+    subjects cover less than half the frame, so the median pixel is background: its flow is the camera's."""
+
+    name = "camera_motion"
+
+    def __init__(self, max_motion: float = 0.01) -> None:
+        self.max_motion = max_motion
+
+    def measure(self, frames: np.ndarray) -> float:
+        y = luma(frames).astype(np.uint8)
+        if len(y) < 2:
+            return 0.0
+        magnitudes = []
+        for a, b in zip(y[:-1], y[1:]):
+            flow = cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 3, 9, 3, 5, 1.1, 0)
+            magnitudes.append(np.median(np.linalg.norm(flow, axis=2)))
+        return float(np.median(magnitudes)) / max(frames.shape[1:3])
+
+    def passes(self, value: float) -> bool:
+        return value <= self.max_motion

@@ -1,0 +1,273 @@
+"""Raw videos with known truth, to verify ``e2v data build``: long multi-shot videos of recurring identities.
+
+``e2v data synth --raw --out DIR`` writes::
+
+    DIR/videos/<video>.mp4      raw videos (hard cuts between shots, 16 fps by default), plus a few broken ones
+    DIR/truth/<video>.json      per video: shot boundaries, each shot's kind, and per frame every subject's box and
+                                identity (library element name)
+    DIR/direct/train.jsonl      the triplets a perfect build would make (same clip windows, true references and
+                                clean plates): the baseline a built manifest is compared with
+    DIR/direct/heldout.jsonl    held-out triplets (subject pairs never together in any raw video), for evaluation
+
+The world reuses the synthetic world's elements and backgrounds (``e2v.synth``) with the rules a still-camera
+background-subtraction pipeline can recover: each subject moves along its own lane (rows when the motion is
+horizontal, columns when vertical), fast enough (``TRAVEL`` of the frame per clip, sizes ``SIZE``) that every
+background pixel is uncovered in most frames of a shot. References are ordered by the subjects' first-frame x
+(left to right), the order a build can observe. A video's cast (3-4 identities) recurs across its shots, and the
+library's 18 identities recur across videos, so references can come from other clips.
+
+Shot kinds besides ``normal``: ``static`` (nothing moves), ``black``, ``flash`` (strobe frames), ``blur``, ``pan``
+(fast camera motion), ``short`` (shorter than one clip) and ``duplicate`` (an exact copy of an earlier video's
+shot, as a re-upload); the truth names the rejection each should get. Broken videos: a truncated file, one too
+short, one too small and one at an odd frame rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from e2v import synth
+from e2v.atomic import write_json_atomic, write_text_atomic
+from e2v.datamodules.video_io import save_image, write_video
+
+RAW_FPS = 16.0
+CLIP_FPS = 8.0
+CLIP_FRAMES = 17
+SPAN = int(round((CLIP_FRAMES - 1) * RAW_FPS / CLIP_FPS)) + 1  # raw frames one clip covers (33)
+TRAVEL = 0.7  # fraction of the frame a subject moves in one clip (2 s)
+SIZE = (0.24, 0.3)  # a subject's longest side, fraction of the frame
+LANES = {1: (0.5,), 2: (0.3, 0.7)}
+SHOT_KINDS = {"normal": 0.8, "static": 0.04, "black": 0.03, "flash": 0.03, "blur": 0.03, "pan": 0.04, "short": 0.03}
+EXPECT = {"normal": "keep", "static": "static", "black": "black", "flash": "flashing", "blur": "blurred",
+          "pan": "camera_motion", "short": "too_short", "duplicate": "near_duplicate"}
+
+
+@dataclass(frozen=True)
+class ShotPlan:
+    kind: str
+    frames: int
+    background: int
+    subjects: tuple[int, ...]  # library indices, in reference order (first-frame x, left to right)
+    direction: str
+    starts: tuple[tuple[float, float], ...]  # first-frame centres (x, y), fractions of the frame
+    sizes: tuple[float, ...]
+    angles: tuple[float, ...]
+    flips: tuple[bool, ...]
+    window: tuple[float, float, float, float]  # background window start (x, y) and end (x, y)
+    caption: str
+
+
+def _lane_starts(rng: np.random.Generator, count: int, direction: str) -> list[tuple[float, float]]:
+    """First-frame centres: lane k at the k-th lane position, staggered so x orders the subjects."""
+    jitter = lambda: rng.uniform(-0.02, 0.02)  # noqa: E731
+    dx, dy = synth.DIRECTIONS[direction]
+    starts = []
+    for k, lane in enumerate(LANES[count]):
+        if dx:  # horizontal motion: lanes are rows, the start x staggered by lane
+            along = 0.15 + 0.1 * k if dx > 0 else 0.75 + 0.1 * k
+            starts.append((along + jitter(), lane + jitter()))
+        else:
+            along = 0.15 if dy > 0 else 0.85
+            starts.append((lane + jitter(), along + jitter()))
+    return starts
+
+
+def plan_shot(rng: np.random.Generator, kind: str, cast: list[int], banned: set, previous_background: int,
+              count: int | None = None) -> ShotPlan:
+    """One shot of ``kind`` with 1-2 subjects of ``cast`` (no ``banned`` pair) over a background other than
+    ``previous_background`` (so every cut changes the picture)."""
+    count = int(rng.integers(1, 3)) if count is None else count
+    while True:
+        subjects = sorted(rng.choice(cast, size=min(count, len(cast)), replace=False).tolist())
+        if len(subjects) < 2 or tuple(subjects) not in banned:
+            break
+    subjects = [subjects[i] for i in rng.permutation(len(subjects))]
+    background = int(rng.choice([b for b in range(len(synth.background_library())) if b != previous_background]))
+    direction = str(rng.choice(list(synth.DIRECTIONS)))
+    frames = int(rng.integers(20, SPAN - 2)) if kind == "short" else int(rng.integers(SPAN + 1, SPAN + 24))
+    fx, fy = rng.uniform(0, 1, size=2)
+    pan = lambda v: v + 0.6 if v < 0.4 else v - 0.6  # noqa: E731  (a pan crosses 0.6 of the background's range)
+    window = (fx, fy, pan(fx), fy) if kind == "pan" else (fx, fy, fx, fy)
+    phrases = [synth.element_library()[s].phrase for s in subjects]
+    caption = synth.make_caption(rng, phrases, synth.background_library()[background].phrase, direction)
+    return ShotPlan(
+        kind, frames, background, tuple(subjects), direction, tuple(_lane_starts(rng, len(subjects), direction)),
+        tuple(float(v) for v in rng.uniform(*SIZE, size=len(subjects))),
+        tuple(float(v) for v in rng.uniform(-8, 8, size=len(subjects))),
+        tuple(bool(v) for v in rng.integers(0, 2, size=len(subjects))), tuple(float(v) for v in window), caption)
+
+
+def _pose(plan: ShotPlan, i: int, frame: int, fps: float) -> synth.Pose:
+    dx, dy = synth.DIRECTIONS[plan.direction]
+    moved = 0.0 if plan.kind == "static" else TRAVEL * frame / (SPAN - 1) * RAW_FPS / fps
+    x, y = plan.starts[i]
+    return synth.Pose(x + dx * moved, y + dy * moved, plan.sizes[i], plan.angles[i], plan.flips[i])
+
+
+def render_shot(plan: ShotPlan, height: int, width: int, fps: float = RAW_FPS, blur: float = 1.0,
+                frames: int | None = None) -> tuple[np.ndarray, list[list[list[int] | None]], np.ndarray]:
+    """``(video uint8 [F, H, W, 3], boxes [subject][frame] -> [x0, y0, x1, y1] or None when out of view,
+    plate uint8 [H, W, 3] of frame 0)``; ``frames``/``fps`` resample the shot (the direct clips use 8 fps)."""
+    count = plan.frames if frames is None else frames
+    background = synth.background_canvas(plan.background, height, width, blur)
+    sprites = [synth.prescaled(synth.element_library()[s].rgba, size * min(height, width))
+               for s, size in zip(plan.subjects, plan.sizes)]
+    video = np.empty((count, height, width, 3), np.uint8)
+    boxes: list[list] = [[] for _ in plan.subjects]
+    x0, y0, x1, y1 = plan.window
+    plate = None
+    for f in range(count):
+        t = f / max(1, count - 1) if plan.kind == "pan" else 0.0
+        frame = synth.window(background, x0 + (x1 - x0) * t, y0 + (y1 - y0) * t, height, width)
+        if plate is None:
+            plate = frame.copy()
+        for i, sprite in enumerate(sprites):
+            alpha = np.zeros((height, width, 3), np.float32)
+            pose = _pose(plan, i, f, fps)
+            synth.draw(frame, sprite, pose)
+            synth.draw(alpha, np.concatenate([sprite[..., 3:]] * 4, axis=2), pose)
+            ys, xs = np.nonzero(alpha[..., 0] > 0.5)
+            boxes[i].append([int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1] if len(xs) else None)
+        video[f] = np.clip(frame * 255 + 0.5, 0, 255).astype(np.uint8)
+    if plan.kind == "black":
+        video = (video.astype(np.float32) * 0.03).astype(np.uint8)
+    elif plan.kind == "blur":
+        video = np.stack([cv2.GaussianBlur(v, (0, 0), 5.0) for v in video])
+    elif plan.kind == "flash":
+        for f in range(4, count, 6):
+            video[f] = np.clip(video[f].astype(np.int16) + 150, 0, 255).astype(np.uint8)
+    return video, boxes, np.clip(plate * 255 + 0.5, 0, 255).astype(np.uint8)
+
+
+def _reference(element: int, rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """A true subject reference: the sprite on white, bigger, tilted and mirrored (as in the synthetic world)."""
+    canvas = np.ones((height, width, 3), np.float32)
+    size = rng.uniform(0.7, 0.85)
+    pose = synth.Pose(rng.uniform(0.4, 0.6), rng.uniform(0.4, 0.6), size, float(rng.uniform(-30, 30)), bool(rng.integers(2)))
+    synth.draw(canvas, synth.prescaled(synth.element_library()[element].rgba, size * min(height, width)), pose)
+    return np.clip(canvas * 255 + 0.5, 0, 255).astype(np.uint8)
+
+
+def _direct_record(out: Path, name: str, plan: ShotPlan, rng: np.random.Generator, height: int, width: int,
+                   split: str) -> dict:
+    """Write one true triplet (the shot's first clip at ``CLIP_FPS``) under ``out``; returns its record."""
+    video, _, plate = render_shot(plan, height, width, fps=CLIP_FPS, frames=CLIP_FRAMES)
+    write_video(out / "clips" / f"{name}.mp4", video, fps=CLIP_FPS, threads=1)
+    refs = []
+    for n, element in enumerate(plan.subjects):
+        save_image(out / "refs" / f"{name}_{n}.png", _reference(element, rng, height, width))
+        item = synth.element_library()[element]
+        refs.append({"path": f"refs/{name}_{n}.png", "kind": item.kind, "element": item.name})
+    save_image(out / "refs" / f"{name}_bg.png", plate)
+    refs.append({"path": f"refs/{name}_bg.png", "kind": "background",
+                 "element": synth.background_library()[plan.background].name})
+    return {"id": name, "video": f"clips/{name}.mp4", "caption": plan.caption, "references": refs, "split": split}
+
+
+def _write_video_and_truth(out: Path, name: str, shots: list[ShotPlan], height: int, width: int, fps: float) -> None:
+    parts, truth_shots, start = [], [], 0
+    for plan in shots:
+        video, boxes, _ = render_shot(plan, height, width, fps=fps)
+        parts.append(video)
+        library = synth.element_library()
+        truth_shots.append({
+            "start": start, "end": start + len(video), "kind": plan.kind, "expect": EXPECT[plan.kind],
+            "background": synth.background_library()[plan.background].name, "direction": plan.direction,
+            "caption": plan.caption,
+            "subjects": [{"identity": library[s].name, "kind": library[s].kind, "boxes": b}
+                         for s, b in zip(plan.subjects, boxes)],
+        })
+        start += len(video)
+    write_video(out / "videos" / f"{name}.mp4", np.concatenate(parts), fps=fps, threads=1)
+    truth = {"video": f"videos/{name}.mp4", "fps": fps, "frames": start, "height": height, "width": width,
+             "shots": truth_shots}
+    write_json_atomic(out / "truth" / f"{name}.json", truth, indent=1)
+
+
+def _broken_videos(out: Path, rng: np.random.Generator, height: int, width: int) -> None:
+    """A truncated file, a too-short video, a too-small video and one at 5 fps (truth: their expected rejection)."""
+    plan = plan_shot(rng, "normal", [0, 1, 2], set(), -1)
+    video, _, _ = render_shot(plan, height, width)
+    broken = {
+        "broken_truncated": ("corrupt", video, RAW_FPS),
+        "broken_short": ("too_short", video[:10], RAW_FPS),
+        "broken_small": ("too_small", video[:, :16, :16], RAW_FPS),
+        "broken_fps": ("odd_fps", video[::3], 5.0),
+    }
+    for name, (reason, frames, fps) in broken.items():
+        path = out / "videos" / f"{name}.mp4"
+        write_video(path, frames, fps=fps, threads=1)
+        if reason == "corrupt":
+            data = path.read_bytes()
+            path.write_bytes(data[: len(data) // 3])
+        write_json_atomic(out / "truth" / f"{name}.json", {"video": f"videos/{name}.mp4", "expect": reason}, indent=1)
+
+
+def synthesize_raw(out_dir: str | os.PathLike, videos: int = 48, shots: tuple[int, int] = (6, 10),
+                   heldout: int = 24, height: int = 64, width: int = 64, seed: int = 0, duplicates: float = 0.02,
+                   broken: bool = True, progress: bool = True) -> dict:
+    """Write the raw world (see the module docstring); returns counts. Deterministic by ``seed``."""
+    out = Path(out_dir)
+    rng = np.random.default_rng([seed, 7])
+    pairs = synth.heldout_pairs(seed)
+    banned = set(pairs)
+    library = len(synth.element_library())
+    kinds, weights = list(SHOT_KINDS), np.array(list(SHOT_KINDS.values()))
+    direct, done_shots = [], []  # done_shots: (video, shot plan) pairs a duplicate may copy
+    for v in tqdm(range(videos), desc="raw videos", disable=not progress):
+        name = f"video_{v:04d}"
+        cast = rng.choice(library, size=int(rng.integers(3, 5)), replace=False).tolist()
+        plans, previous = [], -1
+        for _ in range(int(rng.integers(shots[0], shots[1] + 1))):
+            if done_shots and rng.uniform() < duplicates:
+                source = done_shots[int(rng.integers(len(done_shots)))]
+                if source.background != previous:
+                    plans.append(ShotPlan(**{**asdict(source), "kind": "duplicate"}))
+                    previous = source.background
+                    continue
+            plan = plan_shot(rng, str(rng.choice(kinds, p=weights / weights.sum())), cast, banned, previous)
+            plans.append(plan)
+            previous = plan.background
+        _write_video_and_truth(out, name, plans, height, width, RAW_FPS)
+        for k, plan in enumerate(plans):
+            if plan.kind == "normal":
+                done_shots.append(plan)
+                direct.append(_direct_record(out / "direct", f"{name}_s{k:02d}", plan, rng, height, width, "train"))
+    held = []
+    for i in range(heldout):
+        pair = list(pairs[int(rng.integers(len(pairs)))])
+        plan = plan_shot(rng, "normal", pair, set(), -1, count=2)
+        held.append(_direct_record(out / "direct", f"heldout_{i:04d}", plan, rng, height, width, "heldout"))
+    if broken:
+        _broken_videos(out, rng, height, width)
+    for split, records in (("train", direct), ("heldout", held)):
+        write_text_atomic(out / "direct" / f"{split}.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    world = {"videos": videos, "seed": seed, "height": height, "width": width, "raw_fps": RAW_FPS,
+             "clip_fps": CLIP_FPS, "clip_frames": CLIP_FRAMES, "heldout_pairs": [
+                 [synth.element_library()[a].name, synth.element_library()[b].name] for a, b in pairs]}
+    write_json_atomic(out / "world.json", world, indent=2)
+    return {"videos": str(out / "videos"), "direct_train": len(direct), "direct_heldout": len(held)}
+
+
+def add_raw_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("raw videos (--raw)")
+    group.add_argument("--raw", action="store_true", help="write long multi-shot raw videos with truth instead")
+    group.add_argument("--videos", type=int, default=48, help="raw videos (--raw)")
+    group.add_argument("--no-broken", action="store_true", help="leave out the broken videos (--raw)")
+
+
+def raw_command(args: argparse.Namespace) -> int:
+    if args.height % 2 or args.width % 2:
+        raise SystemExit("e2v data synth: --height and --width must be even")
+    result = synthesize_raw(args.out, videos=args.videos, heldout=args.heldout, height=args.height,
+                            width=args.width, seed=args.seed, broken=not args.no_broken)
+    print(json.dumps(result, indent=2))
+    return 0

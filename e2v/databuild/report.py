@@ -1,0 +1,72 @@
+"""The build report: ``OUT/report.json`` (counts per stage, rejections by reason, filter values, throughput) and
+``OUT/report.html`` with sample triplets as PNG strips (references | frames) under ``OUT/report/``."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from e2v.atomic import write_json_atomic, write_text_atomic
+from e2v.datamodules.video_io import read_video, save_image
+
+STRIP_HEIGHT = 96
+
+
+def _fit(image: np.ndarray, height: int = STRIP_HEIGHT) -> np.ndarray:
+    scale = height / image.shape[0]
+    return cv2.resize(image, (max(1, round(image.shape[1] * scale)), height), interpolation=cv2.INTER_NEAREST)
+
+
+def triplet_strip(out: Path, record: dict, frames: int = 4) -> np.ndarray:
+    """``uint8 [h, w, 3]``: a record's references, a gap, then ``frames`` frames of its clip."""
+    from PIL import Image
+
+    refs = [_fit(np.asarray(Image.open(out / r["path"]).convert("RGB"))) for r in record["references"]]
+    video = read_video(out / record["video"], None).numpy()
+    picks = video[np.linspace(0, len(video) - 1, frames).round().astype(int)]
+    gap = np.full((STRIP_HEIGHT, 12, 3), 255, np.uint8)
+    return np.concatenate([*refs, gap, *(_fit(f) for f in picks)], axis=1)
+
+
+def write_report(out: str | Path, counts: dict, samples: list[dict], results: list[dict], config: dict,
+                 extra: dict | None = None) -> dict:
+    """Write report.json and report.html; returns the report."""
+    out = Path(out)
+    seconds = sum(r.get("seconds", 0.0) for r in results)
+    cut = sum(len(r.get("clips", [])) + sum(1 for c in r.get("rejected_clips", []) if c["reason"] != "too_short")
+              for r in results)
+    values: dict[str, list[float]] = {}
+    for result in results:
+        for clip in result.get("clips", []) + result.get("rejected_clips", []):
+            for name, value in clip.get("values", {}).items():
+                values.setdefault(name, []).append(value)
+    report = {
+        "counts": counts,
+        "throughput": {"video_seconds": round(seconds, 2), "clips_cut": cut,
+                       "clips_per_minute_per_core": round(cut / (seconds / 60), 2) if seconds else None},
+        "filter_values": {k: {"min": round(min(v), 5), "median": round(float(np.median(v)), 5), "max": round(max(v), 5)}
+                          for k, v in sorted(values.items())},
+        "config": config, **(extra or {}),
+    }
+    write_json_atomic(out / "report.json", report, indent=2)
+    rows = []
+    for record in samples:
+        name = f"report/{record['id']}.png"
+        save_image(out / name, triplet_strip(out, record))
+        sources = ", ".join(r["ref_source"] for r in record["references"])
+        rows.append(f"<figure><img src='{html.escape(name)}'><figcaption>{html.escape(record['id'])}: "
+                    f"{html.escape(record['caption'])} <small>({html.escape(sources)})</small></figcaption></figure>")
+    page = f"""<!doctype html><meta charset="utf-8"><title>e2v data build report</title>
+<style>body{{font-family:sans-serif;margin:2em}} img{{image-rendering:pixelated}} pre{{background:#f4f4f4;padding:1em}}</style>
+<h1>e2v data build</h1>
+<h2>Counts</h2><pre>{html.escape(json.dumps(report["counts"], indent=2))}</pre>
+<h2>Throughput</h2><pre>{html.escape(json.dumps(report["throughput"], indent=2))}</pre>
+<h2>Filter values (every clip that reached the filters)</h2><pre>{html.escape(json.dumps(report["filter_values"], indent=2))}</pre>
+<h2>Sample triplets (references | frames)</h2>{''.join(rows)}
+"""
+    write_text_atomic(out / "report.html", page)
+    return report

@@ -1,0 +1,111 @@
+"""A build scored against the raw world's truth (``e2v data synth --raw``): shot boundaries, subject boxes,
+reference identities and rejections.
+
+- shot F1: predicted cuts within ``tolerance`` frames of a true cut (one-to-one), over the readable videos;
+- subject recall: true subjects of the shots that should give a clip, found by an element of that shot's clip
+  whose boxes overlap theirs with median IoU >= 0.5 over the clip's frames (a wrongly rejected clip misses all);
+- cross-clip identity accuracy: references taken from another clip whose element is the same true identity as the
+  element it stands for (both matched to truth by the IoU rule);
+- rejections: for each true shot kind, what the build did with it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from e2v.databuild.elements import box_iou
+from e2v.databuild.video import WORK
+
+CROP = re.compile(r"crops/(?P<clip>.+)_e(?P<index>\d+)(_aug)?\.png$")
+
+
+def _cut_matches(predicted: list[int], truth: list[int], tolerance: int) -> int:
+    free, hits = list(truth), 0
+    for cut in predicted:
+        near = [t for t in free if abs(t - cut) <= tolerance]
+        if near:
+            free.remove(min(near, key=lambda t: abs(t - cut)))
+            hits += 1
+    return hits
+
+
+def _element_identity(clip: dict, element: dict, shot: dict) -> str | None:
+    """The true identity whose boxes the element's match (median IoU >= 0.5), else None."""
+    best, best_iou = None, 0.5
+    for subject in shot["subjects"]:
+        ious = []
+        for frame, box in zip(clip["source_frames"], element["boxes"]):
+            truth_box = subject["boxes"][frame - shot["start"]] if frame - shot["start"] < len(subject["boxes"]) else None
+            if truth_box is not None:
+                ious.append(box_iou(tuple(box), tuple(truth_box)) if box is not None else 0.0)
+        if ious and float(np.median(ious)) >= best_iou:
+            best, best_iou = subject["identity"], float(np.median(ious))
+    return best
+
+
+def score_build(out: str | Path, raw: str | Path, tolerance: int = 2) -> dict:
+    """Scores of the build in ``out`` against the truth in ``raw`` (see the module docstring)."""
+    out, raw = Path(out), Path(raw)
+    results = {r["name"]: r for r in (json.loads(p.read_text()) for p in (out / WORK).glob("*.json"))}
+    cut_hits = cut_predicted = cut_true = 0
+    recall_hits = recall_total = 0
+    outcomes: dict[str, Counter] = defaultdict(Counter)
+    identity: dict[str, str | None] = {}  # clip id + element index -> true identity
+    for truth_file in sorted((raw / "truth").glob("*.json")):
+        truth = json.loads(truth_file.read_text())
+        result = results.get(Path(truth["video"]).name)
+        if result is None:
+            continue
+        if "shots" not in truth:
+            outcomes[f"video:{truth['expect']}"][result["reason"] or "keep"] += 1
+            continue
+        predicted = [a for a, _ in result["shots"][1:]]
+        true_cuts = [s["start"] for s in truth["shots"][1:]]
+        cut_hits += _cut_matches(predicted, true_cuts, tolerance)
+        cut_predicted, cut_true = cut_predicted + len(predicted), cut_true + len(true_cuts)
+        for shot in truth["shots"]:
+            inside = [c for c in result["clips"] if shot["start"] <= c["source_frames"][0] < shot["end"]]
+            rejected = [c for c in result["rejected_clips"] if "start" in c and shot["start"] <= c["start"] < shot["end"]]
+            outcome = "keep" if inside else (rejected[0]["reason"] if rejected else "too_short")
+            outcomes[shot["kind"]][outcome] += 1
+            for clip in inside:
+                for n, element in enumerate(clip["elements"]):
+                    identity[f"{clip['id']}#{n}"] = _element_identity(clip, element, shot)
+            if shot["expect"] != "keep":
+                continue
+            for subject in shot["subjects"]:
+                recall_total += 1
+                recall_hits += any(_element_identity(c, e, {**shot, "subjects": [subject]}) for c in inside
+                                   for e in c["elements"])
+    checked = correct = unmatched = 0
+    sources = Counter()
+    for line in (out / "train.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        for n, ref in enumerate(r for r in record["references"] if r["kind"] != "background"):
+            sources[ref["ref_source"]] += 1
+            if ref["ref_source"] != "cross_clip":
+                continue
+            match = CROP.search(ref["path"])
+            target, source = identity.get(f"{record['id']}#{n}"), identity.get(f"{match['clip']}#{match['index']}")
+            if target is None or source is None:
+                unmatched += 1
+                continue
+            checked += 1
+            correct += target == source
+    precision = cut_hits / cut_predicted if cut_predicted else 1.0
+    recall = cut_hits / cut_true if cut_true else 1.0
+    return {
+        "shot_f1": round(2 * precision * recall / (precision + recall), 4) if precision + recall else 0.0,
+        "shot_precision": round(precision, 4), "shot_recall": round(recall, 4),
+        "subject_recall": round(recall_hits / recall_total, 4) if recall_total else None,
+        "subjects": recall_total,
+        "cross_clip_identity_accuracy": round(correct / checked, 4) if checked else None,
+        "cross_clip_checked": checked, "cross_clip_unmatched": unmatched,
+        "reference_sources": dict(sources),
+        "outcomes": {kind: dict(counter) for kind, counter in sorted(outcomes.items())},
+    }

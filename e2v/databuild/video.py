@@ -1,0 +1,307 @@
+"""One raw video through the per-video stages: probe, shots, clips, quality filters, plate, elements, crops,
+embeddings and captions. Writes the clips, plates and crops under the build folder and returns (and writes,
+atomically, last) the video's result: ``OUT/work/<key>.json``. A video whose result exists is done.
+
+Pixel coordinates in a result are those of the written clips. Clip ids are ``<key>_s<shot>_<n>``.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import functools
+import hashlib
+import json
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from e2v import registry
+from e2v.atomic import write_json_atomic
+from e2v.databuild.captions import colour_name
+from e2v.databuild.config import BuildConfig
+from e2v.databuild.elements import Track, link_tracks
+from e2v.databuild.shots import iter_frames
+from e2v.databuild.stages import ClipContext
+from e2v.datamodules.video_io import VideoDecodeError, probe_video, save_image, write_video
+
+WORK = "work"
+WHITE = 255
+
+
+@dataclass(frozen=True)
+class VideoJob:
+    """``path``: the video; ``name``: its path as listed (relative to the source), which names its outputs."""
+
+    path: str
+    name: str
+    out: str
+    config: dict
+
+
+def video_key(name: str) -> str:
+    """A file-system-safe, unique key for a listed video name: its stem and a hash of the whole name."""
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(name).stem)[:48] or "video"
+    return f"{stem}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+
+
+def result_path(out: str | Path, key: str) -> Path:
+    return Path(out) / WORK / f"{key}.json"
+
+
+class Stages:
+    """The components a config names, built once per process."""
+
+    def __init__(self, config: BuildConfig) -> None:
+        build = registry.build
+        self.shots = build("shot_detector", config.shot_detector)
+        self.filters = [build("quality_filter", spec) for spec in config.filters]
+        self.plate = build("plate_estimator", config.plate)
+        self.detector = build("element_detector", config.element_detector)
+        self.faces = build("face_detector", config.face_detector)
+        self.embedder = build("element_embedder", config.embedder)
+        self.face_embedder = build("element_embedder", config.face_embedder)
+        self.captioners = [build("captioner", spec) for spec in config.captioners]
+
+
+@functools.lru_cache(maxsize=4)
+def _stages(config_json: str) -> Stages:
+    return Stages(BuildConfig(**json.loads(config_json)))
+
+
+def encode_vector(vector: np.ndarray) -> str:
+    """float32 vector as base64 (exact, compact, JSON-safe)."""
+    return base64.b64encode(np.asarray(vector, np.float32).tobytes()).decode()
+
+
+def decode_vector(text: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(text), np.float32)
+
+
+def frame_hash(frames: np.ndarray) -> str:
+    """192-bit difference hash of the first, middle and last frames (hex), for near-duplicate search."""
+    bits = []
+    for frame in frames[[0, len(frames) // 2, -1]]:
+        grey = cv2.resize(cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY), (9, 8), interpolation=cv2.INTER_AREA)
+        bits.append((grey[:, 1:] > grey[:, :-1]).ravel())
+    return np.packbits(np.concatenate(bits)).tobytes().hex()
+
+
+def crop_on_white(frame: np.ndarray, mask: np.ndarray, box: tuple, margin: float = 0.1) -> np.ndarray:
+    """The masked element on a white canvas (A2's reference form), cropped to its box plus ``margin``."""
+    x0, y0, x1, y1 = (int(v) for v in box)
+    canvas = np.where(mask[..., None], frame, WHITE).astype(np.uint8)[y0:y1, x0:x1]
+    pad = max(1, round(margin * max(canvas.shape[:2])))
+    return cv2.copyMakeBorder(canvas, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(WHITE,) * 3)
+
+
+def augmented(crop: np.ndarray, angle: float = 10.0, scale: float = 0.9) -> np.ndarray:
+    """A same-clip reference made less copyable: mirrored, turned and shrunk on white."""
+    height, width = crop.shape[:2]
+    matrix = cv2.getRotationMatrix2D(((width - 1) / 2, (height - 1) / 2), angle, scale)
+    turned = cv2.warpAffine(np.ascontiguousarray(crop[:, ::-1]), matrix, (width, height),
+                            borderMode=cv2.BORDER_CONSTANT, borderValue=(WHITE,) * 3)
+    return turned
+
+
+def _best_frame(track: Track, height: int, width: int) -> int:
+    """The frame where the element is largest without touching the frame border (else simply largest)."""
+    def inside(f: int) -> bool:
+        x0, y0, x1, y1 = track.detections[f].box
+        return x0 > 0 and y0 > 0 and x1 < width and y1 < height
+
+    frames = track.frames
+    whole = [f for f in frames if inside(f)] or frames
+    return max(whole, key=lambda f: (track.detections[f].score, -f))
+
+
+def motion_direction(tracks: list[Track], side: int, min_travel: float = 0.05) -> str:
+    """The elements' common motion ("left", "right", "up", "down"), or "still" below ``min_travel`` of ``side``."""
+    moves = []
+    for track in tracks:
+        first, last = track.frames[0], track.frames[-1]
+        (ax, ay), (bx, by) = track.centre(first), track.centre(last)
+        moves.append((bx - ax, by - ay))
+    dx, dy = np.mean(moves, axis=0) if moves else (0.0, 0.0)
+    if max(abs(dx), abs(dy)) < min_travel * side:
+        return "still"
+    if abs(dx) >= abs(dy):
+        return "right" if dx > 0 else "left"
+    return "down" if dy > 0 else "up"
+
+
+def _resize(frames: np.ndarray, size: list[int] | None) -> np.ndarray:
+    if size is None or list(frames.shape[1:3]) == list(size):
+        return frames
+    return np.stack([cv2.resize(f, (size[1], size[0]), interpolation=cv2.INTER_AREA) for f in frames])
+
+
+def _windows(shots: list[tuple[int, int]], span: int, config: BuildConfig) -> tuple[list[tuple[int, int, int]], list[int]]:
+    """Clip windows ``(shot, n, first native frame)`` cut from each shot's start, and the shots too short for one."""
+    windows, short = [], []
+    for index, (first, end) in enumerate(shots):
+        start, count = first + config.trim, 0
+        while count < config.max_clips_per_shot and start + span <= end:
+            windows.append((index, count, start))
+            start, count = start + span, count + 1
+        if count == 0:
+            short.append(index)
+    return windows, short
+
+
+def _gather(path: str, wanted: set[int], size: list[int] | None) -> dict[int, np.ndarray]:
+    """The frames at native indices ``wanted``, decoded in one pass."""
+    found = {}
+    last = max(wanted)
+    for index, image in enumerate(iter_frames(path)):
+        if index in wanted:
+            found[index] = image
+        if index >= last:
+            break
+    missing = sorted(wanted - set(found))
+    if missing:
+        raise VideoDecodeError(f"{path}: decoding stopped before frame {missing[0]} (truncated?)")
+    return {k: _resize(v[None], size)[0] for k, v in found.items()}
+
+
+def _element(track: Track, clip: np.ndarray, clip_id: str, index: int, out: Path) -> tuple[dict, np.ndarray]:
+    height, width = clip.shape[1:3]
+    best = _best_frame(track, height, width)
+    detection = track.detections[best]
+    crop = crop_on_white(clip[best], detection.mask if detection.mask is not None else np.ones((height, width), bool),
+                         detection.box)
+    far = max(track.frames, key=lambda f: (abs(f - best), f))
+    far_det = track.detections[far]
+    far_crop = augmented(crop_on_white(clip[far], far_det.mask if far_det.mask is not None else
+                                       np.ones((height, width), bool), far_det.box))
+    names = {"crop": f"crops/{clip_id}_e{index}.png", "crop_same_clip": f"crops/{clip_id}_e{index}_aug.png"}
+    save_image(out / names["crop"], crop)
+    save_image(out / names["crop_same_clip"], far_crop)
+    boxes = [None if d is None else [round(v, 1) for v in d.box] for d in track.detections]
+    element = {"kind": track.kind, "colour": colour_name(crop), "area": round(track.mean_area, 5), "best_frame": best,
+               "boxes": boxes, **names}
+    return element, crop
+
+
+def _process_clip(stages: Stages, config: BuildConfig, job: VideoJob, clip: np.ndarray, shot_frames: np.ndarray,
+                  clip_id: str, shot: int, out: Path) -> tuple[dict | None, str | None, dict]:
+    """``(clip entry, None, values)`` for a kept clip or ``(None, reason, values)`` for a rejected one."""
+    values = {}
+    for check in stages.filters:
+        passes, values[check.name] = check.check(clip)
+        if not passes:
+            return None, check.name, values
+    rough = stages.plate.estimate(shot_frames, None)
+    masks = np.stack([np.any([d.mask for d in found], axis=0) if found else np.zeros(shot_frames.shape[1:3], bool)
+                      for found in stages.detector.detect(shot_frames, rough)])
+    plate = stages.plate.estimate(shot_frames, masks)
+    height, width = clip.shape[1:3]
+    tracks = link_tracks(stages.detector.detect(clip, plate), max(height, width), min_coverage=config.min_track)
+    if not tracks:
+        return None, "no_elements", values
+    tracks = sorted(sorted(tracks, key=lambda t: -t.mean_area)[: config.max_subjects],
+                    key=lambda t: t.centre(t.frames[0])[0])
+    if stages.faces is not None:
+        for track in tracks:
+            best = _best_frame(track, height, width)
+            x0, y0, x1, y1 = track.detections[best].box
+            for fx0, fy0, fx1, fy1 in stages.faces.detect(clip[best]):
+                if x0 <= (fx0 + fx1) / 2 <= x1 and y0 <= (fy0 + fy1) / 2 <= y1:
+                    track.kind = "face"
+    elements, crops = zip(*(_element(t, clip, clip_id, i, out) for i, t in enumerate(tracks)))
+    embeddings = stages.embedder.embed(list(crops))
+    for element, vector in zip(elements, embeddings):
+        element["embedding"] = encode_vector(vector)
+    faces = [i for i, e in enumerate(elements) if e["kind"] == "face"]
+    if stages.face_embedder is not None and faces:
+        for i, vector in zip(faces, stages.face_embedder.embed([crops[i] for i in faces])):
+            elements[i]["face_embedding"] = encode_vector(vector)
+    direction = motion_direction(tracks, max(height, width))
+    background = f"a {colour_name(plate)} background"
+    context = ClipContext(clip, [dict(e) for e in elements], direction, background, job.path, shot)
+    caption, source = None, None
+    for spec, captioner in zip(config.captioners, stages.captioners):
+        caption = captioner.caption(context)
+        if caption:
+            source = registry.split_spec("captioner", spec)[0]
+            break
+    write_video(out / "clips" / f"{clip_id}.mp4", clip, fps=config.fps, threads=1)
+    save_image(out / "plates" / f"{clip_id}.png", plate)
+    entry = {"id": clip_id, "shot": shot, "video": f"clips/{clip_id}.mp4", "plate": f"plates/{clip_id}.png",
+             "caption": caption or "", "caption_source": source, "direction": direction, "background": background,
+             "elements": list(elements), "hash": frame_hash(clip), "values": values}
+    return entry, None, values
+
+
+def process_video(job: VideoJob) -> dict:
+    """Run the per-video stages on ``job`` and write its result; see the module docstring."""
+    began = time.perf_counter()
+    cv2.setNumThreads(1)
+    config = BuildConfig(**job.config)
+    stages = _stages(json.dumps(job.config, sort_keys=True))
+    key = video_key(job.name)
+    out = Path(job.out)
+    result: dict[str, Any] = {"key": key, "name": job.name, "config": config.digest(), "status": "ok",
+                              "reason": None, "message": None, "shots": [], "clips": [], "rejected_clips": []}
+
+    def reject(reason: str, message: str) -> dict:
+        result.update(status="rejected", reason=reason, message=message)
+        return result
+
+    try:
+        info = probe_video(job.path)
+        result["info"] = info
+        span = int(round((config.frames - 1) * info["fps"] / config.fps)) + 1
+        if min(info["width"], info["height"]) < config.min_side:
+            reject("too_small", f"{info['width']}x{info['height']} is below min_side {config.min_side}")
+        elif not config.fps - 1e-6 <= info["fps"] <= config.max_fps:
+            reject("odd_fps", f"{info['fps']:g} fps is outside [{config.fps:g}, {config.max_fps:g}]")
+        elif info["frames"] < span:
+            reject("too_short", f"{info['frames']} frames, one {config.frames}-frame clip at {config.fps:g} fps "
+                                f"needs {span}")
+        else:
+            result["shots"] = shots = stages.shots.detect(job.path)
+            windows, short = _windows(shots, span, config)
+            result["rejected_clips"] += [{"shot": s, "reason": "too_short", "values": {}} for s in short]
+            if windows:
+                _cut(stages, config, job, key, shots, windows, info["fps"], out, result)
+    except VideoDecodeError as err:
+        reject("corrupt", str(err))
+    result["seconds"] = round(time.perf_counter() - began, 3)
+    write_json_atomic(result_path(out, key), result)
+    return result
+
+
+def _cut(stages: Stages, config: BuildConfig, job: VideoJob, key: str, shots: list, windows: list, native: float,
+         out: Path, result: dict) -> None:
+    step = native / config.fps
+    clip_frames = {w: [w[2] + int(round(i * step)) for i in range(config.frames)] for w in windows}
+    shot_frames = {}
+    for shot in {w[0] for w in windows}:
+        first, end = shots[shot]
+        shot_frames[shot] = sorted({int(round(v)) for v in np.linspace(first, end - 1, min(config.plate_frames,
+                                                                                             end - first))})
+    wanted = set().union(*clip_frames.values(), *shot_frames.values())
+    frames = _gather(job.path, wanted, config.resize)
+    for window in windows:
+        shot, n, start = window
+        clip_id = f"{key}_s{shot:03d}_{n}"
+        clip = np.stack([frames[i] for i in clip_frames[window]])
+        entry, reason, values = _process_clip(stages, config, job, clip, np.stack([frames[i] for i in shot_frames[shot]]),
+                                              clip_id, shot, out)
+        if entry is None:
+            result["rejected_clips"].append({"shot": shot, "start": start, "reason": reason,
+                                             "values": {k: round(v, 5) for k, v in values.items()}})
+        else:
+            entry.update(start=start, source_frames=clip_frames[window])
+            entry["values"] = {k: round(v, 5) for k, v in values.items()}
+            result["clips"].append(entry)
+
+
+def job_config(config: BuildConfig) -> dict:
+    return dataclasses.asdict(config)
