@@ -26,6 +26,7 @@ setup(
         "numpy==2.4.6",
         "pillow==13.0.0",
         "tqdm==4.70.1",
+        "scenedetect==0.6.7",  # e2v data build's shot detection (0.7 requires the GUI opencv-python)
     ],
     extras_require={
         # the face extra too, so the dlib ID-consistency test runs on real (LFW) faces instead of skipping

@@ -89,8 +89,9 @@ class TransformersEmbedder:
         features = []
         for start in range(0, len(images), self.batch):
             pixels = torch.stack([white_square(image, self.size) for image in images[start : start + self.batch]])
-            pixels = ((pixels - self.mean) / self.std).to(next(self.model.parameters()).dtype)
-            features.append(image_features(self.model, pixels).float())
+            weight = next(self.model.parameters())
+            pixels = ((pixels - self.mean) / self.std).to(weight.device, weight.dtype)
+            features.append(image_features(self.model, pixels).float().cpu())
         return torch.cat(features)
 
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from e2v.databuild.stages import Box
-from e2v.modules.face_encoder import FaceEncoder, _import_dlib
+from e2v.modules.face_encoder import FaceEncoder, import_dlib
 from e2v.registry import register
 
 
@@ -20,7 +20,7 @@ class DlibFaceDetector:
     """dlib's frontal HOG face detector: face boxes of a frame (needs dlib-bin)."""
 
     def __init__(self, upsample: int = 1) -> None:
-        self.detector = _import_dlib().get_frontal_face_detector()
+        self.detector = import_dlib().get_frontal_face_detector()
         self.upsample = upsample
 
     def detect(self, frame: np.ndarray) -> list[Box]:

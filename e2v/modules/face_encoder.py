@@ -22,7 +22,7 @@ LANDMARKS_FILE = "shape_predictor_5_face_landmarks.dat"
 RECOGNITION_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 
 
-def _import_dlib():
+def import_dlib():
     try:
         import dlib
     except ImportError as err:
@@ -56,7 +56,7 @@ class FaceEncoder(nn.Module):
 
     def __init__(self, image_size: int = 224, upsample: int = 1) -> None:
         super().__init__()
-        dlib = _import_dlib()
+        dlib = import_dlib()
         folder = model_folder()
         self.image_size = image_size  # any square size is accepted; this is the size references are prepared at
         self.upsample = upsample
@@ -68,7 +68,7 @@ class FaceEncoder(nn.Module):
         """The largest detected face box of an ``HxWx3`` uint8 image (best score on ties), else the whole image."""
         boxes, scores, _ = self.detector.run(image, self.upsample, 0.0)
         if not boxes:
-            return _import_dlib().rectangle(0, 0, image.shape[1] - 1, image.shape[0] - 1)
+            return import_dlib().rectangle(0, 0, image.shape[1] - 1, image.shape[0] - 1)
         return max(zip(boxes, scores), key=lambda pair: (pair[0].area(), pair[1]))[0]
 
     def embed(self, image: np.ndarray) -> torch.Tensor:
