@@ -31,8 +31,9 @@ setup(
     extras_require={
         # the face extra too, so the dlib ID-consistency test runs on real (LFW) faces instead of skipping
         "test": ["pytest==9.0.3", "diffusers==0.42.1", "accelerate==1.15.0", "hypothesis==6.170.17",
-                 "dlib-bin==20.0.1.post1", "face_recognition_models==0.3.0"],
+                 "dlib-bin==20.0.1.post1", "face_recognition_models==0.3.0", "ray[data]==2.60.0"],
         "face": ["dlib-bin==20.0.1.post1", "face_recognition_models==0.3.0"],
+        "ray": ["ray[data]==2.60.0"],  # e2v data build --engine ray
     },
     entry_points={
         "console_scripts": ["e2v=e2v.cli:main"],

@@ -159,11 +159,20 @@ def _hamming(a: str, b: str) -> int:
     return int(np.unpackbits(np.frombuffer(bytes.fromhex(a), np.uint8) ^ np.frombuffer(bytes.fromhex(b), np.uint8)).sum())
 
 
-def remove_near_duplicates(clips: list[dict], distance: int) -> tuple[list[dict], list[dict]]:
-    """``(kept, removed)``: a clip within ``distance`` bits of an earlier kept clip (by id) is removed."""
+def _same_pictures(a: str, b: str, tolerance: float) -> bool:
+    """Whether two clips' thumbnails differ by at most ``tolerance`` (0..255) at their 95th-percentile pixel."""
+    diff = np.abs(np.frombuffer(bytes.fromhex(a), np.uint8).astype(np.int16) -
+                  np.frombuffer(bytes.fromhex(b), np.uint8).astype(np.int16))
+    return float(np.percentile(diff, 95)) <= tolerance
+
+
+def remove_near_duplicates(clips: list[dict], distance: int, tolerance: float) -> tuple[list[dict], list[dict]]:
+    """``(kept, removed)``: a clip whose frame hash is within ``distance`` bits of an earlier kept clip's (by id)
+    and whose thumbnails match that clip's within ``tolerance`` is removed (a re-upload or re-encode)."""
     kept, removed = [], []
     for clip in sorted(clips, key=lambda c: c["id"]):
-        twin = next((k for k in kept if _hamming(k["hash"], clip["hash"]) <= distance), None)
+        twin = next((k for k in kept if _hamming(k["hash"], clip["hash"]) <= distance
+                     and _same_pictures(k["thumbs"], clip["thumbs"], tolerance)), None)
         if twin is None:
             kept.append(clip)
         else:
@@ -198,7 +207,7 @@ def merge(out: str | os.PathLike, config: BuildConfig, names: list[str] | None =
         for rejected in result["rejected_clips"]:
             counts["clips_rejected"][rejected["reason"]] += 1
         clips += [{**clip, "video_key": result["key"]} for clip in result["clips"]]
-    kept, duplicates = remove_near_duplicates(clips, config.dedup_distance)
+    kept, duplicates = remove_near_duplicates(clips, config.dedup_distance, config.dedup_tolerance)
     counts["clips_rejected"]["near_duplicate"] += len(duplicates)
     elements = [(clip, n, element) for clip in kept for n, element in enumerate(clip["elements"])]
     labels = group_identities(np.stack([decode_vector(e["embedding"]) for _, _, e in elements]),

@@ -36,8 +36,8 @@ def build_command(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=positive_int, default=1, help="worker processes (one video each)")
     parser.add_argument("--shard", default=None, help="I/N: only every N-th video from the I-th; then e2v data merge")
     parser.add_argument("--engine", choices=["local", "ray"], default="local",
-                        help="local processes, or Ray Data (pip install 'ray[data]'; uses a running cluster or a "
-                             "local one)")
+                        help="local processes, or Ray Data (pip install 'e2v[ray]'; joins a running cluster "
+                             "(RAY_ADDRESS) or starts a local one)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     try:

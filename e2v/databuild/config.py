@@ -42,7 +42,8 @@ class BuildConfig:
     face_embedder: Any = None  # e.g. "dlib_face": identities of face elements from face descriptors
     identity_threshold: float = 0.2  # cosine distance at which identity clusters are cut
     captioners: list[Any] = field(default_factory=lambda: ["sidecar", "template"])
-    dedup_distance: int = 12  # near-duplicate clips: Hamming distance of their 192-bit frame hashes
+    dedup_distance: int = 24  # near-duplicate candidates: Hamming distance of their 192-bit frame hashes
+    dedup_tolerance: float = 5.0  # ... confirmed when their 16x16 thumbnails differ by at most this (95th pct.)
     heldout_every: int = 0  # every n-th clip goes to a held-out manifest (0: none)
 
     def component_specs(self) -> dict[str, Any]:

@@ -18,6 +18,14 @@ def luma(frames: np.ndarray) -> np.ndarray:
     return frames.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
 
 
+def resized_luma(frames: np.ndarray, side: int) -> np.ndarray:
+    """Luma resized (area) so the longest side is ``side``: measures that depend on scale read the same at any
+    resolution."""
+    scale = side / max(frames.shape[1:3])
+    size = (max(1, round(frames.shape[2] * scale)), max(1, round(frames.shape[1] * scale)))
+    return np.stack([cv2.resize(y, size, interpolation=cv2.INTER_AREA) for y in luma(frames)])
+
+
 class _Filter:
     name = ""
 
@@ -88,17 +96,18 @@ class Flashing(_Filter):
 @register("quality_filter", "blurred")
 class Blurred(_Filter):
     """Rejects blurred clips: the median over frames of edge strength relative to contrast (99th percentile of the
-    luma gradient magnitude per pixel over the 1-99 percentile luma range) below ``min_sharpness``. Relative, so a
-    smooth sky with one sharp subject passes and a blurred high-contrast wall does not."""
+    luma gradient magnitude per pixel over the 1-99 percentile luma range) below ``min_sharpness``, on frames
+    resized to ``side`` px. Relative, so a smooth sky with one sharp subject passes and a blurred high-contrast
+    wall does not."""
 
     name = "blurred"
 
-    def __init__(self, min_sharpness: float = 0.12) -> None:
-        self.min_sharpness = min_sharpness
+    def __init__(self, min_sharpness: float = 0.12, side: int = 64) -> None:
+        self.min_sharpness, self.side = min_sharpness, side
 
     def measure(self, frames: np.ndarray) -> float:
         ratios = []
-        for y in luma(frames):
+        for y in resized_luma(frames, self.side):
             gradient = np.hypot(cv2.Sobel(y, cv2.CV_32F, 1, 0), cv2.Sobel(y, cv2.CV_32F, 0, 1)) / 8  # Sobel gain
             low, high = np.percentile(y, (1, 99))
             ratios.append(np.percentile(gradient, 99) / max(8.0, high - low))
@@ -110,24 +119,25 @@ class Blurred(_Filter):
 
 @register("quality_filter", "camera_motion")
 class CameraMotion(_Filter):
-    """Rejects clips with camera motion: the median (over frame pairs) of the median optical-flow magnitude
-    (Farneback, over all pixels) above ``max_motion`` in fractions of the frame's longest side per frame. Moving
-    subjects cover less than half the frame, so the median pixel is background: its flow is the camera's."""
+    """Rejects clips with camera motion: the median (over frame pairs) of the ``quantile`` of optical-flow
+    magnitudes (Farneback on frames resized to ``side`` px) above ``max_motion`` in fractions of the frame side
+    per frame. With a still camera a good share of the pixels (background away from the moving elements) does
+    not move even where flow spreads over textureless areas; a pan moves nearly all of them."""
 
     name = "camera_motion"
 
-    def __init__(self, max_motion: float = 0.01) -> None:
-        self.max_motion = max_motion
+    def __init__(self, max_motion: float = 0.003, side: int = 64, quantile: float = 25.0) -> None:
+        self.max_motion, self.side, self.quantile = max_motion, side, quantile
 
     def measure(self, frames: np.ndarray) -> float:
-        y = luma(frames).astype(np.uint8)
+        y = resized_luma(frames, self.side).astype(np.uint8)
         if len(y) < 2:
             return 0.0
         magnitudes = []
         for a, b in zip(y[:-1], y[1:]):
-            flow = cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 3, 9, 3, 5, 1.1, 0)
-            magnitudes.append(np.median(np.linalg.norm(flow, axis=2)))
-        return float(np.median(magnitudes)) / max(frames.shape[1:3])
+            flow = cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 3, 15, 3, 5, 1.1, 0)
+            magnitudes.append(np.percentile(np.linalg.norm(flow, axis=2), self.quantile))
+        return float(np.median(magnitudes)) / self.side
 
     def passes(self, value: float) -> bool:
         return value <= self.max_motion

@@ -112,12 +112,13 @@ def _pose(plan: ShotPlan, i: int, frame: int, fps: float) -> synth.Pose:
     return synth.Pose(x + dx * moved, y + dy * moved, plan.sizes[i], plan.angles[i], plan.flips[i])
 
 
-def render_shot(plan: ShotPlan, height: int, width: int, fps: float = RAW_FPS, blur: float = 1.0,
-                frames: int | None = None) -> tuple[np.ndarray, list[list[list[int] | None]], np.ndarray]:
+def render_shot(plan: ShotPlan, height: int, width: int, fps: float = RAW_FPS, frames: int | None = None) -> tuple[np.ndarray, list[list[list[int] | None]], np.ndarray]:
     """``(video uint8 [F, H, W, 3], boxes [subject][frame] -> [x0, y0, x1, y1] or None when out of view,
-    plate uint8 [H, W, 3] of frame 0)``; ``frames``/``fps`` resample the shot (the direct clips use 8 fps)."""
+    plate uint8 [H, W, 3] of frame 0)``; ``frames``/``fps`` resample the shot (the direct clips use 8 fps).
+    Backgrounds are low-passed by 1 px and ``blur`` shots by 5 px at 64 px frames, in proportion at other sizes."""
     count = plan.frames if frames is None else frames
-    background = synth.background_canvas(plan.background, height, width, blur)
+    scale = max(height, width) / 64  # blurs are set at 64 px and scale with the frame
+    background = synth.background_canvas(plan.background, height, width, 1.0 * scale)
     sprites = [synth.prescaled(synth.element_library()[s].rgba, size * min(height, width))
                for s, size in zip(plan.subjects, plan.sizes)]
     video = np.empty((count, height, width, 3), np.uint8)
@@ -140,7 +141,7 @@ def render_shot(plan: ShotPlan, height: int, width: int, fps: float = RAW_FPS, b
     if plan.kind == "black":
         video = (video.astype(np.float32) * 0.03).astype(np.uint8)
     elif plan.kind == "blur":
-        video = np.stack([cv2.GaussianBlur(v, (0, 0), 5.0) for v in video])
+        video = np.stack([cv2.GaussianBlur(v, (0, 0), 5.0 * scale) for v in video])
     elif plan.kind == "flash":
         for f in range(4, count, 6):
             video[f] = np.clip(video[f].astype(np.int16) + 150, 0, 255).astype(np.uint8)

@@ -2,8 +2,9 @@
 reference identities and rejections.
 
 - shot F1: predicted cuts within ``tolerance`` frames of a true cut (one-to-one), over the readable videos;
-- subject recall: true subjects of the shots that should give a clip, found by an element of that shot's clip
-  whose boxes overlap theirs with median IoU >= 0.5 over the clip's frames (a wrongly rejected clip misses all);
+- subject recall: true subjects of the shots that should give a clip, found by an element of that shot's
+  manifest clip whose boxes overlap theirs with median IoU >= 0.5 over the clip's frames (a wrongly rejected or
+  wrongly deduplicated clip misses all);
 - cross-clip identity accuracy: references taken from another clip whose element is the same true identity as the
   element it stands for (both matched to truth by the IoU rule);
 - rejections: for each true shot kind, what the build did with it.
@@ -52,6 +53,9 @@ def score_build(out: str | Path, raw: str | Path, tolerance: int = 2) -> dict:
     """Scores of the build in ``out`` against the truth in ``raw`` (see the module docstring)."""
     out, raw = Path(out), Path(raw)
     results = {r["name"]: r for r in (json.loads(p.read_text()) for p in (out / WORK).glob("*.json"))}
+    records = [json.loads(line) for split in ("train", "heldout") if (out / f"{split}.jsonl").is_file()
+               for line in (out / f"{split}.jsonl").read_text().splitlines()]
+    in_manifest = {r["id"] for r in records}
     cut_hits = cut_predicted = cut_true = 0
     recall_hits = recall_total = 0
     outcomes: dict[str, Counter] = defaultdict(Counter)
@@ -69,11 +73,13 @@ def score_build(out: str | Path, raw: str | Path, tolerance: int = 2) -> dict:
         cut_hits += _cut_matches(predicted, true_cuts, tolerance)
         cut_predicted, cut_true = cut_predicted + len(predicted), cut_true + len(true_cuts)
         for shot in truth["shots"]:
-            inside = [c for c in result["clips"] if shot["start"] <= c["source_frames"][0] < shot["end"]]
+            cut = [c for c in result["clips"] if shot["start"] <= c["source_frames"][0] < shot["end"]]
             rejected = [c for c in result["rejected_clips"] if "start" in c and shot["start"] <= c["start"] < shot["end"]]
-            outcome = "keep" if inside else (rejected[0]["reason"] if rejected else "too_short")
+            inside = [c for c in cut if c["id"] in in_manifest]
+            outcome = ("keep" if inside else "near_duplicate") if cut else (rejected[0]["reason"] if rejected
+                                                                              else "too_short")
             outcomes[shot["kind"]][outcome] += 1
-            for clip in inside:
+            for clip in cut:
                 for n, element in enumerate(clip["elements"]):
                     identity[f"{clip['id']}#{n}"] = _element_identity(clip, element, shot)
             if shot["expect"] != "keep":
@@ -84,8 +90,7 @@ def score_build(out: str | Path, raw: str | Path, tolerance: int = 2) -> dict:
                                    for e in c["elements"])
     checked = correct = unmatched = 0
     sources = Counter()
-    for line in (out / "train.jsonl").read_text().splitlines():
-        record = json.loads(line)
+    for record in records:
         for n, ref in enumerate(r for r in record["references"] if r["kind"] != "background"):
             sources[ref["ref_source"]] += 1
             if ref["ref_source"] != "cross_clip":

@@ -83,21 +83,32 @@ def decode_vector(text: str) -> np.ndarray:
     return np.frombuffer(base64.b64decode(text), np.float32)
 
 
-def frame_hash(frames: np.ndarray) -> str:
-    """192-bit difference hash of the first, middle and last frames (hex), for near-duplicate search."""
-    bits = []
+def frame_signature(frames: np.ndarray) -> tuple[str, str]:
+    """Near-duplicate signatures of a clip from its first, middle and last frames, as hex: a 192-bit difference
+    hash (a cheap candidate test) and 16x16 colour thumbnails (the check), both independent of resolution."""
+    bits, thumbs = [], []
     for frame in frames[[0, len(frames) // 2, -1]]:
         grey = cv2.resize(cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY), (9, 8), interpolation=cv2.INTER_AREA)
         bits.append((grey[:, 1:] > grey[:, :-1]).ravel())
-    return np.packbits(np.concatenate(bits)).tobytes().hex()
+        thumbs.append(cv2.resize(frame, (16, 16), interpolation=cv2.INTER_AREA))
+    return np.packbits(np.concatenate(bits)).tobytes().hex(), np.stack(thumbs).tobytes().hex()
+
+
+MIN_CROP_SIDE = 16  # crops are enlarged to at least this on their shorter side (references need 8x8)
 
 
 def crop_on_white(frame: np.ndarray, mask: np.ndarray, box: tuple, margin: float = 0.1) -> np.ndarray:
-    """The masked element on a white canvas (A2's reference form), cropped to its box plus ``margin``."""
+    """The masked element on a white canvas (A2's reference form), cropped to its box plus ``margin``, enlarged
+    (bicubic) to at least ``MIN_CROP_SIDE`` pixels on its shorter side."""
     x0, y0, x1, y1 = (int(v) for v in box)
     canvas = np.where(mask[..., None], frame, WHITE).astype(np.uint8)[y0:y1, x0:x1]
     pad = max(1, round(margin * max(canvas.shape[:2])))
-    return cv2.copyMakeBorder(canvas, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(WHITE,) * 3)
+    canvas = cv2.copyMakeBorder(canvas, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(WHITE,) * 3)
+    scale = MIN_CROP_SIDE / min(canvas.shape[:2])
+    if scale > 1:
+        size = (round(canvas.shape[1] * scale), round(canvas.shape[0] * scale))
+        canvas = cv2.resize(canvas, size, interpolation=cv2.INTER_CUBIC)
+    return canvas
 
 
 def augmented(crop: np.ndarray, angle: float = 10.0, scale: float = 0.9) -> np.ndarray:
@@ -234,7 +245,8 @@ def _process_clip(stages: Stages, config: BuildConfig, job: VideoJob, clip: np.n
     save_image(out / "plates" / f"{clip_id}.png", plate)
     entry = {"id": clip_id, "shot": shot, "video": f"clips/{clip_id}.mp4", "plate": f"plates/{clip_id}.png",
              "caption": caption or "", "caption_source": source, "direction": direction, "background": background,
-             "elements": list(elements), "hash": frame_hash(clip), "values": values}
+             "elements": list(elements), "values": values}
+    entry["hash"], entry["thumbs"] = frame_signature(clip)
     return entry, None, values
 
 

@@ -1,0 +1,232 @@
+"""``e2v data build`` on the raw synthetic world: stages against truth, the manifest, resume, shards, duplicates."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from e2v import registry
+from e2v.databuild import raw_synth
+from e2v.databuild.build import BuildError, list_videos, merge, run_videos
+from e2v.databuild.captions import colour_name
+from e2v.databuild.config import BuildConfig, load_config
+from e2v.databuild.elements import box_iou, link_tracks
+from e2v.databuild.identity import group_identities
+from e2v.databuild.stages import ClipContext
+from e2v.databuild.truth import score_build
+from e2v.datamodules.manifest import validate_manifest
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("raw")
+    raw_synth.synthesize_raw(out, videos=4, shots=(5, 7), heldout=2, seed=3, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def built(raw, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("built")
+    run_videos(raw / "videos", out, BuildConfig(), progress=False)
+    merge(out, BuildConfig())
+    return out
+
+
+def _results(out: Path) -> dict:
+    """Per-video results without their timings."""
+    found = {}
+    for path in sorted((out / "work").glob("*.json")):
+        result = json.loads(path.read_text())
+        result.pop("seconds")
+        found[path.name] = result
+    return found
+
+
+def _shot(kind: str, seed: int = 0) -> raw_synth.ShotPlan:
+    rng = np.random.default_rng(seed)
+    return raw_synth.plan_shot(rng, kind, [0, 9, 12], set(), -1, count=2)
+
+
+def test_raw_world_truth_describes_its_videos(raw):
+    from e2v.datamodules.video_io import probe_video
+
+    truth = json.loads((raw / "truth" / "video_0000.json").read_text())
+    assert probe_video(raw / truth["video"])["frames"] == truth["frames"] == truth["shots"][-1]["end"]
+    starts = [s["start"] for s in truth["shots"]]
+    assert starts == sorted(starts) and starts[0] == 0
+    shot = next(s for s in truth["shots"] if s["kind"] == "normal")
+    box = shot["subjects"][0]["boxes"][0]
+    assert 0 <= box[0] < box[2] <= truth["width"] and 0 <= box[1] < box[3] <= truth["height"]
+    report = validate_manifest(raw / "direct" / "train.jsonl", frames=raw_synth.CLIP_FRAMES)
+    assert report.good and not report.bad
+
+
+@pytest.mark.parametrize("kind", ["black", "static", "flash", "blur", "pan"])
+def test_each_filter_rejects_its_shot_kind_and_passes_a_normal_shot(kind):
+    names = {"flash": "flashing", "blur": "blurred", "pan": "camera_motion"}
+    check = registry.build("quality_filter", names.get(kind, kind))
+    clip = lambda plan: raw_synth.render_shot(plan, 64, 64)[0][: raw_synth.SPAN : 2]  # noqa: E731
+    assert not check.check(clip(_shot(kind)))[0]
+    assert check.check(clip(_shot("normal")))[0]
+
+
+def test_plate_and_motion_segmentation_recover_the_truth():
+    plan = _shot("normal", seed=5)
+    video, boxes, clean = raw_synth.render_shot(plan, 64, 64)
+    plate_stage = registry.build("plate_estimator", "median")
+    detector = registry.build("element_detector", "motion")
+    rough = plate_stage.estimate(video, None)
+    masks = np.stack([np.any([d.mask for d in found], axis=0) if found else np.zeros((64, 64), bool)
+                      for found in detector.detect(video, rough)])
+    plate = plate_stage.estimate(video, masks)
+    error = np.abs(plate.astype(float) - clean.astype(float)).mean()
+    assert error < np.abs(rough.astype(float) - clean.astype(float)).mean() + 1e-9 and error < 4.0
+    tracks = link_tracks(detector.detect(video[: raw_synth.SPAN], plate), 64)
+    assert len(tracks) == len(plan.subjects)
+    for track, truth in zip(tracks, boxes):  # both ordered by first-frame x
+        ious = [box_iou(track.detections[f].box, truth[f]) for f in track.frames if truth[f] is not None]
+        assert np.median(ious) >= 0.5
+
+
+def test_identity_grouping_joins_close_embeddings():
+    rng = np.random.default_rng(0)
+    centres = np.eye(4, 16)
+    points = np.concatenate([centres[i] + 0.05 * rng.normal(size=(3, 16)) for i in range(4)])
+    points /= np.linalg.norm(points, axis=1, keepdims=True)
+    labels = group_identities(points, threshold=0.3)
+    assert labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+
+
+def test_appearance_embedding_matches_a_mirrored_view_over_another_element():
+    from e2v.synth import element_library
+
+    embedder = registry.build("element_embedder", "appearance")
+    crops = []
+    for index in (0, 12):  # astronaut, red disc
+        rgba = element_library()[index].rgba
+        crops.append(np.where(rgba[..., 3:] > 127, rgba[..., :3], 255).astype(np.uint8))
+    vectors = embedder.embed([crops[0], crops[0][:, ::-1].copy(), crops[1]])
+    assert vectors[0] @ vectors[1] > 0.99 and vectors[0] @ vectors[2] < 0.8
+
+
+def test_captioners_template_and_sidecar(tmp_path):
+    context = ClipContext(np.zeros((1, 4, 4, 3), np.uint8), [{"kind": "object", "colour": "red"},
+                                                             {"kind": "face", "colour": "orange"}],
+                          "left", "a green background", str(tmp_path / "v.mp4"), shot=1)
+    template = registry.build("captioner", "template")
+    assert template.caption(context) == "a red object and an orange face move left across a green background"
+    sidecar = registry.build("captioner", "sidecar")
+    assert sidecar.caption(context) is None
+    (tmp_path / "v.json").write_text(json.dumps({"shots": ["first shot", "second shot"]}))
+    assert sidecar.caption(context) == "second shot"
+    (tmp_path / "v.json").write_text("{not json")
+    with pytest.raises(ValueError, match="v.json"):
+        sidecar.caption(context)
+    (tmp_path / "v.txt").write_text("one caption for the video\n")
+    assert sidecar.caption(context) == "one caption for the video"
+    assert colour_name(np.full((2, 2, 3), (200, 30, 30), np.uint8)) == "red"
+
+
+def test_build_meets_the_truth(raw, built):
+    scores = score_build(built, raw)
+    assert scores["shot_f1"] >= 0.95
+    assert scores["subject_recall"] >= 0.85
+    assert scores["cross_clip_identity_accuracy"] >= 0.9 and scores["cross_clip_checked"] >= 10
+    outcomes = scores["outcomes"]
+    for reason in ("corrupt", "too_short", "too_small", "odd_fps"):  # one bad video never stops a build
+        assert outcomes[f"video:{reason}"] == {reason: 1}
+
+
+def test_manifest_is_a_valid_triplet_manifest(built):
+    report = validate_manifest(built / "train.jsonl", frames=17, fps=8.0)
+    assert len(report.good) >= 15 and not report.bad
+    records = [json.loads(line) for line in (built / "train.jsonl").read_text().splitlines()]
+    for record in records:
+        kinds = [r["kind"] for r in record["references"]]
+        assert kinds[-1] == "background" and 2 <= len(kinds) <= 3
+        assert all(r["ref_source"] in ("cross_clip", "same_clip") for r in record["references"])
+        assert record["caption"] and record["elements"]
+    cross = [r for rec in records for r in rec["references"] if r["ref_source"] == "cross_clip"]
+    assert cross and all(r["source_clip"] != rec["id"] for rec in records for r in rec["references"]
+                         if r["ref_source"] == "cross_clip")
+
+
+def test_rebuild_is_idempotent(raw, built):
+    before = (built / "train.jsonl").read_text()
+    counts = run_videos(raw / "videos", built, BuildConfig(), progress=False)
+    assert counts["processed"] == 0 and counts["resumed"] == counts["listed"]
+    merge(built, BuildConfig())
+    assert (built / "train.jsonl").read_text() == before
+
+
+def test_shards_merged_equal_one_run(raw, built, tmp_path):
+    for index in range(2):
+        run_videos(raw / "videos", tmp_path / f"shard{index}", BuildConfig(), shard=(index, 2), progress=False)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "e2v.cli", "data", "merge", str(tmp_path / "merged"), "--from",
+                           str(tmp_path / "shard0"), str(tmp_path / "shard1"), "--videos", str(raw / "videos")],
+                          capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "merged" / "train.jsonl").read_text() == (built / "train.jsonl").read_text()
+    assert _results(tmp_path / "merged") == _results(built)
+    page = (tmp_path / "merged" / "report.html").read_text()
+    assert "<img src='report/" in page and json.loads((tmp_path / "merged" / "report.json").read_text())["counts"]
+    incomplete = subprocess.run([sys.executable, "-m", "e2v.cli", "data", "merge", str(tmp_path / "shard0"),
+                                 "--videos", str(raw / "videos")], capture_output=True, text=True, env=env)
+    assert incomplete.returncode == 2 and "not built yet" in incomplete.stderr
+
+
+def test_killed_build_resumes_to_the_same_manifest(raw, built, tmp_path):
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "e2v.cli", "data", "build", "--videos", str(raw / "videos"), "--out", str(out),
+               "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 120
+    while not list((out / "work").glob("*.json")) and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done_before = len(list((out / "work").glob("*.json")))
+    assert 1 <= done_before < len(list_videos(raw / "videos")), "the kill came too late to test a resume"
+    finished = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert finished.returncode == 0, finished.stderr
+    assert f"{done_before} already done" in finished.stdout
+    assert (out / "train.jsonl").read_text() == (built / "train.jsonl").read_text()
+    assert not list(out.rglob(".*.tmp*"))
+
+
+def test_a_reupload_is_removed_as_near_duplicate(raw, tmp_path):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    shutil.copy(raw / "videos" / "video_0001.mp4", videos / "a.mp4")
+    shutil.copy(raw / "videos" / "video_0001.mp4", videos / "b_reupload.mp4")
+    run_videos(videos, tmp_path / "out", BuildConfig(), progress=False)
+    merged = merge(tmp_path / "out", BuildConfig())
+    ids = [r["id"] for r in merged.records["train"]]
+    assert ids and all(i.startswith("a-") for i in ids)
+    assert merged.counts["clips_rejected"]["near_duplicate"] == len(ids)
+
+
+def test_bad_settings_and_inputs_fail_before_any_video(tmp_path):
+    config = tmp_path / "build.yaml"
+    for text, expected in (("frames: 16", "frames must be 4k\\+1"), ("colour: 3", "unknown key\\(s\\) \\['colour'\\]"),
+                           ("fps: fast", "fps"), ("shot_detector: {name: nope}", "shot_detector: .*nope"),
+                           ("filters: [{name: black, min_luma: dark}]", "filters: .*min_luma")):
+        config.write_text(text)
+        with pytest.raises(ValueError, match=expected):
+            load_config(config)
+    with pytest.raises(BuildError, match="holds no videos"):
+        list_videos(tmp_path)
+    done = subprocess.run([sys.executable, "-m", "e2v.cli", "data", "build", "--videos", str(tmp_path / "none"),
+                           "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    assert done.returncode == 2 and "neither a folder nor a list file" in done.stderr
