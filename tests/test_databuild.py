@@ -106,6 +106,18 @@ def test_identity_grouping_joins_close_embeddings():
     assert labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
 
 
+def test_faces_are_grouped_by_their_face_descriptor_apart_from_objects():
+    from e2v.databuild.build import identity_labels
+    from e2v.databuild.video import encode_vector
+
+    same_look = encode_vector(np.eye(8)[0])
+    faces = [encode_vector(np.eye(8)[i]) for i in (1, 1, 2)]
+    elements = [{"embedding": same_look}, {"embedding": same_look}] + [
+        {"embedding": same_look, "face_embedding": face} for face in faces]
+    labels = identity_labels(elements, BuildConfig()).tolist()
+    assert labels == [0, 0, 1, 1, 2]  # objects by appearance; faces by descriptor, although they look alike
+
+
 def test_appearance_embedding_matches_a_mirrored_view_over_another_element():
     from e2v.synth import element_library
 
@@ -179,7 +191,11 @@ def test_shards_merged_equal_one_run(raw, built, tmp_path):
     assert (tmp_path / "merged" / "train.jsonl").read_text() == (built / "train.jsonl").read_text()
     assert _results(tmp_path / "merged") == _results(built)
     page = (tmp_path / "merged" / "report.html").read_text()
-    assert "<img src='report/" in page and json.loads((tmp_path / "merged" / "report.json").read_text())["counts"]
+    report = json.loads((tmp_path / "merged" / "report.json").read_text())
+    assert "<img src='report/" in page and report["counts"]["records"]["train"] == len(
+        (built / "train.jsonl").read_text().splitlines())
+    assert sorted(r["reason"] for r in report["rejected_videos"]) == ["corrupt", "odd_fps", "too_short", "too_small"]
+    assert report["throughput"]["clips_per_minute_per_core"] > 0
     incomplete = subprocess.run([sys.executable, "-m", "e2v.cli", "data", "merge", str(tmp_path / "shard0"),
                                  "--videos", str(raw / "videos")], capture_output=True, text=True, env=env)
     assert incomplete.returncode == 2 and "not built yet" in incomplete.stderr
@@ -230,3 +246,23 @@ def test_bad_settings_and_inputs_fail_before_any_video(tmp_path):
     done = subprocess.run([sys.executable, "-m", "e2v.cli", "data", "build", "--videos", str(tmp_path / "none"),
                            "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert done.returncode == 2 and "neither a folder nor a list file" in done.stderr
+
+
+class _Exploding:
+    def detect(self, frames, plate):
+        raise RuntimeError("detector crashed")
+
+
+def test_a_crashing_stage_or_missing_file_fails_only_its_video(raw, tmp_path, monkeypatch):
+    monkeypatch.setitem(registry._ENTRIES["element_detector"], "exploding",
+                        registry.Entry("element_detector", "exploding", _Exploding, "test"))
+    listing = tmp_path / "videos.txt"
+    listing.write_text(f"{raw / 'videos' / 'video_0002.mp4'}\nmissing.mp4\n{raw / 'videos' / 'broken_fps.mp4'}\n")
+    config = BuildConfig(element_detector="exploding")
+    counts = run_videos(listing, tmp_path / "out", config, progress=False)
+    assert counts["processed"] == 3
+    results = {r["name"]: r for r in (json.loads(p.read_text()) for p in (tmp_path / "out" / "work").glob("*.json"))}
+    assert results["missing.mp4"]["reason"] == "missing"
+    assert results[str(raw / "videos" / "broken_fps.mp4")]["reason"] == "odd_fps"
+    crashed = results[str(raw / "videos" / "video_0002.mp4")]
+    assert crashed["reason"] == "error" and "RuntimeError: detector crashed" in crashed["message"]

@@ -15,7 +15,15 @@ from e2v.specs import spec_kinds
 RECIPE_DIR = Path(__file__).resolve().parents[1] / "recipes"
 # overlays and the recipes they are layered over
 LAYERED = {"tiny/vae-asset.yaml": ["tiny/vae.yaml"]}
-RECIPES = sorted(RECIPE_DIR.rglob("*.yaml"))
+BUILD_SETTINGS = sorted(RECIPE_DIR.rglob("build.yaml"))  # e2v data build settings, not training recipes
+RECIPES = sorted(set(RECIPE_DIR.rglob("*.yaml")) - set(BUILD_SETTINGS))
+
+
+@pytest.mark.parametrize("settings", BUILD_SETTINGS, ids=lambda p: p.parent.name)
+def test_build_settings_validate(settings):
+    from e2v.databuild.config import load_config
+
+    load_config(settings)  # every key known and well typed, every component registered with valid options
 
 
 def test_recipes_exist():

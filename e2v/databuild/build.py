@@ -180,6 +180,22 @@ def remove_near_duplicates(clips: list[dict], distance: int, tolerance: float) -
     return kept, removed
 
 
+def identity_labels(elements: list[dict], config: BuildConfig) -> np.ndarray:
+    """Identity label per element: faces with a face embedding are grouped among themselves by it (at
+    ``face_identity_threshold``), every other element by its image embedding (at ``identity_threshold``)."""
+    labels = np.zeros(len(elements), np.int64)
+    faces = [i for i, e in enumerate(elements) if "face_embedding" in e]
+    others = [i for i, e in enumerate(elements) if "face_embedding" not in e]
+    offset = 0
+    for members, key, threshold in ((others, "embedding", config.identity_threshold),
+                                    (faces, "face_embedding", config.face_identity_threshold)):
+        if members:
+            found = group_identities(np.stack([decode_vector(elements[i][key]) for i in members]), threshold)
+            labels[members] = found + offset
+            offset += int(found.max()) + 1
+    return labels
+
+
 def merge(out: str | os.PathLike, config: BuildConfig, names: list[str] | None = None) -> Merged:
     """The global stage over the per-video results in ``out`` (``names``: only these listed videos, each of which
     must be done); writes the manifest(s). Identities, references and duplicates are decided here."""
@@ -210,8 +226,7 @@ def merge(out: str | os.PathLike, config: BuildConfig, names: list[str] | None =
     kept, duplicates = remove_near_duplicates(clips, config.dedup_distance, config.dedup_tolerance)
     counts["clips_rejected"]["near_duplicate"] += len(duplicates)
     elements = [(clip, n, element) for clip in kept for n, element in enumerate(clip["elements"])]
-    labels = group_identities(np.stack([decode_vector(e["embedding"]) for _, _, e in elements]),
-                              config.identity_threshold) if elements else np.zeros(0, np.int64)
+    labels = identity_labels([e for _, _, e in elements], config)
     by_identity: dict[int, list[int]] = defaultdict(list)
     for i, label in enumerate(labels):
         by_identity[int(label)].append(i)

@@ -34,13 +34,15 @@ class BuildConfig:
     plate_frames: int = 48  # shot frames (evenly spread) the plate is estimated from
     plate: Any = "median"
     element_detector: Any = "motion"
-    face_detector: Any = None  # e.g. "dlib": elements holding a face are labelled kind "face"
+    face_detector: Any = "dlib"  # elements holding a face are labelled kind "face" (None: off; without dlib
+    # installed the build warns once and goes on without it)
     max_subjects: int = 2  # largest moving elements kept per clip (references = subjects + background)
     min_track: float = 0.5  # share of a clip's frames an element must be found in
     background_reference: bool = True
     embedder: Any = "appearance"
     face_embedder: Any = None  # e.g. "dlib_face": identities of face elements from face descriptors
     identity_threshold: float = 0.2  # cosine distance at which identity clusters are cut
+    face_identity_threshold: float = 0.18  # ... for face descriptors (dlib's 0.6 Euclidean on unit vectors)
     captioners: list[Any] = field(default_factory=lambda: ["sidecar", "template"])
     dedup_distance: int = 24  # near-duplicate candidates: Hamming distance of their 192-bit frame hashes
     dedup_tolerance: float = 5.0  # ... confirmed when their 16x16 thumbnails differ by at most this (95th pct.)
@@ -55,7 +57,7 @@ class BuildConfig:
         """Raise ValueError naming the key for a bad value or an unknown/ill-typed component spec."""
         if not is_frame_count(self.frames):
             raise ValueError(f"{where}: frames must be 4k+1 (17, 33, 81, ...), got {self.frames}")
-        for key in ("fps", "max_fps", "identity_threshold"):
+        for key in ("fps", "max_fps", "identity_threshold", "face_identity_threshold"):
             if not getattr(self, key) > 0:
                 raise ValueError(f"{where}: {key} must be > 0, got {getattr(self, key)}")
         for key in ("max_clips_per_shot", "min_side", "plate_frames", "max_subjects"):

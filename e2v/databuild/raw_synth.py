@@ -11,9 +11,10 @@
 
 The world reuses the synthetic world's elements and backgrounds (``e2v.synth``) with the rules a still-camera
 background-subtraction pipeline can recover: each subject moves along its own lane (rows when the motion is
-horizontal, columns when vertical), fast enough (``TRAVEL`` of the frame per clip, sizes ``SIZE``) that every
-background pixel is uncovered in most frames of a shot. References are ordered by the subjects' first-frame x
-(left to right), the order a build can observe. A video's cast (3-4 identities) recurs across its shots, and the
+horizontal, columns when vertical) and crosses most of the frame over its 7-8 s shot, so every background pixel is
+uncovered in most of the shot's frames (the plate is the temporal median), while the 2-s clip cut from the shot's
+start sees it move ``TRAVEL`` of the frame, as slow as the main world's. References are ordered by the subjects'
+first-frame x (left to right), the order a build can observe. A video's cast (3-4 identities) recurs across its shots, and the
 library's 18 identities recur across videos, so references can come from other clips.
 
 Shot kinds besides ``normal``: ``static`` (nothing moves), ``black``, ``flash`` (strobe frames), ``blur``, ``pan``
@@ -42,9 +43,10 @@ RAW_FPS = 16.0
 CLIP_FPS = 8.0
 CLIP_FRAMES = 17
 SPAN = int(round((CLIP_FRAMES - 1) * RAW_FPS / CLIP_FPS)) + 1  # raw frames one clip covers (33)
-TRAVEL = 0.7  # fraction of the frame a subject moves in one clip (2 s)
-SIZE = (0.24, 0.3)  # a subject's longest side, fraction of the frame
-LANES = {1: (0.5,), 2: (0.3, 0.7)}
+TRAVEL = 0.25  # fraction of the frame a subject moves in one clip (2 s)
+SIZE = (0.32, 0.38)  # a subject's longest side, fraction of the frame
+SHOT_FRAMES = (112, 128)  # frames of a shot (7-8 s): subjects cross 0.9-1 of the frame over it
+LANES = {1: (0.5,), 2: (0.27, 0.73)}
 SHOT_KINDS = {"normal": 0.8, "static": 0.04, "black": 0.03, "flash": 0.03, "blur": 0.03, "pan": 0.04, "short": 0.03}
 EXPECT = {"normal": "keep", "static": "static", "black": "black", "flash": "flashing", "blur": "blurred",
           "pan": "camera_motion", "short": "too_short", "duplicate": "near_duplicate"}
@@ -72,10 +74,10 @@ def _lane_starts(rng: np.random.Generator, count: int, direction: str) -> list[t
     starts = []
     for k, lane in enumerate(LANES[count]):
         if dx:  # horizontal motion: lanes are rows, the start x staggered by lane
-            along = 0.15 + 0.1 * k if dx > 0 else 0.75 + 0.1 * k
+            along = 0.25 + 0.1 * k if dx > 0 else 0.65 + 0.1 * k
             starts.append((along + jitter(), lane + jitter()))
         else:
-            along = 0.15 if dy > 0 else 0.85
+            along = 0.25 if dy > 0 else 0.75
             starts.append((lane + jitter(), along + jitter()))
     return starts
 
@@ -92,7 +94,7 @@ def plan_shot(rng: np.random.Generator, kind: str, cast: list[int], banned: set,
     subjects = [subjects[i] for i in rng.permutation(len(subjects))]
     background = int(rng.choice([b for b in range(len(synth.background_library())) if b != previous_background]))
     direction = str(rng.choice(list(synth.DIRECTIONS)))
-    frames = int(rng.integers(20, SPAN - 2)) if kind == "short" else int(rng.integers(SPAN + 1, SPAN + 24))
+    frames = int(rng.integers(20, SPAN - 2)) if kind == "short" else int(rng.integers(*SHOT_FRAMES))
     fx, fy = rng.uniform(0, 1, size=2)
     pan = lambda v: v + 0.6 if v < 0.4 else v - 0.6  # noqa: E731  (a pan crosses 0.6 of the background's range)
     window = (fx, fy, pan(fx), fy) if kind == "pan" else (fx, fy, fx, fy)

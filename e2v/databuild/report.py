@@ -50,6 +50,8 @@ def write_report(out: str | Path, counts: dict, samples: list[dict], results: li
                        "clips_per_minute_per_core": round(cut / (seconds / 60), 2) if seconds else None},
         "filter_values": {k: {"min": round(min(v), 5), "median": round(float(np.median(v)), 5), "max": round(max(v), 5)}
                           for k, v in sorted(values.items())},
+        "rejected_videos": [{"video": r["name"], "reason": r["reason"], "message": r["message"]}
+                            for r in results if r.get("status") != "ok"],
         "config": config, **(extra or {}),
     }
     write_json_atomic(out / "report.json", report, indent=2)
@@ -65,6 +67,7 @@ def write_report(out: str | Path, counts: dict, samples: list[dict], results: li
 <h1>e2v data build</h1>
 <h2>Counts</h2><pre>{html.escape(json.dumps(report["counts"], indent=2))}</pre>
 <h2>Throughput</h2><pre>{html.escape(json.dumps(report["throughput"], indent=2))}</pre>
+<h2>Rejected videos</h2><pre>{html.escape(json.dumps(report["rejected_videos"], indent=2))}</pre>
 <h2>Filter values (every clip that reached the filters)</h2><pre>{html.escape(json.dumps(report["filter_values"], indent=2))}</pre>
 <h2>Sample triplets (references | frames)</h2>{''.join(rows)}
 """

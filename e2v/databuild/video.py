@@ -14,6 +14,8 @@ import hashlib
 import json
 import re
 import time
+import traceback
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,7 +65,12 @@ class Stages:
         self.filters = [build("quality_filter", spec) for spec in config.filters]
         self.plate = build("plate_estimator", config.plate)
         self.detector = build("element_detector", config.element_detector)
-        self.faces = build("face_detector", config.face_detector)
+        try:
+            self.faces = build("face_detector", config.face_detector)
+        except ImportError as err:  # dlib is an optional dependency (pip install 'e2v[face]')
+            warnings.warn(f"face_detector {config.face_detector!r} unavailable, elements are not labelled as faces: "
+                          f"{err}", stacklevel=2)
+            self.faces = None
         self.embedder = build("element_embedder", config.embedder)
         self.face_embedder = build("element_embedder", config.face_embedder)
         self.captioners = [build("captioner", spec) for spec in config.captioners]
@@ -180,16 +187,18 @@ def _gather(path: str, wanted: set[int], size: list[int] | None) -> dict[int, np
     return {k: _resize(v[None], size)[0] for k, v in found.items()}
 
 
+def _crop(track: Track, clip: np.ndarray, frame: int) -> np.ndarray:
+    """The element's crop on white in ``frame`` (its box when the detector gave no mask)."""
+    detection = track.detections[frame]
+    mask = detection.mask if detection.mask is not None else np.ones(clip.shape[1:3], bool)
+    return crop_on_white(clip[frame], mask, detection.box)
+
+
 def _element(track: Track, clip: np.ndarray, clip_id: str, index: int, out: Path) -> tuple[dict, np.ndarray]:
-    height, width = clip.shape[1:3]
-    best = _best_frame(track, height, width)
-    detection = track.detections[best]
-    crop = crop_on_white(clip[best], detection.mask if detection.mask is not None else np.ones((height, width), bool),
-                         detection.box)
-    far = max(track.frames, key=lambda f: (abs(f - best), f))
-    far_det = track.detections[far]
-    far_crop = augmented(crop_on_white(clip[far], far_det.mask if far_det.mask is not None else
-                                       np.ones((height, width), bool), far_det.box))
+    """Save the element's crops (best frame; the farthest frame, augmented) and describe it; returns the crop."""
+    best = _best_frame(track, *clip.shape[1:3])
+    crop = _crop(track, clip, best)
+    far_crop = augmented(_crop(track, clip, max(track.frames, key=lambda f: (abs(f - best), f))))
     names = {"crop": f"crops/{clip_id}_e{index}.png", "crop_same_clip": f"crops/{clip_id}_e{index}_aug.png"}
     save_image(out / names["crop"], crop)
     save_image(out / names["crop_same_clip"], far_crop)
@@ -265,6 +274,8 @@ def process_video(job: VideoJob) -> dict:
         result.update(status="rejected", reason=reason, message=message)
         return result
 
+    if not Path(job.path).is_file():
+        return _finish(reject("missing", f"{job.path} does not exist"), began, out, key)
     try:
         info = probe_video(job.path)
         result["info"] = info
@@ -284,6 +295,15 @@ def process_video(job: VideoJob) -> dict:
                 _cut(stages, config, job, key, shots, windows, info["fps"], out, result)
     except VideoDecodeError as err:
         reject("corrupt", str(err))
+    except Exception as err:  # noqa: BLE001  one bad video never stops a build; the report lists these
+        frame = traceback.extract_tb(err.__traceback__)[-1]
+        reject("error", f"{type(err).__name__}: {err} (at {Path(frame.filename).name}:{frame.lineno}); delete "
+                        f"{result_path(out, key)} to retry")
+    return _finish(result, began, out, key)
+
+
+def _finish(result: dict, began: float, out: Path, key: str) -> dict:
+    """Stamp the time and write the result (last, atomically: its presence means the video is done)."""
     result["seconds"] = round(time.perf_counter() - began, 3)
     write_json_atomic(result_path(out, key), result)
     return result
