@@ -35,6 +35,8 @@ def run(command: list[str], cwd: Path) -> str:
 
 
 def train_and_score(arm: str, manifest: Path, heldout: Path, work: Path, max_steps: int | None) -> dict:
+    """Train the stock tiny recipe on ``manifest`` in ``work/arm`` (skipped when that arm already has its last
+    checkpoint) and score it on ``heldout``."""
     folder = work / arm
     (folder / "runs" / "tiny").mkdir(parents=True, exist_ok=True)
     refenc = folder / "runs" / "tiny" / "refenc"
@@ -45,7 +47,10 @@ def train_and_score(arm: str, manifest: Path, heldout: Path, work: Path, max_ste
                "--data.init_args.cache_dir", str(folder / "cache")]
     if max_steps:
         command += ["--trainer.max_steps", str(max_steps)]
-    run(command, folder)
+    if (folder / "runs" / "tiny" / "e2v" / "checkpoints" / "last.ckpt").is_file():
+        print(f"{arm}: trained already ({folder}), scoring only")
+    else:
+        run(command, folder)
     text = run([sys.executable, str(REPO / "benchmarks" / "bench_learning.py"), "--checkpoint",
                 "runs/tiny/e2v/checkpoints/last.ckpt", "--manifest", str(heldout), "--frames", "17", "--size", "32",
                 "--out", str(folder / "learning")], folder)
@@ -60,6 +65,10 @@ def main() -> None:
     parser.add_argument("--built", type=Path, default=Path("data/raw_world_built"), help="build (made when missing)")
     parser.add_argument("--config", type=Path, default=Path("recipes/tiny/build.yaml"))
     parser.add_argument("--work", type=Path, default=Path("runs/build_learning"))
+    parser.add_argument("--built-arm", default="built", help="name of the built arm's folder under --work")
+    parser.add_argument("--sidecar-captions", action="store_true",
+                        help="give the raw videos their true shot captions as sidecar files before building (the "
+                             "direct triplets' captions), so the arms differ only in clips, references and plates")
     parser.add_argument("--max-steps", type=int, default=None, help="override the recipe's steps (quick checks)")
     parser.add_argument("--ratio", type=float, default=0.8)
     parser.add_argument("--check", action="store_true")
@@ -68,20 +77,24 @@ def main() -> None:
     if not (raw / "world.json").is_file():
         run(["e2v", "data", "synth", "--raw", "--out", str(raw), "--videos", "64", "--heldout", "24", "--height",
              "96", "--width", "96"], REPO)
+    if args.sidecar_captions:
+        from e2v.databuild.raw_synth import write_sidecars
+
+        write_sidecars(raw)
     if not (built / "train.jsonl").is_file():
         run(["e2v", "data", "build", "--videos", str(raw / "videos"), "--out", str(built), "--config",
              str(args.config.resolve()), "--workers", str(min(2, os.cpu_count() or 1)), "--no-progress"], REPO)
     if not (REPO / "runs" / "tiny" / "refenc" / "export").is_dir():
         run(["e2v", "fit", "--config", "recipes/tiny/refenc.yaml"], REPO)
     heldout = raw / "direct" / "heldout.jsonl"
-    arms = {"direct": raw / "direct" / "train.jsonl", "built": built / "train.jsonl"}
+    arms = {"direct": raw / "direct" / "train.jsonl", args.built_arm: built / "train.jsonl"}
     scores = {arm: train_and_score(arm, manifest, heldout, work, args.max_steps) for arm, manifest in arms.items()}
     print(f"{'arm':<8} {'records':>7} {'own':>6} {'flat':>6} {'plate':>6} {'shuffled':>8} {'(a)':>7} {'(b)':>7} {'(c)':>7}")
     for arm, s in scores.items():
         records = sum(1 for _ in arms[arm].open())
         print(f"{arm:<8} {records:>7} {s['own']:>6.2f} {s['flat']:>6.2f} {s['plate']:>6.2f} {s['shuffled']:>8.2f} "
               f"{s['a']:>+7.3f} {s['b']:>+7.3f} {s['c']:>+7.3f}")
-    ratios = {k: scores["built"][k] / scores["direct"][k] for k in "abc"}
+    ratios = {k: scores[args.built_arm][k] / scores["direct"][k] for k in "abc"}
     verdicts = {k: "ok" if ratios[k] >= args.ratio else "MISSED" for k in "abc"}
     print("built / direct:", "  ".join(f"({k}) {ratios[k]:.2f} {verdicts[k]}" for k in "abc"),
           f"(needs >= {args.ratio})")

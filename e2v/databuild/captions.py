@@ -1,7 +1,8 @@
 """Captions (registry kind ``captioner``). A build runs its captioners in order; the first that returns text wins.
 
-- ``sidecar``: a caption file beside the video: ``<video>.txt`` (one caption for every clip) or ``<video>.json``
-  (``{"caption": ...}`` or ``{"shots": [caption per shot]}``, shots in the detector's order).
+- ``sidecar``: a caption file beside the video: ``<video>.txt`` (one caption for every clip) or ``<video>.json``:
+  ``{"caption": ...}``, ``{"shots": [{"start": s, "end": s, "caption": ...}, ...]}`` (times in seconds; a clip
+  takes the entry its start falls in) or ``{"shots": [caption, ...]}`` (by the detector's shot order).
 - ``template`` (default fallback): "a red object and a blue object move left across a green background", from the
   detected elements' kinds and colours and their common motion.
 - ``vlm`` (``e2v.databuild.plugins``): a local vision-language model folder.
@@ -79,7 +80,15 @@ class SidecarCaptioner:
             return data["caption"].strip() or None
         shots = data.get("shots") if isinstance(data, dict) else None
         if not isinstance(shots, list):
-            raise ValueError(f"sidecar caption file {json_file} must hold {{'caption': str}} or {{'shots': [str, ...]}}")
+            raise ValueError(f"sidecar caption file {json_file} must hold {{'caption': str}} or {{'shots': [...]}}")
+        for entry in shots:
+            if isinstance(entry, dict):
+                try:
+                    if float(entry["start"]) - 1e-6 <= clip.time < float(entry["end"]):
+                        return str(entry["caption"]).strip() or None
+                except (KeyError, TypeError, ValueError) as err:
+                    raise ValueError(f"sidecar caption file {json_file}: shot entries need start, end (seconds) and "
+                                     f"caption, got {entry!r}"[:300]) from err
         if clip.shot < len(shots) and isinstance(shots[clip.shot], str):
             return shots[clip.shot].strip() or None
         return None

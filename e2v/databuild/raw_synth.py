@@ -195,6 +195,20 @@ def _write_video_and_truth(out: Path, name: str, shots: list[ShotPlan], height: 
     write_json_atomic(out / "truth" / f"{name}.json", truth, indent=1)
 
 
+def write_sidecars(out: str | os.PathLike) -> int:
+    """Write ``videos/<video>.json`` caption files (each shot's true caption, by time) from the truth, as a dataset
+    that ships captions would have; returns how many."""
+    out = Path(out)
+    count = 0
+    for truth_file in sorted((out / "truth").glob("video_*.json")):
+        truth = json.loads(truth_file.read_text())
+        shots = [{"start": s["start"] / truth["fps"], "end": s["end"] / truth["fps"], "caption": s["caption"]}
+                 for s in truth["shots"]]
+        write_json_atomic((out / truth["video"]).with_suffix(".json"), {"shots": shots}, indent=1)
+        count += 1
+    return count
+
+
 def _broken_videos(out: Path, rng: np.random.Generator, height: int, width: int) -> None:
     """A truncated file, a too-short video, a too-small video and one at 5 fps (truth: their expected rejection)."""
     plan = plan_shot(rng, "normal", [0, 1, 2], set(), -1)
@@ -216,8 +230,9 @@ def _broken_videos(out: Path, rng: np.random.Generator, height: int, width: int)
 
 def synthesize_raw(out_dir: str | os.PathLike, videos: int = 48, shots: tuple[int, int] = (6, 10),
                    heldout: int = 24, height: int = 64, width: int = 64, seed: int = 0, duplicates: float = 0.02,
-                   broken: bool = True, progress: bool = True) -> dict:
-    """Write the raw world (see the module docstring); returns counts. Deterministic by ``seed``."""
+                   broken: bool = True, sidecars: bool = False, progress: bool = True) -> dict:
+    """Write the raw world (see the module docstring); returns counts. Deterministic by ``seed``. ``sidecars``:
+    also write each video's true shot captions beside it (``write_sidecars``)."""
     out = Path(out_dir)
     rng = np.random.default_rng([seed, 7])
     pairs = synth.heldout_pairs(seed)
@@ -257,6 +272,8 @@ def synthesize_raw(out_dir: str | os.PathLike, videos: int = 48, shots: tuple[in
              "clip_fps": CLIP_FPS, "clip_frames": CLIP_FRAMES, "heldout_pairs": [
                  [synth.element_library()[a].name, synth.element_library()[b].name] for a, b in pairs]}
     write_json_atomic(out / "world.json", world, indent=2)
+    if sidecars:
+        write_sidecars(out)
     return {"videos": str(out / "videos"), "direct_train": len(direct), "direct_heldout": len(held)}
 
 
@@ -265,12 +282,15 @@ def add_raw_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--raw", action="store_true", help="write long multi-shot raw videos with truth instead")
     group.add_argument("--videos", type=int, default=48, help="raw videos (--raw)")
     group.add_argument("--no-broken", action="store_true", help="leave out the broken videos (--raw)")
+    group.add_argument("--sidecar-captions", action="store_true",
+                       help="write each video's true shot captions beside it, <video>.json (--raw)")
 
 
 def raw_command(args: argparse.Namespace) -> int:
     if args.height % 2 or args.width % 2:
         raise SystemExit("e2v data synth: --height and --width must be even")
     result = synthesize_raw(args.out, videos=args.videos, heldout=args.heldout, height=args.height,
-                            width=args.width, seed=args.seed, broken=not args.no_broken)
+                            width=args.width, seed=args.seed, broken=not args.no_broken,
+                            sidecars=args.sidecar_captions)
     print(json.dumps(result, indent=2))
     return 0

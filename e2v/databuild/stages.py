@@ -30,7 +30,8 @@ class ClipContext:
     """What a captioner sees of a clip: its frames, the elements found in it and their motion.
 
     ``elements``: ``[{"kind", "name", "colour", "box"}]`` in reference order; ``direction``: the common motion
-    ("left", "right", "up", "down" or "still"); ``background``: a phrase for the plate ("a green background").
+    ("left", "right", "up", "down" or "still"); ``background``: a phrase for the plate ("a green background");
+    ``video``, ``shot``, ``time``: the source file, the detected shot's index and the clip's start (seconds).
     """
 
     frames: np.ndarray
@@ -39,6 +40,7 @@ class ClipContext:
     background: str = "a background"
     video: str = ""
     shot: int = 0
+    time: float = 0.0  # the clip's start in the video, seconds
 
 
 @runtime_checkable

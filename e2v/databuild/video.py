@@ -209,7 +209,7 @@ def _element(track: Track, clip: np.ndarray, clip_id: str, index: int, out: Path
 
 
 def _process_clip(stages: Stages, config: BuildConfig, job: VideoJob, clip: np.ndarray, shot_frames: np.ndarray,
-                  clip_id: str, shot: int, out: Path) -> tuple[dict | None, str | None, dict]:
+                  clip_id: str, shot: int, time_s: float, out: Path) -> tuple[dict | None, str | None, dict]:
     """``(clip entry, None, values)`` for a kept clip or ``(None, reason, values)`` for a rejected one."""
     values = {}
     for check in stages.filters:
@@ -243,7 +243,7 @@ def _process_clip(stages: Stages, config: BuildConfig, job: VideoJob, clip: np.n
             elements[i]["face_embedding"] = encode_vector(vector)
     direction = motion_direction(tracks, max(height, width))
     background = f"a {colour_name(plate)} background"
-    context = ClipContext(clip, [dict(e) for e in elements], direction, background, job.path, shot)
+    context = ClipContext(clip, [dict(e) for e in elements], direction, background, job.path, shot, time_s)
     caption, source = None, None
     for spec, captioner in zip(config.captioners, stages.captioners):
         caption = captioner.caption(context)
@@ -325,7 +325,7 @@ def _cut(stages: Stages, config: BuildConfig, job: VideoJob, key: str, shots: li
         clip_id = f"{key}_s{shot:03d}_{n}"
         clip = np.stack([frames[i] for i in clip_frames[window]])
         entry, reason, values = _process_clip(stages, config, job, clip, np.stack([frames[i] for i in shot_frames[shot]]),
-                                              clip_id, shot, out)
+                                              clip_id, shot, start / native, out)
         if entry is None:
             result["rejected_clips"].append({"shot": shot, "start": start, "reason": reason,
                                              "values": {k: round(v, 5) for k, v in values.items()}})
