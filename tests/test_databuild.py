@@ -139,13 +139,36 @@ def test_captioners_template_and_sidecar(tmp_path):
     sidecar = registry.build("captioner", "sidecar")
     assert sidecar.caption(context) is None
     (tmp_path / "v.json").write_text(json.dumps({"shots": ["first shot", "second shot"]}))
-    assert sidecar.caption(context) == "second shot"
+    assert sidecar.caption(context) == "second shot"  # by the detected shot's index
+    timed = [{"start": 0.0, "end": 2.0, "caption": "early"}, {"start": 2.0, "end": 4.0, "caption": "late"}]
+    (tmp_path / "v.json").write_text(json.dumps({"shots": timed}))
+    assert sidecar.caption(context) == "early"  # by the clip's start time (0 s)
+    context.time = 2.5
+    assert sidecar.caption(context) == "late"
+    (tmp_path / "v.json").write_text(json.dumps({"shots": [{"start": 0.0, "caption": "no end"}]}))
+    with pytest.raises(ValueError, match="start, end"):
+        sidecar.caption(context)
     (tmp_path / "v.json").write_text("{not json")
     with pytest.raises(ValueError, match="v.json"):
         sidecar.caption(context)
     (tmp_path / "v.txt").write_text("one caption for the video\n")
     assert sidecar.caption(context) == "one caption for the video"
     assert colour_name(np.full((2, 2, 3), (200, 30, 30), np.uint8)) == "red"
+
+
+def test_sidecar_captions_reach_the_manifest(raw, tmp_path):
+    shutil.copytree(raw / "truth", tmp_path / "raw" / "truth")
+    (tmp_path / "raw" / "videos").mkdir()
+    shutil.copy(raw / "videos" / "video_0003.mp4", tmp_path / "raw" / "videos")
+    assert raw_synth.write_sidecars(tmp_path / "raw") == 4  # one per truth file of a real video
+    run_videos(tmp_path / "raw" / "videos", tmp_path / "out", BuildConfig(), progress=False)
+    records = merge(tmp_path / "out", BuildConfig()).records["train"]
+    truth = json.loads((raw / "truth" / "video_0003.json").read_text())
+    for record in records:
+        first = record["source"]["frames"][0]
+        shot = next(s for s in truth["shots"] if s["start"] <= first < s["end"])
+        assert record["caption"] == shot["caption"] and record["caption_source"] == "sidecar"
+    assert records
 
 
 def test_build_meets_the_truth(raw, built):

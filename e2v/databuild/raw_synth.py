@@ -11,9 +11,9 @@
 
 The world reuses the synthetic world's elements and backgrounds (``e2v.synth``) with the rules a still-camera
 background-subtraction pipeline can recover: each subject moves along its own lane (rows when the motion is
-horizontal, columns when vertical) and crosses most of the frame over its 7-8 s shot, so every background pixel is
-uncovered in most of the shot's frames (the plate is the temporal median), while the 2-s clip cut from the shot's
-start sees it move ``TRAVEL`` of the frame, as slow as the main world's. References are ordered by the subjects'
+horizontal, columns when vertical) from near the middle of the frame out of it over its 7-8 s shot, so every
+background pixel is uncovered in most of the shot's frames (the plate is the temporal median), while the 2-s clip
+cut from the shot's start sees it move ``TRAVEL`` of the frame around the middle, as slowly as the main world's. References are ordered by the subjects'
 first-frame x (left to right), the order a build can observe. A video's cast (3-4 identities) recurs across its shots, and the
 library's 18 identities recur across videos, so references can come from other clips.
 
@@ -68,17 +68,18 @@ class ShotPlan:
 
 
 def _lane_starts(rng: np.random.Generator, count: int, direction: str) -> list[tuple[float, float]]:
-    """First-frame centres: lane k at the k-th lane position, staggered so x orders the subjects."""
+    """First-frame centres: the k-th subject's clip is centred on the k-th lane (rows for horizontal motion,
+    staggered in x so x orders the subjects; columns for vertical motion), as the main world centres its slots, so
+    the direction moves a start by only ``TRAVEL`` / 2."""
     jitter = lambda: rng.uniform(-0.02, 0.02)  # noqa: E731
     dx, dy = synth.DIRECTIONS[direction]
     starts = []
     for k, lane in enumerate(LANES[count]):
-        if dx:  # horizontal motion: lanes are rows, the start x staggered by lane
-            along = 0.25 + 0.1 * k if dx > 0 else 0.65 + 0.1 * k
-            starts.append((along + jitter(), lane + jitter()))
+        if dx:
+            middle = 0.5 + 0.1 * (k - (count - 1) / 2)
+            starts.append((middle - dx * TRAVEL / 2 + jitter(), lane + jitter()))
         else:
-            along = 0.25 if dy > 0 else 0.75
-            starts.append((lane + jitter(), along + jitter()))
+            starts.append((lane + jitter(), 0.5 - dy * TRAVEL / 2 + jitter()))
     return starts
 
 
