@@ -34,7 +34,7 @@ def run(command: list[str], cwd: Path) -> str:
     return done.stdout
 
 
-def train_and_score(arm: str, manifest: Path, heldout: Path, work: Path, max_steps: int | None) -> dict:
+def train_and_score(arm: str, manifest: Path, heldout: Path, work: Path, max_steps: int | None, seed: int) -> dict:
     """Train the stock tiny recipe on ``manifest`` in ``work/arm`` (skipped when that arm already has its last
     checkpoint) and score it on ``heldout``."""
     folder = work / arm
@@ -47,6 +47,7 @@ def train_and_score(arm: str, manifest: Path, heldout: Path, work: Path, max_ste
                "--data.init_args.cache_dir", str(folder / "cache")]
     if max_steps:
         command += ["--trainer.max_steps", str(max_steps)]
+    command += ["--seed_everything", str(seed)]
     if (folder / "runs" / "tiny" / "e2v" / "checkpoints" / "last.ckpt").is_file():
         print(f"{arm}: trained already ({folder}), scoring only")
     else:
@@ -70,6 +71,7 @@ def main() -> None:
                         help="give the raw videos their true shot captions as sidecar files before building (the "
                              "direct triplets' captions), so the arms differ only in clips, references and plates")
     parser.add_argument("--max-steps", type=int, default=None, help="override the recipe's steps (quick checks)")
+    parser.add_argument("--seed", type=int, default=0, help="training seed of both arms (the recipe's is 0)")
     parser.add_argument("--ratio", type=float, default=0.8)
     parser.add_argument("--check", action="store_true")
     args = parser.parse_args()
@@ -88,7 +90,8 @@ def main() -> None:
         run(["e2v", "fit", "--config", "recipes/tiny/refenc.yaml"], REPO)
     heldout = raw / "direct" / "heldout.jsonl"
     arms = {"direct": raw / "direct" / "train.jsonl", args.built_arm: built / "train.jsonl"}
-    scores = {arm: train_and_score(arm, manifest, heldout, work, args.max_steps) for arm, manifest in arms.items()}
+    scores = {arm: train_and_score(arm, manifest, heldout, work, args.max_steps, args.seed)
+              for arm, manifest in arms.items()}
     print(f"{'arm':<8} {'records':>7} {'own':>6} {'flat':>6} {'plate':>6} {'shuffled':>8} {'(a)':>7} {'(b)':>7} {'(c)':>7}")
     for arm, s in scores.items():
         records = sum(1 for _ in arms[arm].open())
