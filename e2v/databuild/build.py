@@ -152,7 +152,8 @@ def copy_shard(source: Path, out: Path) -> int:
 class Merged:
     records: dict[str, list[dict]]  # split -> manifest records
     counts: dict
-    samples: list[dict]
+    samples: list[dict]  # up to 12 training records spread over the manifest, for the report
+    results: list[dict]  # the per-video results merged
 
 
 def _hamming(a: str, b: str) -> int:
@@ -268,4 +269,4 @@ def merge(out: str | os.PathLike, config: BuildConfig, names: list[str] | None =
             write_text_atomic(out / f"{split}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     counts["videos_rejected"] = dict(counts["videos_rejected"])
     counts["clips_rejected"] = dict(counts["clips_rejected"])
-    return Merged(records, counts, [r for r in records["train"][:: max(1, len(records["train"]) // 12)]][:12])
+    return Merged(records, counts, records["train"][:: max(1, len(records["train"]) // 12)][:12], results)

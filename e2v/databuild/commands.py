@@ -13,12 +13,10 @@ from e2v.argtypes import positive_int
 def _finish(out: Path, config, names: list[str] | None, extra: dict) -> int:
     from e2v.databuild.build import merge
     from e2v.databuild.report import write_report
-    from e2v.databuild.video import WORK, job_config
+    from e2v.databuild.video import job_config
 
     merged = merge(out, config, names)
-    results = [json.loads(p.read_text(encoding="utf-8")) for p in sorted((out / WORK).glob("*.json"))]
-    results = [r for r in results if r.get("config") == config.digest()]
-    report = write_report(out, merged.counts, merged.samples, results, job_config(config), extra)
+    report = write_report(out, merged.counts, merged.samples, merged.results, job_config(config), extra)
     print(json.dumps({"manifest": str(out / "train.jsonl"), **report["counts"], **report["throughput"]}, indent=2))
     print(f"report: {out / 'report.html'}")
     return 0

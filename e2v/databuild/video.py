@@ -172,21 +172,6 @@ def _windows(shots: list[tuple[int, int]], span: int, config: BuildConfig) -> tu
     return windows, short
 
 
-def _gather(path: str, wanted: set[int], size: list[int] | None) -> dict[int, np.ndarray]:
-    """The frames at native indices ``wanted``, decoded in one pass."""
-    found = {}
-    last = max(wanted)
-    for index, image in enumerate(iter_frames(path)):
-        if index in wanted:
-            found[index] = image
-        if index >= last:
-            break
-    missing = sorted(wanted - set(found))
-    if missing:
-        raise VideoDecodeError(f"{path}: decoding stopped before frame {missing[0]} (truncated?)")
-    return {k: _resize(v[None], size)[0] for k, v in found.items()}
-
-
 def _crop(track: Track, clip: np.ndarray, frame: int) -> np.ndarray:
     """The element's crop on white in ``frame`` (its box when the detector gave no mask)."""
     detection = track.detections[frame]
@@ -311,28 +296,47 @@ def _finish(result: dict, began: float, out: Path, key: str) -> dict:
 
 def _cut(stages: Stages, config: BuildConfig, job: VideoJob, key: str, shots: list, windows: list, native: float,
          out: Path, result: dict) -> None:
+    """Decode the video once, keeping only the frames the shot at hand needs (its clips' frames and up to
+    ``plate_frames`` for its plate), and process each shot's clips as soon as its last needed frame is decoded:
+    memory holds one shot's frames, however long the video."""
     step = native / config.fps
     clip_frames = {w: [w[2] + int(round(i * step)) for i in range(config.frames)] for w in windows}
-    shot_frames = {}
-    for shot in {w[0] for w in windows}:
+    plate_frames, needed = {}, {}
+    for shot in sorted({w[0] for w in windows}):
         first, end = shots[shot]
-        shot_frames[shot] = sorted({int(round(v)) for v in np.linspace(first, end - 1, min(config.plate_frames,
-                                                                                             end - first))})
-    wanted = set().union(*clip_frames.values(), *shot_frames.values())
-    frames = _gather(job.path, wanted, config.resize)
-    for window in windows:
-        shot, n, start = window
-        clip_id = f"{key}_s{shot:03d}_{n}"
-        clip = np.stack([frames[i] for i in clip_frames[window]])
-        entry, reason, values = _process_clip(stages, config, job, clip, np.stack([frames[i] for i in shot_frames[shot]]),
-                                              clip_id, shot, start / native, out)
-        if entry is None:
-            result["rejected_clips"].append({"shot": shot, "start": start, "reason": reason,
-                                             "values": {k: round(v, 5) for k, v in values.items()}})
-        else:
-            entry.update(start=start, source_frames=clip_frames[window])
-            entry["values"] = {k: round(v, 5) for k, v in values.items()}
-            result["clips"].append(entry)
+        plate_frames[shot] = sorted({int(round(v)) for v in np.linspace(first, end - 1,
+                                                                        min(config.plate_frames, end - first))})
+        needed[shot] = set(plate_frames[shot]).union(*(clip_frames[w] for w in windows if w[0] == shot))
+    pending = sorted(needed, key=lambda s: max(needed[s]))
+    frames: dict[int, np.ndarray] = {}
+    for index, image in enumerate(iter_frames(job.path)):
+        if any(index in needed[s] for s in pending):
+            frames[index] = _resize(image[None], config.resize)[0]
+        while pending and max(needed[pending[0]]) <= index:
+            shot = pending.pop(0)
+            shot_stack = np.stack([frames[i] for i in plate_frames[shot]])
+            for window in (w for w in windows if w[0] == shot):
+                _clip(stages, config, job, key, window, np.stack([frames[i] for i in clip_frames[window]]),
+                      shot_stack, clip_frames[window], native, out, result)
+            for i in needed[shot]:
+                frames.pop(i, None)
+        if not pending:
+            return
+    raise VideoDecodeError(f"{job.path}: decoding stopped before frame {max(needed[pending[0]])} (truncated?)")
+
+
+def _clip(stages: Stages, config: BuildConfig, job: VideoJob, key: str, window: tuple, clip: np.ndarray,
+          shot_frames: np.ndarray, source_frames: list[int], native: float, out: Path, result: dict) -> None:
+    """One clip window through the clip stages, recorded in ``result`` as kept or rejected."""
+    shot, n, start = window
+    entry, reason, values = _process_clip(stages, config, job, clip, shot_frames, f"{key}_s{shot:03d}_{n}", shot,
+                                          start / native, out)
+    values = {k: round(v, 5) for k, v in values.items()}
+    if entry is None:
+        result["rejected_clips"].append({"shot": shot, "start": start, "reason": reason, "values": values})
+    else:
+        entry.update(start=start, source_frames=source_frames, values=values)
+        result["clips"].append(entry)
 
 
 def job_config(config: BuildConfig) -> dict:
