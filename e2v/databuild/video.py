@@ -307,12 +307,14 @@ def _cut(stages: Stages, config: BuildConfig, job: VideoJob, key: str, shots: li
         plate_frames[shot] = sorted({int(round(v)) for v in np.linspace(first, end - 1,
                                                                         min(config.plate_frames, end - first))})
         needed[shot] = set(plate_frames[shot]).union(*(clip_frames[w] for w in windows if w[0] == shot))
-    pending = sorted(needed, key=lambda s: max(needed[s]))
+    last = {shot: max(indices) for shot, indices in needed.items()}
+    wanted = set().union(*needed.values())  # shots do not overlap: a wanted frame belongs to one pending shot
+    pending = sorted(needed, key=last.get)
     frames: dict[int, np.ndarray] = {}
     for index, image in enumerate(iter_frames(job.path)):
-        if any(index in needed[s] for s in pending):
+        if index in wanted:
             frames[index] = _resize(image[None], config.resize)[0]
-        while pending and max(needed[pending[0]]) <= index:
+        while pending and last[pending[0]] <= index:
             shot = pending.pop(0)
             shot_stack = np.stack([frames[i] for i in plate_frames[shot]])
             for window in (w for w in windows if w[0] == shot):
@@ -322,7 +324,7 @@ def _cut(stages: Stages, config: BuildConfig, job: VideoJob, key: str, shots: li
                 frames.pop(i, None)
         if not pending:
             return
-    raise VideoDecodeError(f"{job.path}: decoding stopped before frame {max(needed[pending[0]])} (truncated?)")
+    raise VideoDecodeError(f"{job.path}: decoding stopped before frame {last[pending[0]]} (truncated?)")
 
 
 def _clip(stages: Stages, config: BuildConfig, job: VideoJob, key: str, window: tuple, clip: np.ndarray,
