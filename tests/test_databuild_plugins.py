@@ -20,6 +20,11 @@ def random_frames(count=3, height=40, width=48, seed=0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (count, height, width, 3), dtype=np.uint8)
 
 
+# the vision tower every tiny model here shares (OWL-ViT, BLIP, LLaVA's CLIP, the CLIP/DINOv2 embedders)
+TINY_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, image_size=32,
+                   patch_size=8)
+
+
 def clip_tokenizer():
     """A character-level CLIP tokenizer (no merges); start/end tokens last: OWL-ViT masks queries starting with id 0."""
     vocab = {}
@@ -41,8 +46,7 @@ def owlvit(tmp_path_factory):
         text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                          num_attention_heads=4, max_position_embeddings=16, bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=end, pad_token_id=end),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-                           image_size=32, patch_size=8),
+        vision_config=TINY_VISION,
         projection_dim=32)
     torch.manual_seed(0)
     transformers.OwlViTForObjectDetection(config).save_pretrained(folder)
@@ -101,8 +105,7 @@ def blip(tmp_path_factory):
                          num_attention_heads=4, max_position_embeddings=64, encoder_hidden_size=32,
                          bos_token_id=tokenizer.cls_token_id, pad_token_id=tokenizer.pad_token_id,
                          sep_token_id=tokenizer.sep_token_id),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-                           image_size=32, patch_size=8),
+        vision_config=TINY_VISION,
         projection_dim=16)
     torch.manual_seed(0)
     transformers.BlipForConditionalGeneration(config).save_pretrained(folder)
@@ -125,8 +128,7 @@ def llava(tmp_path_factory):
                                 vision_feature_select_strategy="default", chat_template=template,
                                 num_additional_image_tokens=1).save_pretrained(folder)
     config = transformers.LlavaConfig(
-        vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=4, image_size=32, patch_size=8),
+        vision_config=dict(TINY_VISION, model_type="clip_vision_model", num_hidden_layers=2),
         text_config=dict(model_type="llama", vocab_size=len(words), hidden_size=32, intermediate_size=64,
                          num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
                          max_position_embeddings=256, pad_token_id=0, bos_token_id=2, eos_token_id=3),
@@ -252,8 +254,7 @@ def test_vlm_captioner_missing_folder_names_the_path(tmp_path):
 @pytest.mark.parametrize("family", ["clip", "dinov2"])
 def test_image_encoder_embeddings_are_unit_rows(tmp_path, family):
     torch.manual_seed(0)
-    options = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, image_size=32,
-                   patch_size=8)
+    options = TINY_VISION
     if family == "clip":
         model = transformers.CLIPVisionModel(transformers.CLIPVisionConfig(**options))
     else:
