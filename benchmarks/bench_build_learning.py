@@ -3,22 +3,28 @@ of the raw synthetic world against the same recipe trained on the world's direct
 shots with true references and clean plates), both scored by ``bench_learning.py`` on the world's held-out
 triplets (subject pairs never together in any raw video).
 
-Each arm trains in its own folder under ``--work`` (the stock recipe, its paths made relative to that folder), so
-nothing of the main job's ``runs/tiny`` is touched; the reference encoder is the main job's
-(``runs/tiny/refenc/export``, trained here first when missing). Prints both arms' margins and their ratios; with
-``--check`` exits 1 when a built margin is under ``--ratio`` (0.8) of the direct one. About 20 minutes on 2 cores.
+Each arm and training seed trains in its own folder, ``--work``/seed<n>/<arm> (the stock recipe, its paths made
+relative to that folder), so nothing of the main job's ``runs/tiny`` is touched; the reference encoder is the main
+job's (``runs/tiny/refenc/export``, trained here first when missing). Prints both arms' margins per seed, their
+means and the ratios; with ``--check`` exits 1 when a built mean margin is under ``--ratio`` (0.8) of the direct
+one. About 20 minutes per seed on 2 cores; finished arms are not trained or scored again.
 
-    python benchmarks/bench_build_learning.py [--raw data/raw_world] [--built data/raw_world_built] [--check]
+    python benchmarks/bench_build_learning.py [--raw data/raw_world] [--built data/raw_world_built] \
+        [--seed 0 1 2] [--check]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+from e2v.atomic import write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 MARGIN = re.compile(r"^\s+\((?P<key>[abc])\) .*?(?P<value>[+-]\d+\.\d+)", re.M)
@@ -34,10 +40,9 @@ def run(command: list[str], cwd: Path) -> str:
     return done.stdout
 
 
-def train_and_score(arm: str, manifest: Path, heldout: Path, work: Path, max_steps: int | None, seed: int) -> dict:
-    """Train the stock tiny recipe on ``manifest`` in ``work/arm`` (skipped when that arm already has its last
-    checkpoint) and score it on ``heldout``."""
-    folder = work / arm
+def train_and_score(arm: str, manifest: Path, heldout: Path, folder: Path, max_steps: int | None, seed: int) -> dict:
+    """Train the stock tiny recipe on ``manifest`` in ``folder`` (skipped when it already has its last checkpoint)
+    and score it on ``heldout`` (skipped when ``folder/learning/scores.json`` is newer than that checkpoint)."""
     (folder / "runs" / "tiny").mkdir(parents=True, exist_ok=True)
     refenc = folder / "runs" / "tiny" / "refenc"
     if not refenc.exists():
@@ -48,16 +53,27 @@ def train_and_score(arm: str, manifest: Path, heldout: Path, work: Path, max_ste
     if max_steps:
         command += ["--trainer.max_steps", str(max_steps)]
     command += ["--seed_everything", str(seed)]
-    if (folder / "runs" / "tiny" / "e2v" / "checkpoints" / "last.ckpt").is_file():
-        print(f"{arm}: trained already ({folder}), scoring only")
+    checkpoint = folder / "runs" / "tiny" / "e2v" / "checkpoints" / "last.ckpt"
+    if checkpoint.is_file():
+        print(f"{arm}, seed {seed}: trained already ({folder})")
     else:
         run(command, folder)
+    scores = folder / "learning" / "scores.json"
+    if scores.is_file() and scores.stat().st_mtime > checkpoint.stat().st_mtime:
+        return json.loads(scores.read_text())
     text = run([sys.executable, str(REPO / "benchmarks" / "bench_learning.py"), "--checkpoint",
                 "runs/tiny/e2v/checkpoints/last.ckpt", "--manifest", str(heldout), "--frames", "17", "--size", "32",
                 "--out", str(folder / "learning")], folder)
     print(text)
-    return {**{k: float(v) for k, v in PSNR.search(text).groupdict().items()},
-            **{m["key"]: float(m["value"]) for m in MARGIN.finditer(text)}}
+    result = {**{k: float(v) for k, v in PSNR.search(text).groupdict().items()},
+              **{m["key"]: float(m["value"]) for m in MARGIN.finditer(text)}}
+    write_json_atomic(scores, result)
+    return result
+
+
+def print_row(label: str, records: int | str, s: dict) -> None:
+    print(f"{label:<16} {records:>7} {s['own']:>6.2f} {s['flat']:>6.2f} {s['plate']:>6.2f} {s['shuffled']:>8.2f} "
+          f"{s['a']:>+7.3f} {s['b']:>+7.3f} {s['c']:>+7.3f}")
 
 
 def main() -> None:
@@ -71,13 +87,15 @@ def main() -> None:
                         help="give the raw videos their true shot captions as sidecar files before building (the "
                              "direct triplets' captions), so the arms differ only in clips, references and plates")
     parser.add_argument("--max-steps", type=int, default=None, help="override the recipe's steps (quick checks)")
-    parser.add_argument("--seed", type=int, default=0, help="training seed of both arms (the recipe's is 0)")
+    parser.add_argument("--seed", type=int, nargs="+", default=[0],
+                        help="training seeds of both arms (the recipe's is 0); with several, --check compares the "
+                             "arms' mean margins")
     parser.add_argument("--ratio", type=float, default=0.8)
     parser.add_argument("--check", action="store_true")
     args = parser.parse_args()
     raw, built, work = args.raw.resolve(), args.built.resolve(), args.work.resolve()
     if not (raw / "world.json").is_file():
-        run(["e2v", "data", "synth", "--raw", "--out", str(raw), "--videos", "64", "--heldout", "24", "--height",
+        run(["e2v", "data", "synth", "--raw", "--out", str(raw), "--videos", "64", "--height",
              "96", "--width", "96"], REPO)
     if args.sidecar_captions:
         from e2v.databuild.raw_synth import write_sidecars
@@ -90,16 +108,24 @@ def main() -> None:
         run(["e2v", "fit", "--config", "recipes/tiny/refenc.yaml"], REPO)
     heldout = raw / "direct" / "heldout.jsonl"
     arms = {"direct": raw / "direct" / "train.jsonl", args.built_arm: built / "train.jsonl"}
-    scores = {arm: train_and_score(arm, manifest, heldout, work, args.max_steps, args.seed)
-              for arm, manifest in arms.items()}
-    print(f"{'arm':<8} {'records':>7} {'own':>6} {'flat':>6} {'plate':>6} {'shuffled':>8} {'(a)':>7} {'(b)':>7} {'(c)':>7}")
-    for arm, s in scores.items():
-        records = sum(1 for _ in arms[arm].open())
-        print(f"{arm:<8} {records:>7} {s['own']:>6.2f} {s['flat']:>6.2f} {s['plate']:>6.2f} {s['shuffled']:>8.2f} "
-              f"{s['a']:>+7.3f} {s['b']:>+7.3f} {s['c']:>+7.3f}")
-    ratios = {k: scores[args.built_arm][k] / scores["direct"][k] for k in "abc"}
+    scores = {(arm, seed): train_and_score(arm, manifest, heldout, work / f"seed{seed}" / arm, args.max_steps, seed)
+              for seed in args.seed for arm, manifest in arms.items()}
+    print(f"{'arm, seed':<16} {'records':>7} {'own':>6} {'flat':>6} {'plate':>6} {'shuffled':>8} {'(a)':>7} {'(b)':>7} "
+          f"{'(c)':>7}")
+    means = {}
+    for arm, manifest in arms.items():
+        records = sum(1 for _ in manifest.open())
+        for seed in args.seed:
+            print_row(f"{arm}, {seed}", records, scores[arm, seed])
+        means[arm] = {k: statistics.mean(scores[arm, seed][k] for seed in args.seed) for k in scores[arm, seed]}
+        if len(args.seed) > 1:
+            print_row(f"{arm}, mean", "", means[arm])
+    for seed in args.seed:
+        print(f"built / direct, seed {seed}:", "  ".join(
+            f"({k}) {scores[args.built_arm, seed][k] / scores['direct', seed][k]:.2f}" for k in "abc"))
+    ratios = {k: means[args.built_arm][k] / means["direct"][k] for k in "abc"}
     verdicts = {k: "ok" if ratios[k] >= args.ratio else "MISSED" for k in "abc"}
-    print("built / direct:", "  ".join(f"({k}) {ratios[k]:.2f} {verdicts[k]}" for k in "abc"),
+    print("built / direct, mean margins:", "  ".join(f"({k}) {ratios[k]:.2f} {verdicts[k]}" for k in "abc"),
           f"(needs >= {args.ratio})")
     if args.check and "MISSED" in verdicts.values():
         sys.exit(1)

@@ -9,13 +9,15 @@
                                 clean plates): the baseline a built manifest is compared with
     DIR/direct/heldout.jsonl    held-out triplets (subject pairs never together in any raw video), for evaluation
 
-The world reuses the synthetic world's elements and backgrounds (``e2v.synth``) with the rules a still-camera
-background-subtraction pipeline can recover: each subject moves along its own lane (rows when the motion is
-horizontal, columns when vertical) from near the middle of the frame out of it over its 7-8 s shot, so every
-background pixel is uncovered in most of the shot's frames (the plate is the temporal median), while the 2-s clip
-cut from the shot's start sees it move ``TRAVEL`` of the frame around the middle, as slowly as the main world's. References are ordered by the subjects'
-first-frame x (left to right), the order a build can observe. A video's cast (3-4 identities) recurs across its shots, and the
-library's 18 identities recur across videos, so references can come from other clips.
+The world reuses the synthetic world's elements, backgrounds and clip layout (``e2v.synth``), with what a
+still-camera background-subtraction pipeline needs to recover them. A shot opens with the clip a build cuts (its
+first 2 s): 1-2 subjects in evenly spaced slots along one row, drifting ``TRAVEL`` of the frame the way the caption
+says, as the main world's clips do (slots are wider apart, so two subjects never touch and motion segmentation can
+tell them apart). Then the subjects leave the frame within ``EXIT_FRAMES`` and the rest of the 7-8 s shot is the
+empty background, so every background pixel is uncovered in most of the shot's frames (the plate is the temporal
+median). References are ordered by the subjects' first-frame x (left to right), the order a build can observe. A
+video's cast (3-4 identities) recurs across its shots, and the library's 18 identities recur across videos, so
+references can come from other clips.
 
 Shot kinds besides ``normal``: ``static`` (nothing moves), ``black``, ``flash`` (strobe frames), ``blur``, ``pan``
 (fast camera motion), ``short`` (shorter than one clip) and ``duplicate`` (an exact copy of an earlier video's
@@ -43,10 +45,12 @@ RAW_FPS = 16.0
 CLIP_FPS = 8.0
 CLIP_FRAMES = 17
 SPAN = int(round((CLIP_FRAMES - 1) * RAW_FPS / CLIP_FPS)) + 1  # raw frames one clip covers (33)
-TRAVEL = 0.25  # fraction of the frame a subject moves in one clip (2 s)
-SIZE = (0.32, 0.38)  # a subject's longest side, fraction of the frame
-SHOT_FRAMES = (112, 128)  # frames of a shot (7-8 s): subjects cross 0.9-1 of the frame over it
-LANES = {1: (0.5,), 2: (0.27, 0.73)}
+TRAVEL = synth.TRAVEL  # fraction of the frame a subject moves in one clip (2 s), as in the main world
+EXIT_FRAMES = 24  # raw frames after the clip window in which the subjects leave the frame
+EXIT = 1.4  # how far they move meanwhile (fraction of the frame): enough to leave it from any slot
+SIZE = (0.38, 0.46)  # a subject's longest side, fraction of the frame (main world: 0.4-0.5)
+SHOT_FRAMES = (112, 128)  # frames of a shot (7-8 s): after the subjects leave, over half of it is empty background
+SLOTS = {1: (0.5,), 2: (0.24, 0.76)}  # x of the subjects' clip-window centres (main world: 1/3, 2/3)
 SHOT_KINDS = {"normal": 0.8, "static": 0.04, "black": 0.03, "flash": 0.03, "blur": 0.03, "pan": 0.04, "short": 0.03}
 EXPECT = {"normal": "keep", "static": "static", "black": "black", "flash": "flashing", "blur": "blurred",
           "pan": "camera_motion", "short": "too_short", "duplicate": "near_duplicate"}
@@ -67,20 +71,12 @@ class ShotPlan:
     caption: str
 
 
-def _lane_starts(rng: np.random.Generator, count: int, direction: str) -> list[tuple[float, float]]:
-    """First-frame centres: the k-th subject's clip is centred on the k-th lane (rows for horizontal motion,
-    staggered in x so x orders the subjects; columns for vertical motion), as the main world centres its slots, so
-    the direction moves a start by only ``TRAVEL`` / 2."""
-    jitter = lambda: rng.uniform(-0.02, 0.02)  # noqa: E731
+def _slot_starts(rng: np.random.Generator, count: int, direction: str) -> list[tuple[float, float]]:
+    """First-frame centres: the k-th subject's clip-window path is centred on the k-th slot of one row (the main
+    world's ``_subject_plan`` with ``SLOTS``), so the direction moves a start by ``TRAVEL`` / 2."""
     dx, dy = synth.DIRECTIONS[direction]
-    starts = []
-    for k, lane in enumerate(LANES[count]):
-        if dx:
-            middle = 0.5 + 0.1 * (k - (count - 1) / 2)
-            starts.append((middle - dx * TRAVEL / 2 + jitter(), lane + jitter()))
-        else:
-            starts.append((lane + jitter(), 0.5 - dy * TRAVEL / 2 + jitter()))
-    return starts
+    return [(x + rng.uniform(-0.03, 0.03) - dx * TRAVEL / 2, rng.uniform(0.45, 0.55) - dy * TRAVEL / 2)
+            for x in SLOTS[count]]
 
 
 def plan_shot(rng: np.random.Generator, kind: str, cast: list[int], banned: set, previous_background: int,
@@ -102,7 +98,7 @@ def plan_shot(rng: np.random.Generator, kind: str, cast: list[int], banned: set,
     phrases = [synth.element_library()[s].phrase for s in subjects]
     caption = synth.make_caption(rng, phrases, synth.background_library()[background].phrase, direction)
     return ShotPlan(
-        kind, frames, background, tuple(subjects), direction, tuple(_lane_starts(rng, len(subjects), direction)),
+        kind, frames, background, tuple(subjects), direction, tuple(_slot_starts(rng, len(subjects), direction)),
         tuple(float(v) for v in rng.uniform(*SIZE, size=len(subjects))),
         tuple(float(v) for v in rng.uniform(-8, 8, size=len(subjects))),
         tuple(bool(v) for v in rng.integers(0, 2, size=len(subjects))), tuple(float(v) for v in window), caption)
@@ -110,7 +106,9 @@ def plan_shot(rng: np.random.Generator, kind: str, cast: list[int], banned: set,
 
 def _pose(plan: ShotPlan, i: int, frame: int, fps: float) -> synth.Pose:
     dx, dy = synth.DIRECTIONS[plan.direction]
-    moved = 0.0 if plan.kind == "static" else TRAVEL * frame / (SPAN - 1) * RAW_FPS / fps
+    raw = frame * RAW_FPS / fps - (SPAN - 1)  # raw frames past the clip window
+    moved = TRAVEL * (1 + raw / (SPAN - 1)) if raw <= 0 else TRAVEL + EXIT * min(raw, EXIT_FRAMES) / EXIT_FRAMES
+    moved = 0.0 if plan.kind == "static" else moved
     x, y = plan.starts[i]
     return synth.Pose(x + dx * moved, y + dy * moved, plan.sizes[i], plan.angles[i], plan.flips[i])
 
