@@ -70,6 +70,22 @@ def test_raw_world_truth_describes_its_videos(raw):
     assert report.good and not report.bad
 
 
+def test_raw_world_subjects_stay_apart_in_the_clip_then_leave_the_frame():
+    """What motion segmentation needs: two subjects never touch while the clip runs (the segmenter joins regions
+    within 2 px, so 5 px apart at 96 px), and the shot ends on empty background (most of it, so the median is the
+    plate)."""
+    rng = np.random.default_rng(1)
+    for _ in range(12):
+        plan = raw_synth.plan_shot(rng, "normal", list(range(18)), set(), -1, count=2)
+        _, boxes, _ = raw_synth.render_shot(plan, 96, 96)
+        left, right = boxes
+        assert all(right[f][0] - left[f][2] >= 5 for f in range(raw_synth.SPAN))
+        empty = [f for f in range(plan.frames) if left[f] is None and right[f] is None]
+        assert raw_synth.SPAN < empty[0] <= raw_synth.SPAN + raw_synth.EXIT_FRAMES
+        assert empty == list(range(empty[0], plan.frames))
+        assert len(empty) > plan.frames / 2
+
+
 @pytest.mark.parametrize("kind", ["black", "static", "flash", "blur", "pan"])
 def test_each_filter_rejects_its_shot_kind_and_passes_a_normal_shot(kind):
     names = {"flash": "flashing", "blur": "blurred", "pan": "camera_motion"}
