@@ -93,6 +93,28 @@ def sam(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def sam2(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sam2")
+    hiera = dict(model_type="sam2_hiera_det_model", hidden_size=8, num_attention_heads=1, image_size=[64, 64],
+                 patch_kernel_size=[7, 7], patch_stride=[4, 4], patch_padding=[3, 3], blocks_per_stage=[1, 1, 2, 1],
+                 embed_dim_per_stage=[8, 16, 32, 64], num_attention_heads_per_stage=[1, 1, 1, 1],
+                 window_size_per_stage=[4, 4, 4, 2], global_attention_blocks=[3],
+                 window_positional_embedding_background_size=[2, 2])
+    config = transformers.Sam2Config(
+        vision_config=dict(backbone_config=hiera, backbone_channel_list=[64, 32, 16, 8],
+                           backbone_feature_sizes=[[16, 16], [8, 8], [4, 4]], fpn_hidden_size=16),
+        prompt_encoder_config=dict(hidden_size=16, image_size=64, patch_size=16, mask_input_channels=4),
+        mask_decoder_config=dict(hidden_size=16, mlp_dim=32, num_hidden_layers=1, num_attention_heads=2,
+                                 iou_head_hidden_dim=16))
+    torch.manual_seed(0)
+    transformers.Sam2Model(config).save_pretrained(folder)
+    image_processor = transformers.Sam2ImageProcessor(size={"height": 64, "width": 64},
+                                                      mask_size={"height": 16, "width": 16})
+    transformers.Sam2Processor(image_processor=image_processor).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
 def blip(tmp_path_factory):
     folder = tmp_path_factory.mktemp("blip")
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -156,10 +178,12 @@ def check_detections(found, frames, masked: bool):
                 assert detection.mask is None
 
 
-def test_grounded_owlvit_boxes_with_sam_masks(owlvit, sam):
+@pytest.mark.parametrize("segmenter", ["sam", "sam2"])
+def test_grounded_owlvit_boxes_with_sam_masks(owlvit, segmenter, request):
     frames = random_frames()
-    detector = build("element_detector", {"name": "grounded", "detector": owlvit, "segmenter": sam,
-                                          "labels": QUERIES, "box_threshold": 0.0})
+    detector = build("element_detector", {"name": "grounded", "detector": owlvit,
+                                          "segmenter": request.getfixturevalue(segmenter), "labels": QUERIES,
+                                          "box_threshold": 0.0})
     assert isinstance(detector, ElementDetector)
     found = detector.detect(frames, None)
     assert all(found)  # threshold 0 keeps every box
@@ -273,6 +297,11 @@ def test_image_encoder_embeddings_are_unit_rows(tmp_path, family):
 def test_image_encoder_missing_config_names_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match=f"{tmp_path} is not a local transformers folder with a config.json"):
         build("element_embedder", {"name": "image_encoder", "path": str(tmp_path)})
+
+
+def test_grounded_segmenter_that_is_no_sam_is_refused_naming_the_folder(owlvit):
+    with pytest.raises(ValueError, match=f"grounded segmenter: {owlvit} holds a 'owlvit' model"):
+        build("element_detector", {"name": "grounded", "detector": owlvit, "segmenter": owlvit})
 
 
 # ---- dlib faces ----

@@ -4,7 +4,7 @@
   :class:`e2v.bench.embedders.TransformersEmbedder`), L2-normalised.
 - ``captioner`` ``vlm``: a vision-language model (BLIP, LLaVA, Qwen2-VL, ...) captions sampled frames of a clip.
 - ``element_detector`` ``grounded``: open-vocabulary boxes (GroundingDINO, OWL-ViT, OWLv2) for text queries, each
-  query mapped to an element kind, optionally segmented by SAM prompted with the boxes.
+  query mapped to an element kind, optionally segmented by SAM or SAM2 prompted with the boxes.
 
 transformers is imported when a component is built, not when this module is imported.
 """
@@ -23,6 +23,7 @@ from e2v.registry import register
 DEFAULT_LABELS = {"a person": "human", "a face": "face", "an animal": "animal", "an object": "object"}
 DEFAULT_CHAT_PROMPT = "Describe this video in one sentence."
 GROUNDING_TYPES = ("grounding-dino", "mm-grounding-dino")  # one text prompt of "."-separated phrases per image
+SEGMENTER_CLASSES = {"sam": "SamModel", "sam2": "Sam2Model", "sam2_video": "Sam2Model"}  # box-prompted, per image
 
 
 def local_folder(path: str, what: str) -> Path:
@@ -38,6 +39,19 @@ def load_processor(folder: Path):
     from transformers import AutoProcessor
 
     return AutoProcessor.from_pretrained(folder, local_files_only=True)
+
+
+def load_segmenter(folder: Path):
+    """``(processor, model)`` of a local SAM or SAM2 folder (image model; a SAM2 video checkpoint loads its image
+    part); any other model type is refused naming the folder."""
+    import transformers
+
+    model_type = transformers.AutoConfig.from_pretrained(folder, local_files_only=True).model_type
+    if model_type not in SEGMENTER_CLASSES:
+        raise ValueError(f"grounded segmenter: {folder} holds a {model_type!r} model; expected one of "
+                         f"{sorted(SEGMENTER_CLASSES)} (SAM, SAM2)")
+    model = getattr(transformers, SEGMENTER_CLASSES[model_type]).from_pretrained(folder, local_files_only=True)
+    return load_processor(folder), model
 
 
 def even_indices(count: int, wanted: int) -> np.ndarray:
@@ -123,7 +137,8 @@ class VlmCaptioner:
 
 @register("element_detector", "grounded")
 class GroundedDetector:
-    """Open-vocabulary boxes (GroundingDINO, OWL-ViT, OWLv2) for text queries -> kinds, masks by SAM when given."""
+    """Open-vocabulary boxes (GroundingDINO, OWL-ViT, OWLv2) for text queries -> kinds, masks by SAM or SAM2 when
+    given."""
 
     def __init__(self, detector: str, segmenter: str | None = None, labels: dict[str, str] | None = None,
                  box_threshold: float = 0.3, text_threshold: float = 0.25, every: int = 1,
@@ -142,11 +157,8 @@ class GroundedDetector:
         self.box_threshold, self.text_threshold, self.every, self.device = box_threshold, text_threshold, every, device
         self.segmenter = self.segmenter_processor = None
         if segmenter is not None:
-            from transformers import SamModel
-
-            folder = local_folder(segmenter, "grounded segmenter")
-            self.segmenter_processor = load_processor(folder)
-            self.segmenter = SamModel.from_pretrained(folder, local_files_only=True).to(device).eval()
+            self.segmenter_processor, self.segmenter = load_segmenter(local_folder(segmenter, "grounded segmenter"))
+            self.segmenter.to(device).eval()
 
     def detect(self, frames: np.ndarray, plate: np.ndarray | None = None) -> list[list[Detection]]:
         """One list of detections per frame of ``uint8 [F, H, W, 3]``; the detector runs on every ``every``-th frame
@@ -188,11 +200,11 @@ class GroundedDetector:
         return self.labels[self.queries[best]] if overlap[best] else "object"
 
     def segment(self, frame: np.ndarray, boxes: torch.Tensor) -> list[np.ndarray]:
-        """SAM masks ``bool [H, W]`` of ``frame``, one per box ``[N, 4]``."""
+        """SAM / SAM2 masks ``bool [H, W]`` of ``frame``, one per box ``[N, 4]``."""
         if not len(boxes):
             return []
         inputs = self.segmenter_processor(images=frame, input_boxes=[boxes.tolist()], return_tensors="pt")
         outputs = self.segmenter(**inputs.to(self.device), multimask_output=False)
-        masks = self.segmenter_processor.post_process_masks(
-            outputs.pred_masks.cpu(), inputs["original_sizes"].cpu(), inputs["reshaped_input_sizes"].cpu())[0]
+        sizes = [inputs[key].cpu() for key in ("original_sizes", "reshaped_input_sizes") if key in inputs]  # SAM2: 1
+        masks = self.segmenter_processor.post_process_masks(outputs.pred_masks.cpu(), *sizes)[0]
         return list(masks[:, 0].numpy().astype(bool))
