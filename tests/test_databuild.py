@@ -209,6 +209,26 @@ def test_manifest_is_a_valid_triplet_manifest(built):
     cross = [r for rec in records for r in rec["references"] if r["ref_source"] == "cross_clip"]
     assert cross and all(r["source_clip"] != rec["id"] for rec in records for r in rec["references"]
                          if r["ref_source"] == "cross_clip")
+    assert all(r["path"].endswith("_turned.png") for r in cross)  # reference_turn (default 15 degrees)
+
+
+def test_crops_drop_the_blended_rim_but_keep_thin_elements_whole():
+    from e2v.databuild.video import crop_on_white
+
+    frame = np.full((40, 40, 3), (0, 200, 0), np.uint8)  # green background
+    frame[10:30, 10:30] = (200, 0, 0)  # a red element
+    mask = np.zeros((40, 40), bool)
+    mask[9:31, 9:31] = True  # one pixel too wide all round: a green rim, as motion masks have
+    green = lambda crop: int(((crop[..., 1] > 150) & (crop[..., 0] < 100)).sum())  # noqa: E731
+    red = lambda crop: int(((crop[..., 0] > 150) & (crop[..., 1] < 100)).sum())  # noqa: E731
+    assert green(crop_on_white(frame, mask, (9, 9, 31, 31), erode=0)) == 22 * 22 - 20 * 20
+    rimless = crop_on_white(frame, mask, (9, 9, 31, 31), erode=1)
+    assert green(rimless) == 0 and red(rimless) == 20 * 20
+    line = np.zeros((40, 40), bool)
+    line[5:35, 19:22] = True  # 3 px wide: erosion would take two thirds of it, so it is kept whole
+    frame[line] = (200, 0, 0)
+    kept = crop_on_white(frame, line, (19, 5, 22, 35), erode=1)
+    assert np.array_equal(kept, crop_on_white(frame, line, (19, 5, 22, 35), erode=0)) and red(kept) > 0
 
 
 def test_rebuild_is_idempotent(raw, built):

@@ -138,7 +138,7 @@ def copy_shard(source: Path, out: Path) -> int:
         result = json.loads(path.read_text(encoding="utf-8"))
         for clip in result.get("clips", []):
             names = [clip["video"], clip["plate"]]
-            names += [e[k] for e in clip["elements"] for k in ("crop", "crop_same_clip")]
+            names += [e[k] for e in clip["elements"] for k in ("crop", "crop_same_clip", "crop_turned") if k in e]
             for name in names:
                 (out / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(source / name, out / name)
@@ -244,7 +244,7 @@ def merge(out: str | os.PathLike, config: BuildConfig, names: list[str] | None =
             if others:
                 j = stable_pick(sorted(other_videos or others), clip["id"], n)
                 source_clip, _, source = elements[j]
-                path, ref_source = source["crop"], "cross_clip"
+                path, ref_source = source.get("crop_turned", source["crop"]), "cross_clip"
             else:
                 source_clip, path, ref_source = clip, element["crop_same_clip"], "same_clip"
             sources[ref_source] += 1

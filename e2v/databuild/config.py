@@ -37,6 +37,10 @@ class BuildConfig:
     face_detector: Any = "dlib"  # elements holding a face are labelled kind "face" (None: off; without dlib
     # installed the build warns once and goes on without it)
     max_subjects: int = 2  # largest moving elements kept per clip (references = subjects + background)
+    crop_margin: float = 0.15  # white margin around a subject crop, each way, share of its longest side
+    crop_erode: int = 1  # pixels a segmentation mask is eroded by before cropping (drops background-blended rims)
+    reference_turn: float = 15.0  # a cross-clip reference is its source crop turned by this many degrees (either
+    # way) and shrunk 0.9 on white: a pose no training clip shows, as same-clip references get (0: as cropped)
     min_track: float = 0.5  # share of a clip's frames an element must be found in
     background_reference: bool = True
     embedder: Any = "appearance"
@@ -60,6 +64,9 @@ class BuildConfig:
         for key in ("fps", "max_fps", "identity_threshold", "face_identity_threshold"):
             if not getattr(self, key) > 0:
                 raise ValueError(f"{where}: {key} must be > 0, got {getattr(self, key)}")
+        if not 0 <= self.crop_margin <= 1 or self.crop_erode < 0:
+            raise ValueError(f"{where}: crop_margin must be in [0, 1] and crop_erode >= 0, got {self.crop_margin} "
+                             f"and {self.crop_erode}")
         for key in ("max_clips_per_shot", "min_side", "plate_frames", "max_subjects"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{where}: {key} must be >= 1, got {getattr(self, key)}")

@@ -22,7 +22,7 @@ import numpy as np
 from e2v.databuild.elements import box_iou
 from e2v.databuild.video import WORK
 
-CROP = re.compile(r"crops/(?P<clip>.+)_e(?P<index>\d+)(_aug)?\.png$")
+CROP = re.compile(r"crops/(?P<clip>.+)_e(?P<index>\d+)(_aug|_turned)?\.png$")
 
 
 def _cut_matches(predicted: list[int], truth: list[int], tolerance: int) -> int:

@@ -102,11 +102,19 @@ def frame_signature(frames: np.ndarray) -> tuple[str, str]:
 
 
 MIN_CROP_SIDE = 16  # crops are enlarged to at least this on their shorter side (references need 8x8)
+ERODE_MAX_LOSS = 0.2  # largest share of a mask's area the rim erosion may remove
 
 
-def crop_on_white(frame: np.ndarray, mask: np.ndarray, box: tuple, margin: float = 0.1) -> np.ndarray:
-    """The masked element on a white canvas (A2's reference form), cropped to its box plus ``margin``, enlarged
-    (bicubic) to at least ``MIN_CROP_SIDE`` pixels on its shorter side."""
+def crop_on_white(frame: np.ndarray, mask: np.ndarray, box: tuple, margin: float = 0.15,
+                  erode: int = 1) -> np.ndarray:
+    """The masked element on a white canvas (A2's reference form), cropped to its box plus ``margin`` (of its longest
+    side, each way), enlarged (bicubic) to at least ``MIN_CROP_SIDE`` pixels on its shorter side. The mask is first
+    eroded by ``erode`` px: its rim holds pixels blended with the background, which would ring the reference in the
+    background's colour. Thin or porous masks, which erosion would eat into (it would take more than
+    ``ERODE_MAX_LOSS`` of their area), are kept as they are."""
+    if erode > 0:
+        eroded = cv2.erode(mask.astype(np.uint8), np.ones((3, 3), np.uint8), iterations=erode).astype(bool)
+        mask = eroded if eroded.sum() >= (1 - ERODE_MAX_LOSS) * mask.sum() else mask
     x0, y0, x1, y1 = (int(v) for v in box)
     canvas = np.where(mask[..., None], frame, WHITE).astype(np.uint8)[y0:y1, x0:x1]
     pad = max(1, round(margin * max(canvas.shape[:2])))
@@ -118,11 +126,12 @@ def crop_on_white(frame: np.ndarray, mask: np.ndarray, box: tuple, margin: float
     return canvas
 
 
-def augmented(crop: np.ndarray, angle: float = 10.0, scale: float = 0.9) -> np.ndarray:
-    """A same-clip reference made less copyable: mirrored, turned and shrunk on white."""
+def augmented(crop: np.ndarray, angle: float = 10.0, scale: float = 0.9, mirror: bool = True) -> np.ndarray:
+    """A reference made less copyable: mirrored (unless ``mirror`` is False), turned by ``angle`` degrees and shrunk
+    by ``scale`` on white."""
     height, width = crop.shape[:2]
     matrix = cv2.getRotationMatrix2D(((width - 1) / 2, (height - 1) / 2), angle, scale)
-    turned = cv2.warpAffine(np.ascontiguousarray(crop[:, ::-1]), matrix, (width, height),
+    turned = cv2.warpAffine(np.ascontiguousarray(crop[:, ::-1] if mirror else crop), matrix, (width, height),
                             borderMode=cv2.BORDER_CONSTANT, borderValue=(WHITE,) * 3)
     return turned
 
@@ -172,21 +181,28 @@ def _windows(shots: list[tuple[int, int]], span: int, config: BuildConfig) -> tu
     return windows, short
 
 
-def _crop(track: Track, clip: np.ndarray, frame: int) -> np.ndarray:
+def _crop(track: Track, clip: np.ndarray, frame: int, config: BuildConfig) -> np.ndarray:
     """The element's crop on white in ``frame`` (its box when the detector gave no mask)."""
     detection = track.detections[frame]
-    mask = detection.mask if detection.mask is not None else np.ones(clip.shape[1:3], bool)
-    return crop_on_white(clip[frame], mask, detection.box)
+    if detection.mask is None:
+        return crop_on_white(clip[frame], np.ones(clip.shape[1:3], bool), detection.box, config.crop_margin, 0)
+    return crop_on_white(clip[frame], detection.mask, detection.box, config.crop_margin, config.crop_erode)
 
 
-def _element(track: Track, clip: np.ndarray, clip_id: str, index: int, out: Path) -> tuple[dict, np.ndarray]:
-    """Save the element's crops (best frame; the farthest frame, augmented) and describe it; returns the crop."""
+def _element(track: Track, clip: np.ndarray, clip_id: str, index: int, out: Path,
+             config: BuildConfig) -> tuple[dict, np.ndarray]:
+    """Save the element's crops (best frame; the farthest frame, augmented; the best frame turned when
+    ``config.reference_turn``) and describe it; returns the crop."""
     best = _best_frame(track, *clip.shape[1:3])
-    crop = _crop(track, clip, best)
-    far_crop = augmented(_crop(track, clip, max(track.frames, key=lambda f: (abs(f - best), f))))
+    crop = _crop(track, clip, best, config)
+    far_crop = augmented(_crop(track, clip, max(track.frames, key=lambda f: (abs(f - best), f)), config))
     names = {"crop": f"crops/{clip_id}_e{index}.png", "crop_same_clip": f"crops/{clip_id}_e{index}_aug.png"}
     save_image(out / names["crop"], crop)
     save_image(out / names["crop_same_clip"], far_crop)
+    if config.reference_turn:
+        sign = 1 if hashlib.sha1(f"{clip_id}/{index}".encode()).digest()[0] % 2 else -1  # stable, either way
+        names["crop_turned"] = f"crops/{clip_id}_e{index}_turned.png"
+        save_image(out / names["crop_turned"], augmented(crop, sign * config.reference_turn, mirror=False))
     boxes = [None if d is None else [round(v, 1) for v in d.box] for d in track.detections]
     element = {"kind": track.kind, "colour": colour_name(crop), "area": round(track.mean_area, 5), "best_frame": best,
                "boxes": boxes, **names}
@@ -218,7 +234,7 @@ def _process_clip(stages: Stages, config: BuildConfig, job: VideoJob, clip: np.n
             for fx0, fy0, fx1, fy1 in stages.faces.detect(clip[best]):
                 if x0 <= (fx0 + fx1) / 2 <= x1 and y0 <= (fy0 + fy1) / 2 <= y1:
                     track.kind = "face"
-    elements, crops = zip(*(_element(t, clip, clip_id, i, out) for i, t in enumerate(tracks)))
+    elements, crops = zip(*(_element(t, clip, clip_id, i, out, config) for i, t in enumerate(tracks)))
     embeddings = stages.embedder.embed(list(crops))
     for element, vector in zip(elements, embeddings):
         element["embedding"] = encode_vector(vector)
