@@ -117,7 +117,7 @@ def main() -> None:
         records = sum(1 for _ in manifest.open())
         for seed in args.seed:
             print_row(f"{arm}, {seed}", records, scores[arm, seed])
-        means[arm] = {k: statistics.mean(scores[arm, seed][k] for seed in args.seed) for k in scores[arm, seed]}
+        means[arm] = {k: statistics.mean(scores[arm, seed][k] for seed in args.seed) for k in scores[arm, args.seed[0]]}
         if len(args.seed) > 1:
             print_row(f"{arm}, mean", "", means[arm])
     for seed in args.seed:
