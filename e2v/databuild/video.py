@@ -184,9 +184,8 @@ def _windows(shots: list[tuple[int, int]], span: int, config: BuildConfig) -> tu
 def _crop(track: Track, clip: np.ndarray, frame: int, config: BuildConfig) -> np.ndarray:
     """The element's crop on white in ``frame`` (its box when the detector gave no mask)."""
     detection = track.detections[frame]
-    if detection.mask is None:
-        return crop_on_white(clip[frame], np.ones(clip.shape[1:3], bool), detection.box, config.crop_margin, 0)
-    return crop_on_white(clip[frame], detection.mask, detection.box, config.crop_margin, config.crop_erode)
+    mask = detection.mask if detection.mask is not None else np.ones(clip.shape[1:3], bool)  # erosion keeps all-ones
+    return crop_on_white(clip[frame], mask, detection.box, config.crop_margin, config.crop_erode)
 
 
 def _element(track: Track, clip: np.ndarray, clip_id: str, index: int, out: Path,
