@@ -61,9 +61,10 @@ def train_and_score(arm: str, manifest: Path, heldout: Path, folder: Path, max_s
     scores = folder / "learning" / "scores.json"
     if scores.is_file() and scores.stat().st_mtime > checkpoint.stat().st_mtime:
         return json.loads(scores.read_text())
+    clips = sum(1 for _ in heldout.open())
     text = run([sys.executable, str(REPO / "benchmarks" / "bench_learning.py"), "--checkpoint",
                 "runs/tiny/e2v/checkpoints/last.ckpt", "--manifest", str(heldout), "--frames", "17", "--size", "32",
-                "--out", str(folder / "learning")], folder)
+                "--clips", str(clips), "--out", str(folder / "learning")], folder)
     print(text)
     result = {**{k: float(v) for k, v in PSNR.search(text).groupdict().items()},
               **{m["key"]: float(m["value"]) for m in MARGIN.finditer(text)}}
@@ -79,6 +80,9 @@ def print_row(label: str, records: int | str, s: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--raw", type=Path, default=Path("data/raw_world"), help="raw world (made when missing)")
+    parser.add_argument("--size", type=int, default=192, help="side of the raw world's videos, when made here")
+    parser.add_argument("--heldout", type=int, default=192, help="held-out clips of the raw world, when made here "
+                        "(all are scored)")
     parser.add_argument("--built", type=Path, default=Path("data/raw_world_built"), help="build (made when missing)")
     parser.add_argument("--config", type=Path, default=Path("recipes/tiny/build.yaml"))
     parser.add_argument("--work", type=Path, default=Path("runs/build_learning"))
@@ -95,8 +99,8 @@ def main() -> None:
     args = parser.parse_args()
     raw, built, work = args.raw.resolve(), args.built.resolve(), args.work.resolve()
     if not (raw / "world.json").is_file():
-        run(["e2v", "data", "synth", "--raw", "--out", str(raw), "--videos", "64", "--height",
-             "96", "--width", "96"], REPO)
+        run(["e2v", "data", "synth", "--raw", "--out", str(raw), "--videos", "64", "--height", str(args.size),
+             "--width", str(args.size), "--heldout", str(args.heldout)], REPO)
     if args.sidecar_captions:
         from e2v.databuild.raw_synth import write_sidecars
 

@@ -5,7 +5,7 @@ fresh folder, and prints wall time, clips cut per minute per core, the speed-up 
 scores against the world's truth (shot F1, subject recall, cross-clip identity accuracy). Both builds must give
 the same manifest.
 
-    python benchmarks/bench_data_build.py --raw data/raw_world [--videos 64 --size 96] [--workers 2]
+    python benchmarks/bench_data_build.py --raw data/raw_world [--videos 64 --size 192] [--workers 2]
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--raw", type=Path, default=Path("data/raw_world"), help="raw world (made when missing)")
     parser.add_argument("--videos", type=int, default=64)
-    parser.add_argument("--size", type=int, default=96)
+    parser.add_argument("--size", type=int, default=192)
     parser.add_argument("--config", type=Path, default=Path("recipes/tiny/build.yaml"))
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("runs/bench_data_build"))

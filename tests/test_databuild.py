@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import signal
@@ -11,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -22,7 +24,7 @@ from e2v.databuild.config import BuildConfig, load_config
 from e2v.databuild.elements import box_iou, link_tracks
 from e2v.databuild.identity import group_identities
 from e2v.databuild.stages import ClipContext
-from e2v.databuild.truth import score_build
+from e2v.databuild.truth import reference_colour_match, score_build
 from e2v.datamodules.manifest import validate_manifest
 
 
@@ -68,6 +70,16 @@ def test_raw_world_truth_describes_its_videos(raw):
     assert 0 <= box[0] < box[2] <= truth["width"] and 0 <= box[1] < box[3] <= truth["height"]
     report = validate_manifest(raw / "direct" / "train.jsonl", frames=raw_synth.CLIP_FRAMES)
     assert report.good and not report.bad
+
+
+def test_raw_world_heldout_count_changes_nothing_else(tmp_path):
+    """A larger evaluation set (``heldout``) keeps the videos and the direct training triplets byte for byte."""
+    for count in (1, 3):
+        raw_synth.synthesize_raw(tmp_path / str(count), videos=2, shots=(3, 3), heldout=count, progress=False)
+    for name in ["direct/train.jsonl"] + [f"videos/{p.name}" for p in (tmp_path / "1" / "videos").glob("*.mp4")]:
+        assert (tmp_path / "1" / name).read_bytes() == (tmp_path / "3" / name).read_bytes(), name
+    held = [(tmp_path / str(c) / "direct" / "heldout.jsonl").read_text().splitlines() for c in (1, 3)]
+    assert len(held[1]) == 3 and held[1][:1] == held[0]
 
 
 def test_raw_world_subjects_stay_apart_in_the_clip_then_leave_the_frame():
@@ -192,9 +204,26 @@ def test_build_meets_the_truth(raw, built):
     assert scores["shot_f1"] >= 0.95
     assert scores["subject_recall"] >= 0.85
     assert scores["cross_clip_identity_accuracy"] >= 0.9 and scores["cross_clip_checked"] >= 10
+    assert 0.4 <= scores["reference_colour_match"] <= 1
     outcomes = scores["outcomes"]
     for reason in ("corrupt", "too_short", "too_small", "odd_fps"):  # one bad video never stops a build
         assert outcomes[f"video:{reason}"] == {reason: 1}
+
+
+def test_reference_colour_match_tells_identities_apart(raw):
+    """The world's own rendered references match their own element's colours best of all elements (a few faces
+    and greys are close calls), and well."""
+    from e2v import synth
+
+    names = [e.name for e in synth.element_library()]
+    records = [json.loads(line) for line in (raw / "direct" / "train.jsonl").read_text().splitlines()]
+    refs = [ref for r in records for ref in r["references"] if ref["kind"] != "background"][:16]
+    best, own = 0, []
+    for ref in refs:
+        scores = {name: reference_colour_match(raw / "direct" / ref["path"], name) for name in names}
+        best += max(scores, key=scores.get) == ref["element"]
+        own.append(scores[ref["element"]])
+    assert best >= 0.8 * len(refs) and np.mean(own) >= 0.6
 
 
 def test_manifest_is_a_valid_triplet_manifest(built):
@@ -209,7 +238,20 @@ def test_manifest_is_a_valid_triplet_manifest(built):
     cross = [r for rec in records for r in rec["references"] if r["ref_source"] == "cross_clip"]
     assert cross and all(r["source_clip"] != rec["id"] for rec in records for r in rec["references"]
                          if r["ref_source"] == "cross_clip")
-    assert all(r["path"].endswith("_turned.png") for r in cross)  # reference_turn (default 15 degrees)
+    assert all(re.search(r"_e\d+\.png$", r["path"]) for r in cross)  # the source crop as cut (reference_turn 0)
+
+
+def test_reference_turn_turns_cross_clip_references(raw, tmp_path):
+    (tmp_path / "videos").mkdir()
+    shutil.copy(raw / "videos" / "video_0003.mp4", tmp_path / "videos")
+    config = BuildConfig(reference_turn=15.0)
+    run_videos(tmp_path / "videos", tmp_path / "out", config, progress=False)
+    records = merge(tmp_path / "out", config).records["train"]
+    cross = [r["path"] for rec in records for r in rec["references"] if r["ref_source"] == "cross_clip"]
+    assert cross and all(path.endswith("_turned.png") for path in cross)
+    for path in cross:
+        turned, crop = (cv2.imread(str(tmp_path / "out" / p)) for p in (path, path.replace("_turned", "")))
+        assert turned.shape == crop.shape and np.abs(turned.astype(int) - crop).mean() > 5
 
 
 def test_crops_drop_the_blended_rim_but_keep_thin_elements_whole():

@@ -258,13 +258,13 @@ def synthesize_raw(out_dir: str | os.PathLike, videos: int = 48, shots: tuple[in
             if plan.kind == "normal":
                 done_shots.append(plan)
                 direct.append(_direct_record(out / "direct", f"{name}_s{k:02d}", plan, rng, height, width, "train"))
-    held = []
-    for i in range(heldout):
-        pair = list(pairs[int(rng.integers(len(pairs)))])
-        plan = plan_shot(rng, "normal", pair, set(), -1, count=2)
-        held.append(_direct_record(out / "direct", f"heldout_{i:04d}", plan, rng, height, width, "heldout"))
     if broken:
         _broken_videos(out, rng, height, width)
+    held, held_rng = [], np.random.default_rng([seed, 9])  # its own stream: ``heldout`` changes nothing else
+    for i in range(heldout):
+        pair = list(pairs[int(held_rng.integers(len(pairs)))])
+        plan = plan_shot(held_rng, "normal", pair, set(), -1, count=2)
+        held.append(_direct_record(out / "direct", f"heldout_{i:04d}", plan, held_rng, height, width, "heldout"))
     for split, records in (("train", direct), ("heldout", held)):
         write_text_atomic(out / "direct" / f"{split}.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     world = {"videos": videos, "seed": seed, "height": height, "width": width, "raw_fps": RAW_FPS,
