@@ -125,6 +125,21 @@ def test_plate_and_motion_segmentation_recover_the_truth():
         assert np.median(ious) >= 0.5
 
 
+def test_motion_mask_leaves_a_ring_open_but_fills_a_face_like_its_wall():
+    rng = np.random.default_rng(0)
+    plate = (rng.integers(100, 140, (96, 96, 3))).astype(np.uint8)  # a grey, textured wall
+    yy, xx = np.mgrid[:96, :96]
+    radius = np.hypot(yy - 48, xx - 48)
+    ring = plate.copy()
+    ring[(radius < 30) & (radius >= 14)] = (240, 120, 0)  # an orange ring: the wall shows through its hole
+    face = ring.copy()
+    face[radius < 14] = plate[radius < 14] + 20  # a face whose middle is only a little lighter than the wall
+    detector = registry.build("element_detector", "motion")
+    ring_mask, face_mask = detector.frame_mask(ring, plate), detector.frame_mask(face, plate)
+    assert not ring_mask[radius < 12].any() and ring_mask[(radius < 28) & (radius >= 16)].all()
+    assert face_mask[radius < 28].all()
+
+
 def test_identity_grouping_joins_close_embeddings():
     rng = np.random.default_rng(0)
     centres = np.eye(4, 16)

@@ -2,8 +2,8 @@
 tracker that links per-frame detections into elements.
 
 ``motion``: pixels that differ from the shot's background plate by more than ``threshold`` (0..255, any channel),
-cleaned (opening, closing, holes filled), split into connected components, fragments within ``merge`` pixels
-joined. It assumes a still camera (the camera-motion filter runs first) and moving elements; people standing
+cleaned (opening, closing, holes filled except those that show the plate, like a ring's), split into connected
+components, fragments within ``merge`` pixels joined. It assumes a still camera (the camera-motion filter runs first) and moving elements; people standing
 still need a detector plug-in (``grounded``: GroundingDINO/OWL-ViT + SAM from local folders).
 """
 
@@ -34,10 +34,20 @@ class MotionSegmenter:
         self.threshold, self.min_area, self.merge = threshold, min_area, merge
 
     def frame_mask(self, frame: np.ndarray, plate: np.ndarray) -> np.ndarray:
-        diff = np.abs(frame.astype(np.int16) - plate.astype(np.int16)).max(axis=2) > self.threshold
+        """``bool [H, W]``: the moving pixels of ``frame`` against ``plate`` (both ``uint8 [H, W, 3]``). Holes are
+        filled (parts of an element that resemble the background), except large ones whose pixels are the plate's
+        own (under a third of ``threshold`` away on average): the background seen through the element."""
+        diff = np.abs(frame.astype(np.int16) - plate.astype(np.int16)).max(axis=2)
         kernel = np.ones((3, 3), np.uint8)
-        mask = cv2.morphologyEx(diff.astype(np.uint8), cv2.MORPH_OPEN, np.ones((2, 2), np.uint8))
-        return fill_holes(cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel).astype(bool))
+        mask = cv2.morphologyEx((diff > self.threshold).astype(np.uint8), cv2.MORPH_OPEN, np.ones((2, 2), np.uint8))
+        mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel).astype(bool)
+        filled = fill_holes(mask)
+        count, holes = cv2.connectedComponents((filled & ~mask).astype(np.uint8), connectivity=4)
+        for label in range(1, count):
+            hole = holes == label
+            if hole.sum() >= self.min_area * mask.size and diff[hole].mean() < self.threshold / 3:
+                filled &= ~hole
+        return filled
 
     def detect(self, frames: np.ndarray, plate: np.ndarray | None) -> list[list[Detection]]:
         plate = np.median(frames, axis=0).astype(np.uint8) if plate is None else plate
