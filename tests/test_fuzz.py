@@ -80,6 +80,8 @@ def records(draw) -> str:
 @given(lines=st.lists(records(), min_size=1, max_size=4), raw=st.one_of(st.none(), st.binary(max_size=30)))
 @example(lines=[json.dumps(dict(GOOD, end=float("nan"))), json.dumps(dict(GOOD, id="y", start=10**400))], raw=None)
 @example(lines=[json.dumps(GOOD)], raw=b"\xff\xfe caf\xe9 \x00")
+@example(lines=[json.dumps(dict(GOOD, video="a" * 300)), json.dumps(dict(GOOD, id="y", references=[
+    {"path": "b" * 300 + ".png", "kind": "object"}]))], raw=None)  # names the file system cannot look up
 def test_every_manifest_line_is_good_or_a_counted_bad_record(media, lines, raw):
     manifest = media / "fuzz.jsonl"
     data = "\n".join(lines).encode() + b"\n" + (raw.replace(b"\n", b" ") + b"\n" if raw is not None else b"")

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from e2v.datamodules.references import load_reference
-from e2v.datamodules.video_io import VideoDecodeError, probe_video, read_video
+from e2v.datamodules.video_io import VideoDecodeError, is_file, probe_video, read_video
 
 DEFAULT_MIN_REFERENCES = 1  # records with fewer references are bad, in ``e2v data check`` and in training alike
 REASONS = (
@@ -256,7 +256,7 @@ def available_frames(info: dict, fps: float | None, start: float = 0.0, end: flo
 
 def check_video(record: Triplet, frames: int | None, fps: float | None, decode: bool) -> dict:
     """Probe (and with ``decode`` fully read) a record's clip; returns the probe dict or raises RecordError."""
-    if not record.video.is_file():
+    if not is_file(record.video):
         raise RecordError("missing_video", f"video {record.video} not found")
     try:
         info = probe_video(record.video)
@@ -283,7 +283,7 @@ def check_references(record: Triplet, decode: bool, min_references: int = DEFAUL
         )
     for ref in record.references:
         for file in filter(None, (ref.path, ref.mask)):
-            if not file.is_file():
+            if not is_file(file):
                 raise RecordError("missing_reference", f"reference image {file} not found")
         if decode:
             try:

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from e2v.datamodules.manifest import RecordError, Triplet, available_frames
 from e2v.datamodules.references import cover_and_crop, load_reference, pad_to_white_square, prepare_reference
-from e2v.datamodules.video_io import VideoDecodeError, read_video
+from e2v.datamodules.video_io import VideoDecodeError, is_file, read_video
 from e2v.frames import RULE, is_frame_count
 
 
@@ -125,7 +125,7 @@ class TripletDataset(Dataset):
         try:
             clip = read_video(record.video, frames, fps=self.fps, start=record.start, end=record.end)
         except VideoDecodeError as err:
-            missing = not record.video.is_file()
+            missing = not is_file(record.video)
             reason = "missing_video" if missing else "too_short" if "too short" in str(err) else "corrupt_video"
             raise RecordError(reason, str(err)) from err
         refs, refs_clip, kinds = [], [], []

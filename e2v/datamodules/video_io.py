@@ -27,8 +27,17 @@ class VideoDecodeError(RuntimeError):
     """A video that cannot be decoded as asked; the message names the file and the reason."""
 
 
+def is_file(path: str | os.PathLike) -> bool:
+    """``Path.is_file`` that answers False, instead of raising, for a path the system cannot look up at all (a name
+    longer than the file system allows, an embedded NUL): such names come from manifests, not from the disk."""
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def _open(path: str | os.PathLike) -> av.container.InputContainer:
-    if not Path(path).is_file():
+    if not is_file(path):
         raise VideoDecodeError(f"{path}: file not found")
     try:
         container = av.open(str(path))
@@ -210,7 +219,7 @@ def load_image(path: str | os.PathLike) -> torch.Tensor:
     """Read an image as ``uint8 [H, W, 3]`` RGB (see :func:`pil_to_rgb`). Raises FileNotFoundError, or ValueError
     naming the file for anything undecodable: corrupt, truncated, unsupported, or a decompression bomb (more
     pixels than ``PIL.Image.MAX_IMAGE_PIXELS``)."""
-    if not Path(path).is_file():
+    if not is_file(path):
         raise FileNotFoundError(f"{path}: image file not found")
     try:
         with warnings.catch_warnings():
