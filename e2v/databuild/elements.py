@@ -3,8 +3,9 @@ tracker that links per-frame detections into elements.
 
 ``motion``: pixels that differ from the shot's background plate by more than ``threshold`` (0..255, any channel),
 cleaned (opening, closing, holes filled except those that show the plate, like a ring's), split into connected
-components, fragments within ``merge`` pixels joined. It assumes a still camera (the camera-motion filter runs first) and moving elements; people standing
-still need a detector plug-in (``grounded``: GroundingDINO/OWL-ViT + SAM from local folders).
+components, fragments within ``merge`` pixels joined. It assumes a still camera (the camera-motion filter runs
+first) and moving elements; people standing still need a detector plug-in (``grounded``: GroundingDINO/OWL-ViT +
+SAM from local folders).
 """
 
 from __future__ import annotations
