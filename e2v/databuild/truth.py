@@ -116,12 +116,13 @@ def score_build(out: str | Path, raw: str | Path, tolerance: int = 2) -> dict:
     for record in records:
         for n, ref in enumerate(r for r in record["references"] if r["kind"] != "background"):
             sources[ref["ref_source"]] += 1
-            if identity.get(f"{record['id']}#{n}") is not None:
-                colour_match.append(reference_colour_match(out / ref["path"], identity[f"{record['id']}#{n}"]))
+            target = identity.get(f"{record['id']}#{n}")
+            if target is not None:
+                colour_match.append(reference_colour_match(out / ref["path"], target))
             if ref["ref_source"] != "cross_clip":
                 continue
             match = CROP.search(ref["path"])
-            target, source = identity.get(f"{record['id']}#{n}"), identity.get(f"{match['clip']}#{match['index']}")
+            source = identity.get(f"{match['clip']}#{match['index']}")
             if target is None or source is None:
                 unmatched += 1
                 continue
