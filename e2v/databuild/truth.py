@@ -15,6 +15,7 @@ reference identities and rejections.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections import Counter, defaultdict
@@ -60,6 +61,12 @@ def _colour_histogram(rgb: np.ndarray, keep: np.ndarray) -> torch.Tensor:
     return colour_histogram(torch.from_numpy(rgb[keep].astype(np.float32) / 255))
 
 
+@functools.cache
+def _sprite_histogram(identity: str) -> torch.Tensor:
+    sprite = next(e.rgba for e in synth.element_library() if e.name == identity)
+    return _colour_histogram(sprite[..., :3], sprite[..., 3] > 127)
+
+
 def reference_colour_match(path: Path, identity: str, size: int = 32) -> float:
     """Histogram intersection between the reference image at ``path``, longest side ``size`` px, without its white
     canvas, and the sprite of the world's element ``identity``."""
@@ -67,9 +74,8 @@ def reference_colour_match(path: Path, identity: str, size: int = 32) -> float:
     scale = size / max(image.shape[:2])
     image = cv2.resize(image, (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale))),
                        interpolation=cv2.INTER_AREA)
-    sprite = next(e.rgba for e in synth.element_library() if e.name == identity)
     reference = _colour_histogram(image, ~(image > WHITE * 255).all(axis=2))
-    return torch.minimum(reference, _colour_histogram(sprite[..., :3], sprite[..., 3] > 127)).sum().item()
+    return torch.minimum(reference, _sprite_histogram(identity)).sum().item()
 
 
 def score_build(out: str | Path, raw: str | Path, tolerance: int = 2) -> dict:
