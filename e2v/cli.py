@@ -40,7 +40,7 @@ COMMANDS: dict[str, str] = {
     "plan": "e2v.plan:plan_command",
 }
 DATA_COMMANDS: dict[str, str] = {
-    "synth": "e2v.synth:synth_command",
+    "synth": "e2v.world_commands:synth_command",
     "check": "e2v.datamodules.commands:check_command",
     "build": "e2v.databuild.commands:build_command",
     "merge": "e2v.databuild.commands:merge_command",

@@ -25,7 +25,6 @@ Layout written by :func:`synthesize_world`::
 
 from __future__ import annotations
 
-import argparse
 import functools
 import itertools
 import json
@@ -39,8 +38,10 @@ import numpy as np
 from skimage import data as skdata
 from tqdm import tqdm
 
+from e2v import open_elements
 from e2v.atomic import write_json_atomic, write_text_atomic
 from e2v.datamodules.video_io import save_image, write_video
+from e2v.drawing import Pose, draw, ellipse_alpha, lerp, prescaled, resize_longest, tint, to_rgb, window  # noqa: F401 (Pose, draw, prescaled, window: used by raw_synth)
 
 SPRITE_SIZE = 160  # longest side of library sprites, pixels
 BACKGROUND_SIZE = 384  # side of library background textures, pixels
@@ -63,41 +64,16 @@ class Element:
 # ----------------------------------------------------------------------------------------------- library
 
 
-def _resize_longest(image: np.ndarray, size: int) -> np.ndarray:
-    scale = size / max(image.shape[:2])
-    shape = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
-    return cv2.resize(image, shape, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
-
-
-def _ellipse_alpha(height: int, width: int, feather: float = 0.08) -> np.ndarray:
-    """Soft-edged ellipse filling the box: float [height, width] in [0, 1]."""
-    y, x = np.mgrid[0:height, 0:width]
-    radius = np.sqrt(((y + 0.5) / height * 2 - 1) ** 2 + ((x + 0.5) / width * 2 - 1) ** 2)
-    return np.clip((1 - radius) / feather, 0, 1)
-
-
-def _rgb(image: np.ndarray) -> np.ndarray:
-    """float [h, w, 3] in [0, 1] from a uint8/float grey or RGB picture."""
-    image = image.astype(np.float32) / (255.0 if image.dtype == np.uint8 else 1.0)
-    return np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image[..., :3]
-
-
-def _tint(grey: np.ndarray, dark: tuple, light: tuple) -> np.ndarray:
-    """Colourise a grey picture by blending between two RGB colours (0..255): float [h, w, 3]."""
-    g = _rgb(grey).mean(axis=2, keepdims=True)
-    return (np.array(dark) * (1 - g) + np.array(light) * g) / 255.0
-
-
 def _sprite(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     rgba = np.concatenate([np.clip(rgb, 0, 1), alpha[..., None]], axis=2)
-    return _resize_longest((rgba * 255).round().astype(np.uint8), SPRITE_SIZE)
+    return resize_longest((rgba * 255).round().astype(np.uint8), SPRITE_SIZE)
 
 
 def _photo_sprite(rgb: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
     """An elliptical cut-out of ``rgb[y0:y1, x0:x1]``."""
     y0, y1, x0, x1 = box
     crop = rgb[y0:y1, x0:x1]
-    return _sprite(crop, _ellipse_alpha(*crop.shape[:2]))
+    return _sprite(crop, ellipse_alpha(*crop.shape[:2]))
 
 
 def _shape_sprite(shape: str, colour: tuple) -> np.ndarray:
@@ -136,35 +112,35 @@ def _horse_sprite(colour: tuple) -> np.ndarray:
 def _bright_cutout(rgb: np.ndarray, threshold: float) -> np.ndarray:
     """Keep the pixels brighter than ``threshold`` (soft edges), inside an ellipse so the crop border goes away."""
     bright = cv2.GaussianBlur((rgb.mean(axis=2) > threshold).astype(np.float32), (5, 5), 0)
-    return _sprite(rgb, bright * _ellipse_alpha(*rgb.shape[:2], feather=0.3))
+    return _sprite(rgb, bright * ellipse_alpha(*rgb.shape[:2], feather=0.3))
 
 
 def _logo_sprite() -> np.ndarray:
     """The scikit-image logo with its white page made transparent."""
-    rgb = _rgb(skdata.logo())
+    rgb = to_rgb(skdata.logo())
     alpha = cv2.GaussianBlur((rgb.min(axis=2) < 0.92).astype(np.float32), (3, 3), 0)
     return _sprite(rgb, alpha)
 
 
 @functools.cache
 def _elements() -> tuple[Element, ...]:
-    astronaut, chelsea, coffee = _rgb(skdata.astronaut()), _rgb(skdata.chelsea()), _rgb(skdata.coffee())
-    camera = _tint(skdata.camera(), (20, 12, 5), (255, 236, 200))
+    astronaut, chelsea, coffee = to_rgb(skdata.astronaut()), to_rgb(skdata.chelsea()), to_rgb(skdata.coffee())
+    camera = tint(skdata.camera(), (20, 12, 5), (255, 236, 200))
     faces = skdata.lfw_subset()  # the first 100 are faces
     items = [
         ("astronaut", "human", _photo_sprite(astronaut, (10, 512, 10, 380)), "an astronaut"),
         ("cameraman", "human", _photo_sprite(camera, (50, 512, 0, 350)), "a cameraman"),
         ("astronaut face", "face", _photo_sprite(astronaut, (20, 200, 140, 310)), "the astronaut's face"),
-        ("grey face", "face", _photo_sprite(_rgb(faces[0]), (0, 25, 0, 25)), "a grey face"),
-        ("sepia face", "face", _photo_sprite(_tint(faces[3], (40, 20, 0), (255, 225, 180)), (0, 25, 0, 25)),
+        ("grey face", "face", _photo_sprite(to_rgb(faces[0]), (0, 25, 0, 25)), "a grey face"),
+        ("sepia face", "face", _photo_sprite(tint(faces[3], (40, 20, 0), (255, 225, 180)), (0, 25, 0, 25)),
          "a sepia face"),
-        ("blue face", "face", _photo_sprite(_tint(faces[7], (0, 10, 60), (190, 220, 255)), (0, 25, 0, 25)),
+        ("blue face", "face", _photo_sprite(tint(faces[7], (0, 10, 60), (190, 220, 255)), (0, 25, 0, 25)),
          "a blue-toned face"),
         ("cat", "animal", _photo_sprite(chelsea, (0, 300, 40, 400)), "a cat"),
         ("brown horse", "animal", _horse_sprite((120, 70, 30)), "a brown horse"),
         ("grey horse", "animal", _horse_sprite((150, 150, 160)), "a grey horse"),
         ("coffee cup", "object", _photo_sprite(coffee, (10, 390, 70, 490)), "a coffee cup"),
-        ("rocket", "object", _bright_cutout(_rgb(skdata.rocket())[115:405, 290:352], 0.3), "a rocket"),
+        ("rocket", "object", _bright_cutout(to_rgb(skdata.rocket())[115:405, 290:352], 0.3), "a rocket"),
         ("logo", "object", _logo_sprite(), "a logo"),
         ("red disc", "object", _shape_sprite("disc", (220, 30, 30)), "a red disc"),
         ("blue square", "object", _shape_sprite("square", (30, 70, 220)), "a blue square"),
@@ -213,11 +189,11 @@ def _backgrounds() -> tuple[Element, ...]:
         return (np.concatenate([np.clip(rgb, 0, 1), opaque], axis=2) * 255).round().astype(np.uint8)
 
     items = [
-        ("brick wall", _tint(skdata.brick(), (60, 15, 10), (235, 140, 100)), "a brick wall"),
-        ("grass field", _tint(skdata.grass(), (10, 50, 5), (170, 230, 90)), "a grass field"),
-        ("gravel path", _tint(skdata.gravel(), (50, 40, 30), (230, 215, 190)), "a gravel path"),
-        ("moon surface", _rgb(skdata.moon()), "the moon surface"),
-        ("starry sky", _rgb(skdata.hubble_deep_field()), "a starry sky"),
+        ("brick wall", tint(skdata.brick(), (60, 15, 10), (235, 140, 100)), "a brick wall"),
+        ("grass field", tint(skdata.grass(), (10, 50, 5), (170, 230, 90)), "a grass field"),
+        ("gravel path", tint(skdata.gravel(), (50, 40, 30), (230, 215, 190)), "a gravel path"),
+        ("moon surface", to_rgb(skdata.moon()), "the moon surface"),
+        ("starry sky", to_rgb(skdata.hubble_deep_field()), "a starry sky"),
         *((name, _procedural_background(name), f"a {name}") for name in
           ("sunset sky", "cloudy sky", "striped wall", "checkered floor")),
     ]
@@ -243,20 +219,8 @@ def background_library() -> list[Element]:
 
 
 @dataclass(frozen=True)
-class Pose:
-    """Where a sprite sits: centre (x, y) and longest side ``size`` as fractions of the frame's shorter side
-    (centre in frame-width/height fractions), rotation in degrees (counter-clockwise), horizontal flip."""
-
-    x: float
-    y: float
-    size: float
-    angle: float
-    flip: bool
-
-
-@dataclass(frozen=True)
 class SubjectPlan:
-    element: int  # index into element_library()
+    element: int  # index into element_library(), or the seed of an open-ended element
     start: Pose
     end: Pose
     reference: Pose  # pose on the white reference canvas
@@ -268,7 +232,7 @@ class ClipPlan:
 
     id: str
     split: str
-    background: int  # index into background_library()
+    background: int  # index into background_library(), or the seed of an open-ended background
     background_reference: bool
     pan: tuple[float, float, float, float]  # clip window start (x, y) and end (x, y), fractions of the free range
     subjects: tuple[SubjectPlan, ...]
@@ -280,6 +244,28 @@ class ClipPlan:
     height: int
     width: int
     fps: float
+    elements: str = "library"  # where elements come from: "library", or a part of the open space (ELEMENT_SPLITS)
+
+
+WORLDS = ("open", "library")
+# open world: the part of the element space (e2v.open_elements.SPLITS) each clip split draws from; held-out clips
+# draw fresh elements of the training part, zero-shot clips the part training never sees
+ELEMENT_SPLITS = {"train": "train", "heldout": "train", "zeroshot": "zeroshot"}
+CLIP_SPLITS = tuple(ELEMENT_SPLITS)
+# open world: a subject reference is this much bigger than the subject in the clip, turned by this many degrees
+# (either way) and mirrored half the time: another pose than any frame shows, yet one a model can map back
+REFERENCE_SCALE = (1.3, 1.6)
+REFERENCE_TURN = (5.0, 20.0)
+
+
+def subject_of(plan: ClipPlan, key: int) -> Element | open_elements.OpenElement:
+    """The subject element ``key`` of a plan (a library index, or an open-ended element's seed)."""
+    return _elements()[key] if plan.elements == "library" else open_elements.subject(plan.elements, key)
+
+
+def background_of(plan: ClipPlan) -> Element | open_elements.OpenElement:
+    return _backgrounds()[plan.background] if plan.elements == "library" else open_elements.background(
+        plan.elements, plan.background)
 
 
 CAPTION_TEMPLATES = (
@@ -306,7 +292,9 @@ def make_caption(rng: np.random.Generator, phrases: list[str], background: str, 
     )
 
 
-def _subject_plan(rng: np.random.Generator, element: int, slot: int, count: int, direction: str) -> SubjectPlan:
+def _subject_plan(
+    rng: np.random.Generator, element: int, slot: int, count: int, direction: str, open_world: bool = False
+) -> SubjectPlan:
     """Subject in the ``slot``-th of ``count`` evenly spaced start slots (left to right), drifting ``direction``."""
     size = rng.uniform(0.4, 0.5)
     flip = bool(rng.integers(2))
@@ -314,6 +302,11 @@ def _subject_plan(rng: np.random.Generator, element: int, slot: int, count: int,
     x, y = (slot + 1) / (count + 1) + rng.uniform(-0.03, 0.03) - dx * TRAVEL / 2, rng.uniform(0.45, 0.55) - dy * TRAVEL / 2
     start = Pose(x, y, size, rng.uniform(-10, 10), flip)
     end = Pose(x + dx * TRAVEL, y + dy * TRAVEL, size, start.angle, flip)
+    if open_world:  # REFERENCE_SCALE x bigger, turned by REFERENCE_TURN degrees, mirrored half the time
+        turn = float(np.sign(rng.uniform(-1, 1)) * rng.uniform(*REFERENCE_TURN))
+        reference = Pose(rng.uniform(0.45, 0.55), rng.uniform(0.45, 0.55), size * rng.uniform(*REFERENCE_SCALE),
+                         start.angle + turn, flip != bool(rng.integers(2)))
+        return SubjectPlan(element, start, end, reference)
     # The reference is bigger, tilted the other way and mirrored relative to the clip.
     angle = float(np.sign(rng.uniform(-1, 1)) * rng.uniform(15, 30))
     reference = Pose(rng.uniform(0.4, 0.6), rng.uniform(0.4, 0.6), rng.uniform(0.7, 0.85), angle, not flip)
@@ -348,8 +341,12 @@ def plan_clip(
     max_elements: int,
     background_ref_prob: float = 0.5,
     background_blur: float = 0.0,
+    world: str = "library",
 ) -> ClipPlan:
     """The plan of clip ``index`` of ``split``; depends only on its arguments (so workers agree)."""
+    if world == "open":
+        return _plan_open_clip(index, split, seed, frames, height, width, fps, max_elements, background_ref_prob,
+                               background_blur)
     rng = np.random.default_rng([seed, index, 0 if split == "train" else 1])
     with_background = max_elements > 1 and rng.uniform() < background_ref_prob
     if split == "train":
@@ -374,67 +371,51 @@ def plan_clip(
     )
 
 
+def _plan_open_clip(index: int, split: str, seed: int, frames: int, height: int, width: int, fps: float,
+                    max_elements: int, background_ref_prob: float, background_blur: float) -> ClipPlan:
+    """An open-world clip: 1 to ``max_elements`` (less the background) subjects and a background, each drawn fresh
+    from the split's part of the element space (ELEMENT_SPLITS), by seed."""
+    rng = np.random.default_rng([seed, index, CLIP_SPLITS.index(split), 5])
+    elements = ELEMENT_SPLITS[split]
+    with_background = max_elements > 1 and rng.uniform() < background_ref_prob
+    count = int(rng.integers(1, max_elements - with_background + 1))
+    subjects = [int(rng.integers(2**31)) for _ in range(count)]
+    background = int(rng.integers(2**31))
+    direction = str(rng.choice(list(DIRECTIONS)))
+    plans = tuple(_subject_plan(rng, e, slot, count, direction, open_world=True) for slot, e in enumerate(subjects))
+    depth = tuple(int(i) for i in rng.permutation(count))
+    phrases = [open_elements.subject(elements, s).phrase for s in subjects]
+    caption = make_caption(rng, phrases, open_elements.background(elements, background).phrase, direction)
+    pan = (*rng.uniform(0.0, 1.0, size=2),) * 2
+    prefix = {"train": "clip", "heldout": "heldout", "zeroshot": "zeroshot"}[split]
+    return ClipPlan(
+        f"{prefix}_{index:06d}", split, background, bool(with_background), tuple(float(v) for v in pan), plans,
+        depth, direction, float(background_blur), caption, frames, height, width, fps, elements,
+    )
+
+
 # ----------------------------------------------------------------------------------------------- rendering
 
 
-def _premultiplied(rgba: np.ndarray) -> np.ndarray:
-    """uint8 [h, w, 4] -> float32 [h, w, 4] with colour multiplied by alpha (so warps have no dark fringes)."""
-    out = rgba.astype(np.float32) / 255
-    out[..., :3] *= out[..., 3:]
-    return out
-
-
-def draw(canvas: np.ndarray, sprite: np.ndarray, pose: Pose) -> None:
-    """Alpha-composite a premultiplied sprite [h, w, 4] onto ``canvas`` [H, W, 3] in place, at ``pose``."""
-    height, width = canvas.shape[:2]
-    if pose.flip:
-        sprite = sprite[:, ::-1]
-    scale = pose.size * min(height, width) / max(sprite.shape[:2])
-    centre = ((sprite.shape[1] - 1) / 2, (sprite.shape[0] - 1) / 2)
-    matrix = cv2.getRotationMatrix2D(centre, pose.angle, scale)
-    matrix[:, 2] += (pose.x * width - centre[0], pose.y * height - centre[1])
-    warped = cv2.warpAffine(np.ascontiguousarray(sprite), matrix, (width, height), flags=cv2.INTER_LINEAR)
-    canvas *= 1 - warped[..., 3:]
-    canvas += warped[..., :3]
-
-
-def prescaled(rgba: np.ndarray, longest: float) -> np.ndarray:
-    """Premultiplied sprite area-downsampled to about ``longest`` px, so warps shrink it by little (no aliasing)."""
-    longest = max(4, int(np.ceil(longest)))
-    return _premultiplied(_resize_longest(rgba, longest) if longest < max(rgba.shape[:2]) else rgba)
-
-
-def _lerp(a: Pose, b: Pose, t: float) -> Pose:
-    mix = lambda u, v: u + (v - u) * t  # noqa: E731
-    return Pose(mix(a.x, b.x), mix(a.y, b.y), mix(a.size, b.size), mix(a.angle, b.angle), a.flip)
-
-
-def background_canvas(background: int, height: int, width: int, blur: float) -> np.ndarray:
-    """Background ``background`` scaled so a ``height x width`` frame covers ``BACKGROUND_VIEW`` of its side and
-    low-passed by ``blur`` (Gaussian sigma, output pixels): float32 [Hb, Wb, 3] in [0, 1]."""
-    texture = _backgrounds()[background].rgba[..., :3]
-    scale = max(height, width) / BACKGROUND_VIEW / BACKGROUND_SIZE
-    side = int(np.ceil(BACKGROUND_SIZE * scale))
+def background_canvas(background: int | np.ndarray, height: int, width: int, blur: float) -> np.ndarray:
+    """Background ``background`` (a library index or a square ``uint8 [S, S, 3+]`` texture) scaled so a
+    ``height x width`` frame covers ``BACKGROUND_VIEW`` of its side and low-passed by ``blur`` (Gaussian sigma, output
+    pixels): float32 [Hb, Wb, 3] in [0, 1]."""
+    texture = _backgrounds()[background].rgba[..., :3] if isinstance(background, int) else background[..., :3]
+    scale = max(height, width) / BACKGROUND_VIEW / texture.shape[0]
+    side = int(np.ceil(texture.shape[0] * scale))
     canvas = cv2.resize(texture, (side, side), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
     canvas = canvas.astype(np.float32) / 255
     return cv2.GaussianBlur(canvas, (0, 0), blur) if blur > 0 else canvas
-
-
-def window(canvas: np.ndarray, fx: float, fy: float, height: int, width: int) -> np.ndarray:
-    """A sub-pixel crop [height, width, 3] whose top-left corner is at fractions (fx, fy) of the free range."""
-    x = fx * (canvas.shape[1] - width)
-    y = fy * (canvas.shape[0] - height)
-    matrix = np.array([[1, 0, -x], [0, 1, -y]], np.float32)
-    return cv2.warpAffine(canvas, matrix, (width, height), flags=cv2.INTER_LINEAR)
 
 
 def render_clip(plan: ClipPlan) -> tuple[np.ndarray, list[np.ndarray]]:
     """Render a plan: the video ``uint8 [F, H, W, 3]`` and its references, each ``uint8 [H, W, 3]`` (the plan's
     subjects in order, then the background when it is a reference)."""
     height, width = plan.height, plan.width
-    background = background_canvas(plan.background, height, width, plan.background_blur)
+    background = background_canvas(background_of(plan).rgba, height, width, plan.background_blur)
     sprites = [
-        prescaled(_elements()[s.element].rgba, max(s.start.size, s.end.size) * min(height, width))
+        prescaled(subject_of(plan, s.element).rgba, max(s.start.size, s.end.size) * min(height, width))
         for s in plan.subjects
     ]
     video = np.empty((plan.frames, height, width, 3), np.uint8)
@@ -443,12 +424,12 @@ def render_clip(plan: ClipPlan) -> tuple[np.ndarray, list[np.ndarray]]:
         t = f / max(1, plan.frames - 1)
         frame = window(background, x0 + (x1 - x0) * t, y0 + (y1 - y0) * t, height, width)
         for i in plan.depth:
-            draw(frame, sprites[i], _lerp(plan.subjects[i].start, plan.subjects[i].end, t))
+            draw(frame, sprites[i], lerp(plan.subjects[i].start, plan.subjects[i].end, t))
         video[f] = np.clip(frame * 255 + 0.5, 0, 255).astype(np.uint8)
     references = []
     for subject in plan.subjects:
         canvas = np.ones((height, width, 3), np.float32)
-        sprite = prescaled(_elements()[subject.element].rgba, subject.reference.size * min(height, width))
+        sprite = prescaled(subject_of(plan, subject.element).rgba, subject.reference.size * min(height, width))
         draw(canvas, sprite, subject.reference)
         references.append(canvas)
     if plan.background_reference:
@@ -458,9 +439,9 @@ def render_clip(plan: ClipPlan) -> tuple[np.ndarray, list[np.ndarray]]:
 
 def _record(plan: ClipPlan) -> dict:
     """The manifest record of a plan; references are its subjects, then the background when it is one."""
-    ordered = [_elements()[s.element] for s in plan.subjects]
+    ordered = [subject_of(plan, s.element) for s in plan.subjects]
     if plan.background_reference:
-        ordered.append(_backgrounds()[plan.background])
+        ordered.append(background_of(plan))
     return {
         "id": plan.id,
         "video": f"clips/{plan.id}.mp4",
@@ -471,19 +452,29 @@ def _record(plan: ClipPlan) -> dict:
             {"path": f"refs/{plan.id}_{n}.png", "kind": e.kind, "element": e.name, "mask": None, "bbox": None}
             for n, e in enumerate(ordered)
         ],
-        "background": _backgrounds()[plan.background].name,
+        "background": background_of(plan).name,
         "split": plan.split,
     }
 
 
-def _write_clip(job: tuple[str, ClipPlan]) -> dict:
-    out_dir, plan = job
+def prediction_record(record: dict) -> dict:
+    """The video-prediction twin of a clip's record: its only reference is the clip's first frame (kind background,
+    so it is used whole), as image-to-video pretraining sees a clip; no subject reference."""
+    first = {"path": f"refs/{record['id']}_first.png", "kind": "background", "element": None, "mask": None,
+             "bbox": None}
+    return {**record, "references": [first]}
+
+
+def _write_clip(job: tuple[str, ClipPlan, bool]) -> dict:
+    out_dir, plan, first_frame = job
     cv2.setNumThreads(1)
     video, references = render_clip(plan)
     record = _record(plan)
     write_video(Path(out_dir) / record["video"], video, fps=plan.fps, threads=1)
     for ref, image in zip(record["references"], references):
         save_image(Path(out_dir) / ref["path"], image)
+    if first_frame:
+        save_image(Path(out_dir) / prediction_record(record)["references"][0]["path"], video[0])
     return record
 
 
@@ -506,11 +497,21 @@ def synthesize_world(
     background_ref_prob: float = 0.5,
     background_blur: float = 0.5,
     progress: bool = True,
+    world: str = "open",
+    num_zeroshot: int = 0,
+    prediction: bool = False,
 ) -> dict:
-    """Render the world into ``out_dir``; returns ``dict(train=path, heldout=path, world=path, num_train,
-    num_heldout)``. ``max_elements`` caps the references per clip (subjects plus the optional background);
-    ``background_ref_prob`` is the share of clips whose background is a reference; ``background_blur`` the
-    background's low-pass (Gaussian sigma in output pixels, 0 = none).
+    """Render the world into ``out_dir``; returns ``dict(train=path, heldout=path, [zeroshot=path,] world=path,
+    num_train, num_heldout, num_zeroshot)``. ``max_elements`` caps the references per clip (subjects plus the
+    optional background); ``background_ref_prob`` is the share of clips whose background is a reference;
+    ``background_blur`` the background's low-pass (Gaussian sigma in output pixels, 0 = none).
+
+    ``world="open"`` (default) draws every element fresh from the open-ended space (:mod:`e2v.open_elements`):
+    held-out clips get new elements of the training part of the space, ``num_zeroshot`` zero-shot clips elements of
+    the part training never draws from (other shape families, fills, hues, pictures, faces). ``world="library"``
+    uses the fixed library of 18 subjects and 9 backgrounds, held-out clips pairing subjects never seen together
+    (``heldout_fraction`` of the pairs); it has no zero-shot split. ``prediction`` also writes ``predict.jsonl``:
+    the training clips with their first frame as the only reference (video prediction, for base pretraining).
 
     ``workers`` > 1 renders in spawned processes (each pays a few seconds of imports); output is identical for
     any worker count. At the default 64x64 size one process already does about 15-20 clips/s.
@@ -519,65 +520,43 @@ def synthesize_world(
         raise ValueError(
             f"need even height/width, frames >= 1, max_elements >= 1; got {height}x{width}, {frames}, {max_elements}"
         )
-    if num_heldout and max_elements < 2:
+    if world not in WORLDS:
+        raise ValueError(f"unknown world {world!r}; expected one of {WORLDS}")
+    if world == "library" and num_zeroshot:
+        raise ValueError("the library world has no zero-shot split (its elements are fixed): use world='open'")
+    if world == "library" and num_heldout and max_elements < 2:
         raise ValueError("a held-out split needs max_elements >= 2 (it is made of held-out subject pairs)")
     out_dir = Path(out_dir)
     for sub in ("clips", "refs"):
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
-    pairs = heldout_pairs(seed, heldout_fraction)
+    pairs = heldout_pairs(seed, heldout_fraction) if world == "library" else []
     settings = dict(frames=frames, height=height, width=width, fps=fps, max_elements=max_elements,
                     background_blur=background_blur)
+    counts = {"train": num_clips, "heldout": num_heldout, "zeroshot": num_zeroshot}
     plans = [
-        plan_clip(i, "train", seed, pairs, background_ref_prob=background_ref_prob, **settings)
-        for i in range(num_clips)
-    ] + [
-        plan_clip(i, "heldout", seed, pairs, background_ref_prob=background_ref_prob, **settings)
-        for i in range(num_heldout)
+        plan_clip(i, split, seed, pairs, background_ref_prob=background_ref_prob, world=world, **settings)
+        for split, count in counts.items() for i in range(count)
     ]
-    jobs = [(str(out_dir), plan) for plan in plans]
+    jobs = [(str(out_dir), plan, prediction and plan.split == "train") for plan in plans]
     bar = dict(total=len(jobs), desc="synth clips", disable=not progress)
     if workers > 1:
         with multiprocessing.get_context("spawn").Pool(workers) as pool:
             records = list(tqdm(pool.imap(_write_clip, jobs, chunksize=4), **bar))
     else:
         records = [_write_clip(job) for job in tqdm(jobs, **bar)]
-    paths = {"train": out_dir / "train.jsonl", "heldout": out_dir / "heldout.jsonl", "world": out_dir / "world.json"}
-    _write_jsonl(paths["train"], records[:num_clips])
-    _write_jsonl(paths["heldout"], records[num_clips:])
-    world = dict(settings, seed=seed, heldout_fraction=heldout_fraction, background_ref_prob=background_ref_prob,
-                 heldout_pairs=[[_elements()[a].name, _elements()[b].name] for a, b in pairs],
-                 elements=[e.name for e in _elements()], backgrounds=[b.name for b in _backgrounds()])
-    write_json_atomic(paths["world"], world, indent=2)
-    return {**{k: str(v) for k, v in paths.items()}, "num_train": num_clips, "num_heldout": num_heldout}
-
-
-def synth_command(argv: list[str]) -> int:
-    """``e2v data synth --out DIR [--clips N] ...``: render the synthetic world; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="e2v data synth", description=synthesize_world.__doc__)
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--clips", type=int, default=300, help="training clips")
-    parser.add_argument("--heldout", type=int, default=30, help="held-out clips (unseen subject pairs)")
-    parser.add_argument("--frames", type=int, default=33)
-    parser.add_argument("--height", type=int, default=64)
-    parser.add_argument("--width", type=int, default=64)
-    parser.add_argument("--fps", type=float, default=8.0)
-    parser.add_argument("--max-elements", type=int, default=3, help="max references per clip")
-    parser.add_argument("--background-ref-prob", type=float, default=0.5,
-                        help="share of clips whose background is a reference")
-    parser.add_argument("--background-blur", type=float, default=0.5,
-                        help="background low-pass, Gaussian sigma in output pixels (0 = none)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=1, help="processes (pays off for big frames)")
-    from e2v.databuild.raw_synth import add_raw_arguments, raw_command
-
-    add_raw_arguments(parser)
-    args = parser.parse_args(argv)
-    if args.raw:
-        return raw_command(args)
-    result = synthesize_world(
-        args.out, num_clips=args.clips, num_heldout=args.heldout, frames=args.frames, height=args.height,
-        width=args.width, fps=args.fps, max_elements=args.max_elements, seed=args.seed, workers=args.workers,
-        background_ref_prob=args.background_ref_prob, background_blur=args.background_blur,
-    )
-    print(json.dumps(result, indent=2))
-    return 0
+    paths = {split: out_dir / f"{split}.jsonl" for split, count in counts.items() if count or split != "zeroshot"}
+    for split, path in paths.items():
+        _write_jsonl(path, [r for r in records if r["split"] == split])
+    if prediction:
+        paths["predict"] = out_dir / "predict.jsonl"
+        _write_jsonl(paths["predict"], [prediction_record(r) for r in records if r["split"] == "train"])
+    paths["world"] = out_dir / "world.json"
+    info = dict(settings, world=world, seed=seed, background_ref_prob=background_ref_prob)
+    if world == "library":
+        info.update(heldout_fraction=heldout_fraction,
+                    heldout_pairs=[[_elements()[a].name, _elements()[b].name] for a, b in pairs],
+                    elements=[e.name for e in _elements()], backgrounds=[b.name for b in _backgrounds()])
+    else:
+        info.update(element_splits=ELEMENT_SPLITS, zero_shot=open_elements.zero_shot_description())
+    write_json_atomic(paths["world"], info, indent=2)
+    return {**{k: str(v) for k, v in paths.items()}, **{f"num_{k}": v for k, v in counts.items()}}

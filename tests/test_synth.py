@@ -7,9 +7,12 @@ import numpy as np
 import pytest
 
 from e2v import synth
+from e2v.world_commands import synth_command
 from e2v.datamodules.video_io import load_image, read_video
 
-SETTINGS = dict(num_clips=10, num_heldout=4, frames=9, height=32, width=48, fps=8.0, max_elements=3, workers=1)
+# the fixed-library world (world="library"); the open-ended default world: tests/test_open_world.py
+SETTINGS = dict(num_clips=10, num_heldout=4, frames=9, height=32, width=48, fps=8.0, max_elements=3, workers=1,
+                world="library")
 
 
 def read_jsonl(path):
@@ -149,8 +152,8 @@ def test_worker_pool_writes_the_same_world(world, tmp_path):
 
 def test_synth_command(tmp_path):
     argv = ["--out", str(tmp_path), "--clips", "2", "--heldout", "1", "--frames", "5", "--height", "16",
-            "--width", "16", "--max-elements", "2", "--workers", "1"]
-    assert synth.synth_command(argv) == 0
+            "--width", "16", "--max-elements", "2", "--workers", "1", "--world", "library"]
+    assert synth_command(argv) == 0
     assert len(read_jsonl(tmp_path / "train.jsonl")) == 2 and len(read_jsonl(tmp_path / "heldout.jsonl")) == 1
     assert not list(tmp_path.glob(".*"))  # no leftover temp files
     with pytest.raises(ValueError, match="even"):
