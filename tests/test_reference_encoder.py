@@ -160,3 +160,15 @@ def test_training_beats_random_init_on_heldout_retrieval(tmp_path):
           f"vs chance {trained['val/chance_top1']:.3f}")
     assert trained["val/top1"] > untrained["val/top1"]
     assert trained["val/loss"] < untrained["val/loss"] - 0.2
+
+
+def test_open_element_views_train_on_one_part_and_validate_on_the_zero_shot_part():
+    data = ElementViewsDataModule(image_size=32, batch_size=4, samples_per_epoch=8, val_pairs_per_element=1,
+                                  elements="open", open_identities=12)
+    data.setup()
+    train = {item.name.split(":")[0] for item in data.train_items}
+    held = {item.name.split(":")[0] for item in data.heldout_items}
+    assert train == {"train"} and held == {"zeroshot"}
+    assert len(data.train_items) == 12 + 3 and len(data.heldout_items) == 64 + 16
+    batch = next(iter(data.train_dataloader()))
+    assert batch["views"].shape == (4, 2, 3, 32, 32)

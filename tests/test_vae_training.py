@@ -71,3 +71,24 @@ def test_warmup_cosine_schedule():
     assert lrs[60] == pytest.approx(0.1 + 0.9 * 0.5, abs=0.01) and lrs[-1] == pytest.approx(0.1, abs=0.01)
     with pytest.raises(ValueError, match="min_ratio"):
         WarmupCosineLR(opt, min_ratio=2.0)
+
+
+def test_decoder_only_fine_tuning_keeps_the_latents():
+    """decoder_only: optimizer steps change the decoder, never the encoder, so latents (and DiTs on them) stay valid."""
+    from e2v.tasks.vae_training import VAETraining
+
+    module = VAETraining(vae={"name": "patch", "width": 16, "depth": 1, "pixel_width": 8}, decoder_only=True)
+    before = {k: v.clone() for k, v in module.vae.state_dict().items()}
+    optimizer = torch.optim.AdamW([p for p in module.vae.parameters() if p.requires_grad], lr=1e-2)
+    video = torch.rand(2, 3, 5, 16, 16) * 2 - 1
+    for _ in range(2):
+        loss = module.losses(video, sample=True)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    after = module.vae.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith(("decoder.", "refiner.")) for k in changed)
+    assert not any(k.startswith("encoder.") and p.requires_grad for k, p in module.vae.named_parameters())
+    full = VAETraining(vae={"name": "patch", "width": 16, "depth": 1, "pixel_width": 8})
+    assert all(p.requires_grad for p in full.vae.parameters())

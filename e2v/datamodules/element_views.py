@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Literal
 
 import cv2
 import lightning as L
@@ -49,6 +50,16 @@ def synthetic_elements(include_backgrounds: bool = True) -> list[ElementImage]:
 
     library = synth.element_library() + (synth.background_library() if include_backgrounds else [])
     return sorted((ElementImage(e.name, e.kind, to_rgba(e.rgba)) for e in library), key=lambda item: item.name)
+
+
+def open_world_elements(split: str, subjects: int, backgrounds: int) -> list[ElementImage]:
+    """``subjects`` + ``backgrounds`` elements of one part of the open-ended element space (:mod:`e2v.open_elements`,
+    ``split`` ``train`` or ``zeroshot``), seeds 0, 1, ...: the identities the open synthetic world draws from."""
+    from e2v import open_elements
+
+    drawn = [open_elements.subject(split, i) for i in range(subjects)]
+    drawn += [open_elements.background(split, i) for i in range(backgrounds)]
+    return [ElementImage(e.name, e.kind, to_rgba(e.rgba)) for e in drawn]
 
 
 def procedural_element(index: int, size: int = 64) -> ElementImage:
@@ -212,6 +223,10 @@ class ElementViewsDataModule(L.LightningDataModule):
             split only, so the encoder learns augmentation invariance beyond the library's few elements.
         seed: seed of the split and of the validation views.
         num_workers: DataLoader workers.
+        elements: ``library``, the fixed library split by identity (above), or ``open``: ``open_identities``
+            subjects (and a quarter as many backgrounds) of the open-ended space's training part train, and 64 + 16
+            of its zero-shot part (shape families, fills, hues and pictures training never draws) validate.
+        open_identities: training subjects drawn from the open-ended space (``elements: open``).
     """
 
     def __init__(
@@ -226,6 +241,8 @@ class ElementViewsDataModule(L.LightningDataModule):
         procedural_identities: int = 0,
         seed: int = 0,
         num_workers: int = 0,
+        elements: Literal["library", "open"] = "library",
+        open_identities: int = 2000,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -236,11 +253,16 @@ class ElementViewsDataModule(L.LightningDataModule):
         if self.train_items:
             return
         hp = self.hparams
-        items = synthetic_elements(hp.include_backgrounds)
-        self.train_items, self.heldout_items = split_elements(items, hp.heldout_fraction, hp.seed)
+        if hp.elements == "open":
+            backgrounds = hp.open_identities // 4 if hp.include_backgrounds else 0
+            self.train_items = open_world_elements("train", hp.open_identities, backgrounds)
+            self.heldout_items = open_world_elements("zeroshot", 64, 16 if hp.include_backgrounds else 0)
+        else:
+            items = synthetic_elements(hp.include_backgrounds)
+            self.train_items, self.heldout_items = split_elements(items, hp.heldout_fraction, hp.seed)
         self.train_items += [procedural_element(i) for i in range(hp.procedural_identities)]
         if len(self.heldout_items) < 2:
-            raise ValueError(f"{len(items)} elements leave {len(self.heldout_items)} held out; retrieval needs >= 2")
+            raise ValueError(f"{len(self.heldout_items)} held-out elements; retrieval needs >= 2")
 
     def _labels(self, items: list[ElementImage]) -> list[int]:
         names = sorted(i.name for i in self.train_items + self.heldout_items)

@@ -19,6 +19,9 @@ from e2v.tasks.optim import configure_optimization
 from e2v.tasks.frozen import build_frozen
 
 
+ENCODER_PREFIXES = ("encoder.", "quant_conv.")  # what maps pixels to latents, in both VAE families
+
+
 class VAETraining(LightningModule):
     """Loss = ``l1_weight`` L1 + ``mse_weight`` MSE reconstruction of ``batch["video"] [B,3,F,H,W]`` + ``kl_weight`` KL + ``perceptual_weight`` LPIPS-like.
 
@@ -48,12 +51,19 @@ class VAETraining(LightningModule):
         seed: int = 0,
         preview_clips: int = 4,
         preview_frames: int = 5,
+        decoder_only: bool = False,
     ):
+        """``decoder_only``: fine-tune the decoder of a loaded VAE and keep its encoder and latent statistics as they
+        are, so its latents, and every DiT or cache made on them, stay valid (as Stable Diffusion's ft-MSE decoder)."""
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.vae = registry.build("vae", vae)
+        if decoder_only:
+            for name, parameter in self.vae.named_parameters():
+                if name.startswith(ENCODER_PREFIXES):
+                    parameter.requires_grad_(False)
         self.perceptual = build_frozen("feature_net", perceptual)
         self._preview: list[torch.Tensor] = []
 
@@ -118,7 +128,8 @@ class VAETraining(LightningModule):
             logger.experiment.log_artifact(logger.run_id, str(path), artifact_path="reconstructions")
 
     def configure_optimizers(self) -> Any:
-        return configure_optimization(self.vae.parameters(), self.optimizer_factory, self.lr_scheduler_factory,
+        trainable = [p for p in self.vae.parameters() if p.requires_grad]
+        return configure_optimization(trainable, self.optimizer_factory, self.lr_scheduler_factory,
                                       self._trainer.max_steps if self._trainer is not None else None)
 
     @torch.no_grad()
@@ -142,6 +153,7 @@ class VAETraining(LightningModule):
 
     def on_fit_end(self) -> None:
         if self.hparams.export_dir:
-            self.measure_latent_statistics()
+            if not self.hparams.decoder_only:  # a kept encoder keeps its statistics
+                self.measure_latent_statistics()
             if self.trainer.is_global_zero:
                 self.vae.save_pretrained(Path(self.hparams.export_dir))
