@@ -176,7 +176,7 @@ class PatchVAE(VideoVAE):
 # Shipped pretrained weights: name -> folder under e2v/assets and the sha256 of its safetensors file
 # (how each was made: the folder's README.md).
 PRETRAINED: dict[str, tuple[str, str]] = {
-    "tiny-world": ("tiny_world_vae", "c97a0879b337f4bccd5710bf196ddfa6860bc5b97e31a3f6a401f350e777c89b"),
+    "tiny-world": ("tiny_world_vae", "1efecb27cebb039ced100e989fdcf2ddfedbb5814d4695607d983841b4e131f3"),
 }
 
 
