@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+import cv2
+import numpy as np
 import torch
 
 FOREGROUND_DISTANCE = 0.15  # in [0, 1] colour units: farther than this from the temporal median = moving
@@ -66,3 +68,115 @@ def subject_match(video: torch.Tensor, subject_refs: torch.Tensor) -> float:
         return 0.0
     moving = ((video.float() + 1) / 2).permute(1, 2, 3, 0)[mask]  # [n, 3]
     return torch.minimum(colour_histogram(moving), colour_histogram(subject_pixels(subject_refs))).sum().item()
+
+
+# ----------------------------------------------------------------------------------------------- shape
+
+SHAPE_SIZES = (0.3, 0.36, 0.43, 0.52)  # template longest side searched, fractions of the frame's shorter side
+SHAPE_ANGLES = (-30.0, -15.0, 0.0, 15.0, 30.0)  # template tilts searched, degrees (both mirror images are searched)
+SHAPE_OVERHANG = 1 / 3  # share of a template's side that may hang over the frame's border
+SHAPE_FLOOR = 0.02  # gradient magnitude ([0, 1] colour units per px) below which a patch counts as flat
+SHAPE_INTEGRATION = 0.7  # Gaussian sigma (px) pooling the structure tensor
+
+
+def orientation_field(rgb: np.ndarray) -> np.ndarray:
+    """Edge orientation of ``rgb`` (``float32 [h, w, 3]`` in [0, 1]) as the doubled-angle structure tensor
+    ``[h, w, 2]`` = (Jxx - Jyy, 2 Jxy) / sqrt(Jxx + Jyy + floor^2), J summed over colour channels.
+
+    Doubling the angle makes an edge look the same whichever side is brighter (a subject is darker than the
+    white reference canvas but may be lighter than a clip's background), summing channels sees edges between
+    colours of equal brightness, and the magnitude grows like the edge contrast. A flat fill gives zero: the
+    field carries silhouettes and inner edges, never the colours themselves."""
+    gx = cv2.Sobel(rgb, cv2.CV_32F, 1, 0, ksize=3, borderType=cv2.BORDER_REPLICATE) / 8
+    gy = cv2.Sobel(rgb, cv2.CV_32F, 0, 1, ksize=3, borderType=cv2.BORDER_REPLICATE) / 8
+    jxx, jyy, jxy = ((a * b).sum(axis=2) for a, b in ((gx, gx), (gy, gy), (gx, gy)))
+    if SHAPE_INTEGRATION > 0:
+        jxx, jyy, jxy = (cv2.GaussianBlur(j, (0, 0), SHAPE_INTEGRATION) for j in (jxx, jyy, jxy))
+    field = np.stack([jxx - jyy, 2 * jxy], axis=2)
+    return (field / np.sqrt(jxx + jyy + SHAPE_FLOOR**2)[..., None]).astype(np.float32)
+
+
+def _silhouette_box(unit: np.ndarray, white: float = WHITE) -> tuple[int, int, int, int]:
+    """Bounding box (y0, y1, x0, x1) of the non-white pixels of a reference ``[h, w, 3]`` in [0, 1]."""
+    ys, xs = np.nonzero((unit <= white).any(axis=2))
+    return ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+
+
+def shape_templates(ref: np.ndarray, frame_side: int, sizes=SHAPE_SIZES, angles=SHAPE_ANGLES) -> list:
+    """Orientation templates of one subject reference (``float32 [h, w, 3]`` in [0, 1], subject on white): for
+    every size (fraction of ``frame_side``), tilt and mirror image, ``(field [th, tw, 2], mask [th, tw])`` where
+    ``field`` is zero outside ``mask``, the silhouette grown by one pixel (its outline, not its surroundings)."""
+    y0, y1, x0, x1 = _silhouette_box(ref)
+    longest = max(y1 - y0, x1 - x0)
+    margin = longest // 2 + 2  # room to turn without cutting corners
+    crop = cv2.copyMakeBorder(ref[y0:y1, x0:x1], margin, margin, margin, margin, cv2.BORDER_CONSTANT,
+                              value=(1.0, 1.0, 1.0))
+    templates = []
+    for size in sizes:
+        scale = size * frame_side / longest
+        shape = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
+        small = cv2.resize(crop, shape, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        centre = ((small.shape[1] - 1) / 2, (small.shape[0] - 1) / 2)
+        for angle in angles:
+            matrix = cv2.getRotationMatrix2D(centre, angle, 1.0)
+            turned = cv2.warpAffine(small, matrix, shape, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                                    borderValue=(1.0, 1.0, 1.0))
+            for image in (turned, np.ascontiguousarray(turned[:, ::-1])):
+                inside = (image <= WHITE).any(axis=2).astype(np.uint8)
+                if not inside.any():
+                    continue
+                mask = cv2.dilate(inside, np.ones((3, 3), np.uint8)).astype(np.float32)
+                ys, xs = np.nonzero(mask)
+                box = np.s_[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+                field = orientation_field(image) * mask[..., None]
+                templates.append((np.ascontiguousarray(field[box]), np.ascontiguousarray(mask[box])))
+    return templates
+
+
+def _stacked_fields(video: np.ndarray, pad: int) -> np.ndarray:
+    """Orientation fields of frames ``[F, H, W, 3]``, each zero-padded by ``pad`` px, stacked along height:
+    ``[F * (H + 2 pad), W + 2 pad, 2]``."""
+    fields = [cv2.copyMakeBorder(orientation_field(frame), pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
+              for frame in video]
+    return np.concatenate(fields, axis=0)
+
+
+def shape_match(video: torch.Tensor, subject_refs: torch.Tensor) -> float:
+    """Position-free shape similarity (about -1..1, 0 for a flat video) of ``video`` ``[3, F, H, W]`` to subject
+    references ``[N, 3, h, w]`` (both in [-1, 1], subjects on a white canvas).
+
+    For each reference and frame: the best normalised cross-correlation of the reference's edge-orientation
+    template (:func:`shape_templates`: 4 sizes, 5 tilts, mirrored or not) with the frame's orientation field,
+    over all positions (the template may hang a third over the border), inside the template's silhouette mask;
+    averaged over frames, then over references. Colour only enters through where edges are, so a blob of the
+    subject's colour or a blurred copy of the clip scores well below the clip itself."""
+    if video.ndim != 4 or video.shape[0] != 3:
+        raise ValueError(f"video must be [3, F, H, W], got {tuple(video.shape)}")
+    if subject_refs.ndim != 4 or subject_refs.shape[1] != 3 or len(subject_refs) == 0:
+        raise ValueError(f"subject_refs must be [N >= 1, 3, H, W], got {tuple(subject_refs.shape)}")
+    refs = ((subject_refs.float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).contiguous().numpy()
+    for index, ref in enumerate(refs):
+        if not (ref <= WHITE).any():
+            raise ValueError(f"subject reference {index} is blank (every pixel white): no silhouette to match")
+    frames, height, width = video.shape[1:]
+    unit = ((video.float().clamp(-1, 1) + 1) / 2).permute(1, 2, 3, 0).contiguous().numpy()
+    side = min(height, width)
+    pad = math.ceil(max(SHAPE_SIZES) * side * SHAPE_OVERHANG * 1.5)  # a turned template's box is up to 1.5x longer
+    stacked = _stacked_fields(unit, pad)
+    energy = (stacked**2).sum(axis=2)
+    block = height + 2 * pad
+    scores = []
+    for ref in refs:
+        best = np.full(frames, -np.inf)
+        for field, mask in shape_templates(ref, side):
+            th, tw = mask.shape
+            numerator = cv2.matchTemplate(stacked, field, cv2.TM_CCORR)
+            patch = cv2.matchTemplate(energy, mask, cv2.TM_CCORR)  # the mask is 0/1: its square is itself
+            floor = SHAPE_FLOOR**2 * mask.sum()
+            ncc = numerator / np.sqrt(float((field**2).sum()) + 1e-12) / np.sqrt(np.maximum(patch, 0) + floor)
+            for f in range(frames):  # positions whose template lies inside frame f's padded block
+                rows = ncc[f * block: f * block + block - th + 1]
+                if rows.size:
+                    best[f] = max(best[f], float(rows.max()))
+        scores.append(float(np.mean(np.where(np.isfinite(best), best, 0.0))))
+    return float(np.mean(scores))
