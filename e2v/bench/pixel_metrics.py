@@ -75,23 +75,25 @@ def subject_match(video: torch.Tensor, subject_refs: torch.Tensor) -> float:
 SHAPE_SIZES = (0.3, 0.36, 0.43, 0.52)  # template longest side searched, fractions of the frame's shorter side
 SHAPE_ANGLES = (-30.0, -15.0, 0.0, 15.0, 30.0)  # template tilts searched, degrees (both mirror images are searched)
 SHAPE_OVERHANG = 1 / 3  # share of a template's side that may hang over the frame's border
-SHAPE_FLOOR = 0.02  # gradient magnitude ([0, 1] colour units per px) below which a patch counts as flat
-SHAPE_INTEGRATION = 0.7  # Gaussian sigma (px) pooling the structure tensor
+SHAPE_FLOOR = 0.06  # gradient ([0, 1] colour units per px) below which an edge counts as faint (contrast ~0.12)
+CHROMA_WEIGHT = 0.5  # weight of the two colour-opponent channels against luminance
 
 
 def orientation_field(rgb: np.ndarray) -> np.ndarray:
     """Edge orientation of ``rgb`` (``float32 [h, w, 3]`` in [0, 1]) as the doubled-angle structure tensor
-    ``[h, w, 2]`` = (Jxx - Jyy, 2 Jxy) / sqrt(Jxx + Jyy + floor^2), J summed over colour channels.
+    ``[h, w, 2]`` = (Jxx - Jyy, 2 Jxy) / sqrt(Jxx + Jyy + SHAPE_FLOOR^2), from central differences of luminance
+    and (at ``CHROMA_WEIGHT``) the red-green and yellow-blue opponent channels, J summed over the three.
 
-    Doubling the angle makes an edge look the same whichever side is brighter (a subject is darker than the
-    white reference canvas but may be lighter than a clip's background), summing channels sees edges between
-    colours of equal brightness, and the magnitude grows like the edge contrast. A flat fill gives zero: the
-    field carries silhouettes and inner edges, never the colours themselves."""
-    gx = cv2.Sobel(rgb, cv2.CV_32F, 1, 0, ksize=3, borderType=cv2.BORDER_REPLICATE) / 8
-    gy = cv2.Sobel(rgb, cv2.CV_32F, 0, 1, ksize=3, borderType=cv2.BORDER_REPLICATE) / 8
-    jxx, jyy, jxy = ((a * b).sum(axis=2) for a, b in ((gx, gx), (gy, gy), (gx, gy)))
-    if SHAPE_INTEGRATION > 0:
-        jxx, jyy, jxy = (cv2.GaussianBlur(j, (0, 0), SHAPE_INTEGRATION) for j in (jxx, jyy, jxy))
+    Doubling the angle makes an edge look the same whichever side is brighter (a subject is darker than the white
+    reference canvas but may be lighter than a clip's background); the opponent channels see edges between colours
+    of equal brightness. The magnitude grows like the edge's contrast and sharpness (faint or blurred edges, below
+    ``SHAPE_FLOOR``, fade quadratically); a flat fill gives zero: the field carries silhouettes and inner edges,
+    never the colours themselves."""
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    channels = np.stack([(r + g + b) / 3, CHROMA_WEIGHT * (r - g) / 2, CHROMA_WEIGHT * ((r + g) / 2 - b) / 2], 2)
+    gx = cv2.Sobel(channels, cv2.CV_32F, 1, 0, ksize=1, borderType=cv2.BORDER_REPLICATE) / 2
+    gy = cv2.Sobel(channels, cv2.CV_32F, 0, 1, ksize=1, borderType=cv2.BORDER_REPLICATE) / 2
+    jxx, jyy, jxy = ((u * v).sum(axis=2) for u, v in ((gx, gx), (gy, gy), (gx, gy)))
     field = np.stack([jxx - jyy, 2 * jxy], axis=2)
     return (field / np.sqrt(jxx + jyy + SHAPE_FLOOR**2)[..., None]).astype(np.float32)
 
