@@ -2,7 +2,8 @@
 
 Videos are ``[3, F, H, W]`` in [-1, 1]; references ``[N, 3, H, W]`` in [-1, 1]. The subject measure ignores
 positions: a model is never told where a subject is, so only *which colours move* can judge whether the
-referenced subjects appear.
+referenced subjects appear; the shape measure (:func:`shape_match`) searches every position for each reference's
+outline and inner edges, so it sees silhouettes, not colours.
 """
 
 from __future__ import annotations
