@@ -1,6 +1,6 @@
 """Calibrate ``shape_match`` (issue 23, item 2(d)) on constructed clips with known answers, and time it.
 
-Clips are rendered the way the synthetic world renders them (``e2v.synth.draw`` / ``prescaled`` / ``Pose``):
+Clips are rendered the way the synthetic world renders them (``e2v.drawing.draw`` / ``prescaled`` / ``Pose``):
 1-3 subjects in left-to-right slots drifting one way over a still textured background; each subject reference
 shows the subject on white, mirrored, up to 20 degrees tilted and 1-2x bigger. Sprites are drawn from sprite
 *families* (silhouette x fill x background); the measure was designed on the ``design`` families only and is
@@ -23,7 +23,7 @@ import torch
 from skimage import data as skdata
 
 from e2v.bench.pixel_metrics import flat_video, shape_match
-from e2v.synth import Pose, draw, prescaled
+from e2v.drawing import Pose, draw, prescaled
 
 SPRITE = 160  # sprite canvas side, px
 FAMILIES = {

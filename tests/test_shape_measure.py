@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from e2v.bench.pixel_metrics import flat_video, shape_match
-from e2v.synth import Pose, draw, prescaled
+from e2v.drawing import Pose, draw, prescaled
 
 SIDE, FRAMES = 32, 4
 
