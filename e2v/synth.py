@@ -304,8 +304,11 @@ def _subject_plan(
     end = Pose(x + dx * TRAVEL, y + dy * TRAVEL, size, start.angle, flip)
     if open_world:  # REFERENCE_SCALE x bigger, turned by REFERENCE_TURN degrees, mirrored half the time
         turn = float(np.sign(rng.uniform(-1, 1)) * rng.uniform(*REFERENCE_TURN))
+        mirrored = bool(rng.integers(2))
+        # a mirror image of a sprite turned by a is the mirrored sprite turned by -a: the turn is relative to that
+        angle = (-start.angle if mirrored else start.angle) + turn
         reference = Pose(rng.uniform(0.45, 0.55), rng.uniform(0.45, 0.55), size * rng.uniform(*REFERENCE_SCALE),
-                         start.angle + turn, flip != bool(rng.integers(2)))
+                         angle, flip != mirrored)
         return SubjectPlan(element, start, end, reference)
     # The reference is bigger, tilted the other way and mirrored relative to the clip.
     angle = float(np.sign(rng.uniform(-1, 1)) * rng.uniform(15, 30))

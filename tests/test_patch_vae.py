@@ -81,19 +81,21 @@ def test_save_and_load_round_trip(tmp_path):
         assert torch.equal(a, b), name
     with pytest.raises(ValueError, match="not both"):
         registry.build("vae", {"name": "patch", "weights": str(tmp_path / "vae"), "pretrained": "tiny-world"})
-    with pytest.raises(ValueError, match="no shipped pretrained PatchVAE named 'nope'"):
+    with pytest.raises(ValueError, match="no shipped pretrained vae named 'nope'"):
         registry.build("vae", {"name": "patch", "pretrained": "nope"})
 
 
 def test_shipped_weights_are_checksummed(tmp_path, monkeypatch):
+    from e2v import assets
+
     folder = patch_vae.pretrained_folder("tiny-world")
-    copy = tmp_path / "assets" / "tiny_world_vae"
+    copy = tmp_path / "tiny_world_vae"
     shutil.copytree(folder, copy)
     data = bytearray((copy / "model.safetensors").read_bytes())
     data[-1] ^= 1  # one flipped bit in the last weight
     (copy / "model.safetensors").write_bytes(bytes(data))
-    digest = patch_vae.PRETRAINED["tiny-world"][1]
-    monkeypatch.setattr(patch_vae, "__file__", str(tmp_path / "modules" / "patch_vae.py"))
+    digest = assets.SHIPPED["vae", "tiny-world"][2]
+    monkeypatch.setattr(assets, "ROOT", tmp_path)
     with pytest.raises(CheckpointError, match="sha256 .* differs from the recorded"):
         patch_vae.pretrained_folder("tiny-world")
     assert hashlib.sha256(data).hexdigest() != digest

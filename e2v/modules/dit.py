@@ -627,7 +627,7 @@ def config_options(given: Mapping[str, Any]) -> dict[str, Option]:
     (none when ``weights`` is given: the folder's config.json decides, and overrides are refused)."""
     hints = type_hints(WanDiTConfig)
     resolved: dict[str, Any] = {}
-    if given.get("weights") is None and given.get("preset", "tiny") in PRESETS:
+    if given.get("weights") is None and given.get("pretrained") is None and given.get("preset", "tiny") in PRESETS:
         resolved = WanDiTConfig.from_dict(PRESETS[given.get("preset", "tiny")]).to_dict()
     return {
         f.name: Option(f.name, hints.get(f.name, Any), resolved.get(f.name, Option.REQUIRED))
@@ -639,12 +639,20 @@ def config_options(given: Mapping[str, Any]) -> dict[str, Option]:
 def build_wan_dit(
     preset: str = "tiny",
     weights: Optional[str] = None,
+    pretrained: Optional[str] = None,
     dtype: torch.dtype | str | None = None,
     attention: BackendSpec = "sdpa",
     gradient_checkpointing: bool | Iterable[int] = False,
     **overrides: Any,
 ) -> WanDiT:
-    """Wan2.1 / SkyReels-A2 DiT from a preset (+ config overrides) or a diffusers ``transformer/`` folder."""
+    """Wan2.1 / SkyReels-A2 DiT from a preset (+ config overrides), a diffusers ``transformer/`` folder (``weights``)
+    or a shipped asset (``pretrained``, e.g. ``tiny-world-base``)."""
+    if pretrained is not None:
+        if weights is not None:
+            raise ValueError("give either pretrained (a shipped asset name) or weights (a folder), not both")
+        from e2v.assets import shipped_folder
+
+        weights = str(shipped_folder("dit", pretrained))
     if weights is not None:
         if overrides:
             raise ValueError(f"config overrides {sorted(overrides)} cannot be combined with weights={weights!r}")

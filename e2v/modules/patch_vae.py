@@ -15,7 +15,6 @@ chunks, so encoding is trivially causal.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from torch import nn
 
 from e2v.modules.video_vae import VideoVAE, check_latent_statistics, config_from_dict
 from e2v.modules.weights import CheckpointError, parse_dtype
+from e2v.assets import shipped_folder
 from e2v.registry import register
 
 
@@ -175,24 +175,9 @@ class PatchVAE(VideoVAE):
 
 # Shipped pretrained weights: name -> folder under e2v/assets and the sha256 of its safetensors file
 # (how each was made: the folder's README.md).
-PRETRAINED: dict[str, tuple[str, str]] = {
-    "tiny-world": ("tiny_world_vae", "1efecb27cebb039ced100e989fdcf2ddfedbb5814d4695607d983841b4e131f3"),
-}
-
-
 def pretrained_folder(name: str) -> Path:
-    """The verified asset folder of a shipped pretrained VAE (its safetensors file must match the recorded sha256)."""
-    if name not in PRETRAINED:
-        raise ValueError(f"no shipped pretrained PatchVAE named {name!r}; shipped: {', '.join(PRETRAINED) or 'none'}")
-    folder_name, digest = PRETRAINED[name]
-    folder = Path(__file__).resolve().parent.parent / "assets" / folder_name
-    weights = folder / "model.safetensors"
-    if not weights.is_file():
-        raise CheckpointError(f"{weights}: the shipped VAE weights are missing (reinstall e2v)")
-    actual = hashlib.sha256(weights.read_bytes()).hexdigest()
-    if actual != digest:
-        raise CheckpointError(f"{weights}: sha256 {actual} differs from the recorded {digest} (corrupt or replaced)")
-    return folder
+    """The verified asset folder of a shipped pretrained VAE (:func:`e2v.assets.shipped_folder`)."""
+    return shipped_folder("vae", name)
 
 
 @register("vae", "patch")

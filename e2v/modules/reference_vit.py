@@ -228,13 +228,20 @@ def reference_vit(
     embed_dim: int | None = None,
     checkpoint: str | None = None,
     frozen: bool | None = None,
+    pretrained: str | None = None,
 ) -> ReferenceViT:
     """Small ViT reference encoder trained by e2v (``ReferenceEncoderTraining``), optionally loaded from a checkpoint.
 
     Options left out come from the checkpoint's stored config, then from :class:`ReferenceViTConfig`'s defaults.
     ``frozen`` (default: frozen when a checkpoint is loaded): :func:`~e2v.modules.frozen.freeze` (no gradients, eval
-    mode whatever the parent's mode).
+    mode whatever the parent's mode). ``pretrained``: a shipped encoder (``tiny-world``) instead of a checkpoint.
     """
+    if pretrained is not None:
+        if checkpoint is not None:
+            raise ValueError("give either pretrained (a shipped asset name) or checkpoint, not both")
+        from e2v.assets import shipped_folder
+
+        checkpoint = str(shipped_folder("image_encoder", pretrained))
     options = dict(image_size=image_size, patch_size=patch_size, width=width, depth=depth, heads=heads, dim=dim,
                    tokens_per_image=tokens_per_image, embed_dim=embed_dim)
     given = {k: v for k, v in options.items() if v is not None}

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 FROZEN = ("vae", "text_encoder", "image_encoder")
 TIMESTEP_BUCKETS = 4
+FOREGROUND_LATENT_DISTANCE = 0.5  # normalised-latent channel mean: farther from the plate's latent = a subject
 
 
 class E2VDiffusion(LightningModule):
@@ -58,6 +59,7 @@ class E2VDiffusion(LightningModule):
         sample_solver: SolverSpec = {"name": "euler", "shift": 3.0},
         seed: int = 0,
         fsdp: FSDPOptions | None = None,
+        foreground_loss_weight: float = 0.0,
     ):
         """
         Args:
@@ -82,6 +84,8 @@ class E2VDiffusion(LightningModule):
             max_nonfinite_steps: how many steps with a NaN/inf loss may be skipped (each reported) before the run
                 stops with an error; 0 stops at the first one.
             seed: base of the per-step random streams (timesteps, noise, dropout), so a resumed run draws the same.
+            foreground_loss_weight: extra loss weight on the video latents that differ from the background plate (the
+                last reference): the subjects (:meth:`foreground_weights`); 0 = off.
             fsdp: FSDP2 settings for ``ModelParallelStrategy`` (:class:`~e2v.tasks.sharding.ShardingPolicy`), e.g.
                 ``{param_dtype: bfloat16, reduce_dtype: float32}``. Given, a DiT with ``weights`` is built on the
                 meta device and ``configure_model`` loads each rank's shards only (no rank holds the whole DiT);
@@ -188,9 +192,27 @@ class E2VDiffusion(LightningModule):
         # x_t in fp32: the flow time mixing x0 and noise is the fp32 t the DiT receives, not rounded to a bf16 VAE's
         x_t = noisy_latents(x0.float(), noise.float(), t)
         pred = self.predict_velocity(x_t, t, inputs["condition"], inputs["text"], inputs["image"])
-        per_frame = (pred.float() - velocity_target(x0, noise).float()).pow(2).mean(dim=(1, 3, 4))  # [B, T]
+        error = (pred.float() - velocity_target(x0, noise).float()).pow(2).mean(dim=1)  # [B, T, h, w]
+        if self.hparams.foreground_loss_weight:
+            error = error * self.foreground_weights(x0, inputs["num_refs"])
+        per_frame = error.mean(dim=(2, 3))  # [B, T]
         weights = self.layout.loss_weights(inputs["num_refs"], x0.shape[2]).to(per_frame)
         return (per_frame * weights).sum(1) / weights.sum()
+
+    def foreground_weights(self, x0: torch.Tensor, num_refs: int) -> torch.Tensor:
+        """``[B, T, h, w]`` loss weights: ``1 + foreground_loss_weight`` where a video latent differs from the last
+        reference's latent frame (the background plate, as the synthetic world and ``e2v data build`` order the
+        references) by more than ``FOREGROUND_LATENT_DISTANCE`` (channel mean, normalised latents), 1 elsewhere: the
+        subjects, a small share of the pixels, weigh as much as the plate does. Layouts without reference frames in
+        the target (``temporal_append``) get ones."""
+        weights = torch.ones_like(x0[:, 0], dtype=torch.float32)
+        if not hasattr(self.layout, "reference_latent_frames"):
+            return weights
+        start = self.layout.reference_latent_frames(num_refs)
+        plate = x0[:, :, start - 1 : start].float()
+        moving = (x0[:, :, start:].float() - plate).abs().mean(dim=1) > FOREGROUND_LATENT_DISTANCE
+        weights[:, start:] += self.hparams.foreground_loss_weight * moving
+        return weights
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         """The flow loss of a batch; every rank skips the step (:meth:`skip_step`) when any rank's batch has no
