@@ -2,7 +2,7 @@
 
     python tools/ship_vae.py runs/vae_asset/export
 
-Prints the sha256 to record in ``e2v.modules.patch_vae.PRETRAINED`` (checked at every load).
+Prints the sha256 to record in ``e2v.assets.SHIPPED`` (checked at every load).
 """
 
 import hashlib
