@@ -30,6 +30,9 @@ SCRATCH_DIT = {"name": "wan", "preset": "tiny", "patch_size": [1, 1, 1], "num_at
                "added_kv_proj_dim": 96, "in_channels": 16}
 
 
+RUN_FOLDER = "runs/tiny/e2v"  # the main job recipe's run folder
+
+
 def run(command: list[str]) -> None:
     print("+", " ".join(command), flush=True)
     subprocess.run(command, check=True)
@@ -41,6 +44,7 @@ def main() -> None:
     parser.add_argument("--work", default="runs/layouts", help="run folders, caches and scores go here")
     parser.add_argument("--recipe", default="recipes/tiny/e2v.yaml")
     parser.add_argument("--steps", type=int, default=None, help="override the recipe's max_steps (same for all)")
+    parser.add_argument("--clips", type=int, default=24, help="clips per split scored")
     parser.add_argument("--layouts", nargs="+", default=list(LAYOUTS), choices=list(LAYOUTS))
     args = parser.parse_args()
     world, work = Path(args.world), Path(args.work)
@@ -49,14 +53,14 @@ def main() -> None:
         folder = work / name.replace(" ", "_").replace(":", "-")
         checkpoint = folder / "checkpoints" / "last.ckpt"
         if not checkpoint.exists():
-            command = [sys.executable, "-m", "e2v.cli", "fit", "--config", args.recipe,
+            folder.mkdir(parents=True, exist_ok=True)
+            recipe = folder / "recipe.yaml"  # the recipe with its run folder moved here (checkpoints, logs)
+            recipe.write_text(Path(args.recipe).read_text().replace(RUN_FOLDER, str(folder)))
+            command = [sys.executable, "-m", "e2v.cli", "fit", "--config", str(recipe),
                        "--model.init_args.layout", json.dumps(LAYOUTS[name]),
                        "--data.init_args.train_manifest", str(world / "train.jsonl"),
                        "--data.init_args.val_manifest", str(world / "heldout.jsonl"),
-                       "--data.init_args.cache_dir", str(folder / "cache"),
-                       "--trainer.default_root_dir", str(folder),
-                       "--trainer.logger.init_args.save_dir", str(folder),
-                       "--trainer.callbacks.init_args.dirpath", str(folder / "checkpoints")]
+                       "--data.init_args.cache_dir", str(folder / "cache")]
             if name == "temporal_append":
                 command += ["--model.init_args.dit", json.dumps(SCRATCH_DIT)]
             if args.steps:
@@ -64,7 +68,7 @@ def main() -> None:
             run(command)
         scores = folder / "margins.json"
         if not scores.exists():
-            run([sys.executable, "benchmarks/bench_learning.py", "--checkpoint", str(checkpoint),
+            run([sys.executable, "benchmarks/bench_learning.py", "--checkpoint", str(checkpoint), "--clips", str(args.clips),
                  "--split", f"heldout={world / 'heldout.jsonl'}", "--split", f"zeroshot={world / 'zeroshot.jsonl'}",
                  "--out", str(folder), "--json", str(scores)])
         rows[name] = json.loads(scores.read_text())
