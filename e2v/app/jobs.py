@@ -238,7 +238,8 @@ class JobRunner:
             strip = folder / "strip.png"
             refs = _to_uint8_frames(prepared[0].transpose(0, 1))  # [N, 3, H, W] -> uint8 [N, H, W, 3]
             save_image(strip, thumbnail(list(refs), _to_uint8_frames(video)))
-            settings = {**form.settings(), "command": shlex.join(command)}
+            settings = {**form.settings(), "command": shlex.join(command),
+                        "references": [[str(path), kind] for path, kind in request.references]}  # the job's copies
             write_json_atomic(folder / "settings.json", settings, indent=1)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)

@@ -4,7 +4,6 @@ compare`` of report folders). Handlers turn every bad input into a message in th
 done by :mod:`e2v.app.jobs` and :mod:`e2v.app.evaluate`.
 """
 
-from __future__ import annotations
 
 import random
 from pathlib import Path
@@ -24,7 +23,9 @@ from e2v.pipeline.step_cache import TEACACHE_WAN
 from e2v import registry
 
 SEED_LIMIT = 2**31 - 1  # what the randomise button draws below
-NUMBERS = ("seed", "height", "width", "frames", "fps", "steps", "guidance", "image_guidance", "shift", "step_cache")
+# the Form fields in the order of the page's form inputs
+FIELDS = ("prompt", "negative_prompt", "seed", "height", "width", "frames", "fps", "steps", "guidance", "image_guidance",
+          "solver", "shift", "step_cache", "teacache")
 
 
 def prepared_preview(pipe: Any, upload: str | None, kind: str, height: Any, width: Any):
@@ -115,7 +116,7 @@ def build_ui(runner: JobRunner, report_roots: Sequence[Path] = ()) -> gr.Blocks:
                                       elem_id="result-command")
                     settings = gr.JSON(label="settings", elem_id="result-settings")
             gallery = gr.Gallery(label="results since the app started (click one to load it into the form)",
-                                 columns=4, height=200, elem_id="gallery")
+                                 columns=4, height=200, object_fit="contain", elem_id="gallery")
 
         with gr.Tab("Evaluate"):
             gr.Markdown("Score a result, or an uploaded video with its references, with the `e2v bench` scorers. "
@@ -169,12 +170,10 @@ def build_ui(runner: JobRunner, report_roots: Sequence[Path] = ()) -> gr.Blocks:
         form_inputs = [prompt, negative, seed, height, width, frames, fps, steps, guidance, image_guidance, solver,
                        shift, step_cache, teacache]
 
-        def read_form(values: list[Any]) -> Form:
-            n, *rest = values
-            uploads, slot_kinds_now = rest[:MAX_REFERENCES], rest[MAX_REFERENCES:2 * MAX_REFERENCES]
-            fields = dict(zip(("prompt", "negative_prompt", *NUMBERS[:8], "solver", "shift", "step_cache",
-                               "teacache"), rest[2 * MAX_REFERENCES:]))
-            references = [(u, k) for u, k in zip(uploads[:n], slot_kinds_now[:n]) if u]
+        def read_form(data: dict) -> Form:
+            n = data[count]
+            fields = dict(zip(FIELDS, (data[c] for c in form_inputs)))
+            references = [(data[f], data[k]) for f, k in zip(files[:n], kinds[:n]) if data[f]]
             return Form(references=references, **fields)
 
         def gallery_items():
@@ -183,8 +182,8 @@ def build_ui(runner: JobRunner, report_roots: Sequence[Path] = ()) -> gr.Blocks:
         def result_choices():
             return gr.update(choices=[r.label for r in reversed(runner.results)])
 
-        def generate(*values, request: gr.Request, progress=gr.Progress()):
-            form = read_form(list(values))
+        def generate(data: dict, request: gr.Request, progress=gr.Progress()):
+            form = read_form(data)
 
             def report(done: int, total: int, left: float) -> None:
                 progress((done, total), desc=f"denoising step {done}/{total}, about {left:.0f} s left",
@@ -202,7 +201,7 @@ def build_ui(runner: JobRunner, report_roots: Sequence[Path] = ()) -> gr.Blocks:
             return (str(result.video), str(result.strip), result.settings["command"], result.settings,
                     gallery_items(), message, result_choices())
 
-        job = run.click(generate, [count, *files, *kinds, *form_inputs],
+        job = run.click(generate, {count, *files, *kinds, *form_inputs},
                         [video, strip, command, settings, gallery, status, pick], concurrency_limit=1,
                         concurrency_id="device")
 
@@ -219,8 +218,7 @@ def build_ui(runner: JobRunner, report_roots: Sequence[Path] = ()) -> gr.Blocks:
             n = len(refs)
             uploads = [str(p) for p in refs] + [None] * (MAX_REFERENCES - n)
             ref_kinds = [kind for _, kind in saved["references"]] + slot_kinds[n:]
-            fields = [saved[key] for key in ("prompt", "negative_prompt", *NUMBERS[:8], "solver", "shift",
-                                             "step_cache", "teacache")]
+            fields = [saved[key] for key in FIELDS]
             return (n, *show_slots(n), *uploads, *ref_kinds, *fields, str(result.video), str(result.strip),
                     saved["command"], saved)
 
