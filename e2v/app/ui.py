@@ -4,13 +4,14 @@ compare`` of report folders). Handlers turn every bad input into a message in th
 done by :mod:`e2v.app.jobs` and :mod:`e2v.app.evaluate`.
 """
 
-
+import functools
 import random
 from pathlib import Path
 from typing import Any, Sequence
 
 import gradio as gr
 
+from e2v import registry
 from e2v.app.evaluate import METRIC_COLUMNS, compare_reports, evaluate, report_folders
 from e2v.app.jobs import KINDS, Cancelled, Form, JobRunner, form_defaults
 from e2v.argtypes import BadInput
@@ -20,7 +21,6 @@ from e2v.bench.scorers import DEFAULT_SCORERS, load_scorers
 from e2v.datamodules.video_io import _to_uint8_frames
 from e2v.pipeline.batch import MAX_REFERENCES
 from e2v.pipeline.step_cache import TEACACHE_WAN
-from e2v import registry
 
 SEED_LIMIT = 2**31 - 1  # what the randomise button draws below
 # the Form fields in the order of the page's form inputs
@@ -162,9 +162,9 @@ def build_ui(runner: JobRunner, report_roots: Sequence[Path] = ()) -> gr.Blocks:
 
         add.click(add_slot, count, [count, *groups])
         remove.click(remove_slot, count, [count, *groups, *files])
-        for i, (file, kind, preview) in enumerate(zip(files, kinds, previews)):
+        for file, kind, preview in zip(files, kinds, previews):
             for event in (file.change, kind.change):
-                event(lambda f, k, h, w: prepared_preview(pipe, f, k, h, w), [file, kind, height, width], preview)
+                event(functools.partial(prepared_preview, pipe), [file, kind, height, width], preview)
         dice.click(lambda: random.randint(0, SEED_LIMIT), None, seed)
 
         form_inputs = [prompt, negative, seed, height, width, frames, fps, steps, guidance, image_guidance, solver,
@@ -191,9 +191,7 @@ def build_ui(runner: JobRunner, report_roots: Sequence[Path] = ()) -> gr.Blocks:
 
             try:
                 result = runner.run(form, request.session_hash or "", report)
-            except BadInput as err:
-                raise gr.Error(str(err)) from None
-            except Cancelled as err:
+            except (BadInput, Cancelled) as err:
                 raise gr.Error(str(err)) from None
             except (OSError, RuntimeError, ValueError) as err:
                 raise gr.Error(f"generation failed: {err}") from None
@@ -214,9 +212,8 @@ def build_ui(runner: JobRunner, report_roots: Sequence[Path] = ()) -> gr.Blocks:
         def load_result(evt: gr.SelectData):
             result = list(reversed(runner.results))[evt.index]
             saved = result.settings
-            refs = sorted(result.folder.glob("ref*"), key=lambda p: int(p.stem[3:]))
-            n = len(refs)
-            uploads = [str(p) for p in refs] + [None] * (MAX_REFERENCES - n)
+            n = len(saved["references"])
+            uploads = [path for path, _ in saved["references"]] + [None] * (MAX_REFERENCES - n)
             ref_kinds = [kind for _, kind in saved["references"]] + slot_kinds[n:]
             fields = [saved[key] for key in FIELDS]
             return (n, *show_slots(n), *uploads, *ref_kinds, *fields, str(result.video), str(result.strip),
@@ -232,8 +229,7 @@ def build_ui(runner: JobRunner, report_roots: Sequence[Path] = ()) -> gr.Blocks:
                 result = next((r for r in runner.results if r.label == label), None)
                 if result is None:
                     raise gr.Error(f"no result {label!r}")
-                refs = sorted(result.folder.glob("ref*"), key=lambda p: int(p.stem[3:]))
-                pairs = list(zip(refs, [kind for _, kind in result.settings["references"]]))
+                pairs = [(Path(path), kind) for path, kind in result.settings["references"]]
                 target, text = result.video, result.settings["prompt"]
             else:
                 if not video_upload or not ref_uploads:
@@ -249,14 +245,13 @@ def build_ui(runner: JobRunner, report_roots: Sequence[Path] = ()) -> gr.Blocks:
                 raise gr.Error(f"scoring failed: {err}") from None
             return rows, f"report: `{folder}` (listed in the Compare tab)"
 
-        score.click(score_video, [pick, upload_video, upload_refs, upload_kinds, eval_prompt, chosen],
-                    [metrics, eval_note], concurrency_limit=1, concurrency_id="device")
-
         def refresh_folders():
             return gr.update(choices=report_folders([runner.out, *report_roots]))
 
+        score.click(score_video, [pick, upload_video, upload_refs, upload_kinds, eval_prompt, chosen],
+                    [metrics, eval_note], concurrency_limit=1, concurrency_id="device").then(
+            refresh_folders, None, folders)
         refresh.click(refresh_folders, None, folders)
-        score.click(refresh_folders, None, folders)
 
         def run_compare(chosen_folders):
             if not chosen_folders:
