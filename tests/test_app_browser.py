@@ -146,6 +146,7 @@ def test_generate_two_references_and_a_background(server, page, tmp_path):
     page.screenshot(path=str(tmp_path / "app.png"), full_page=True)
     target = os.environ.get("E2V_APP_SCREENSHOT")
     if target:
+        page.evaluate("window.scrollTo(0, 0)")
         page.screenshot(path=target, full_page=False)
 
 
