@@ -24,16 +24,18 @@ setup(
         "bitsandbytes==0.50.2",
         "peft==0.21.2",  # LoRA (e2v/lora.py)
         "numpy==2.4.6",
-        "pillow==13.0.0",
+        "pillow==12.3.0",  # gradio 6.31 (the app extra) requires pillow<13
         "tqdm==4.70.1",
         "scenedetect==0.6.7",  # e2v data build's shot detection (0.7 requires the GUI opencv-python)
     ],
     extras_require={
         # the face extra too, so the dlib ID-consistency test runs on real (LFW) faces instead of skipping
         "test": ["pytest==9.0.3", "diffusers==0.42.1", "accelerate==1.15.0", "hypothesis==6.170.17",
-                 "dlib-bin==20.0.1.post1", "face_recognition_models==0.3.0", "ray[data]==2.60.0"],
+                 "dlib-bin==20.0.1.post1", "face_recognition_models==0.3.0", "ray[data]==2.60.0",
+                 "gradio==6.31.0", "playwright==1.65.3"],
         "face": ["dlib-bin==20.0.1.post1", "face_recognition_models==0.3.0"],
         "ray": ["ray[data]==2.60.0"],  # e2v data build --engine ray
+        "app": ["gradio==6.31.0"],  # e2v app (the browser UI)
     },
     entry_points={
         "console_scripts": ["e2v=e2v.cli:main"],

@@ -13,6 +13,7 @@
     e2v export last.ckpt --out release   # a checkpoint (full or distributed) as a --weights release root
     e2v plan --config RECIPE.yaml       # parameters and per-GPU memory of a recipe, before launching it
     e2v bench score --cases cases.jsonl --videos DIR --out REPORT   # A2-Bench-style evaluation
+    e2v app --checkpoint last.ckpt [--port 7860]   # the browser UI (gradio; listens on 127.0.0.1)
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ USAGE = """usage: e2v {fit,validate,test,predict} --config RECIPE.yaml [override
        e2v export CHECKPOINT --out DIR [--weights ema|raw]
        e2v plan --config RECIPE.yaml [--gpus N]
        e2v bench {run,score,compare,from-opens2v,from-manifest} ...
+       e2v app (--checkpoint CKPT | --weights DIR) [--host 127.0.0.1] [--port N] [--out DIR]
 """
 
 # name -> "module:function" taking argv and returning an exit code; imported only when used (lightning is slow).
@@ -38,6 +40,7 @@ COMMANDS: dict[str, str] = {
     "generate": "e2v.pipeline.generate:generate_command",
     "export": "e2v.export:export_command",
     "plan": "e2v.plan:plan_command",
+    "app": "e2v.app.command:app_command",
 }
 DATA_COMMANDS: dict[str, str] = {
     "synth": "e2v.world_commands:synth_command",

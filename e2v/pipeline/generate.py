@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -278,8 +278,10 @@ def read_command_requests(parser: argparse.ArgumentParser, args: argparse.Namesp
     return [request]
 
 
-def generate_one(pipe: E2VPipeline, request: Request, progress: bool, write: bool) -> tuple[torch.Tensor, float, float]:
-    """Generate ``request``'s video and (``write``) write its mp4s; returns (video, generation s, writing s)."""
+def generate_one(pipe: E2VPipeline, request: Request, progress: bool, write: bool,
+                 on_step: Optional[Callable[[int, int], None]] = None) -> tuple[torch.Tensor, float, float]:
+    """Generate ``request``'s video and (``write``) write its mp4s; returns (video, generation s, writing s).
+    ``on_step``: the pipeline's per-step callback (progress, cancellation)."""
     defaults = pipe.preset.default_kinds(len(request.references))
     kinds = [kind or default for kind, default in zip(request.kinds, defaults)]
     reset_peak_memory(pipe.device)
@@ -287,7 +289,7 @@ def generate_one(pipe: E2VPipeline, request: Request, progress: bool, write: boo
     video = pipe(request.images, request.prompt, negative_prompt=request.negative_prompt, kinds=kinds,
                  height=request.height, width=request.width, frames=request.frames, steps=request.steps,
                  guidance=request.guidance, image_guidance=request.image_guidance, seed=request.seed,
-                 progress=progress)
+                 progress=progress, on_step=on_step)
     sampled = time.perf_counter()
     if write:
         write_video(request.out, video, fps=request.fps)

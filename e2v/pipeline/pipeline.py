@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import PIL.Image
 import torch
@@ -406,6 +406,7 @@ class E2VPipeline:
         seed: int = 0,
         progress: bool = True,
         decode: bool = True,
+        on_step: Optional[Callable[[int, int], None]] = None,
     ) -> torch.Tensor:
         """Generate a video ``[3, F - prefix, H, W]`` in [-1, 1] (``prefix = layout.prefix_frames(N)``); with
         ``decode=False``, the denoised normalised latents ``[1, 16, T, h, w]`` (reference frames included) instead.
@@ -421,12 +422,12 @@ class E2VPipeline:
         negative_prompt = self.preset.negative_prompt if negative_prompt is None else negative_prompt
         with self._borrowed():
             return self._generate(refs, prompt, negative_prompt, kinds, height, width, frames, steps, guidance,
-                                  image_guidance, seed, progress, decode)
+                                  image_guidance, seed, progress, decode, on_step)
 
     def _generate(self, refs: Sequence[ReferenceImage], prompt: str, negative_prompt: str,
                   kinds: Optional[Sequence[str]], height: int, width: int, frames: int, steps: Optional[int],
                   guidance: float, image_guidance: Optional[float], seed: int, progress: bool,
-                  decode: bool) -> torch.Tensor:
+                  decode: bool, on_step: Optional[Callable[[int, int], None]]) -> torch.Tensor:
         """``__call__``'s work, the components borrowed."""
         layout_refs, clip_refs = self.prepare_references(refs, kinds, height, width)
         vae_factor = self.vae.spatial_factor
@@ -444,6 +445,8 @@ class E2VPipeline:
                 if self.preset.guidance_in_dit_dtype:
                     velocities = velocities.to(self.dit.proj_out.weight.dtype)
                 latents = self.solver.step(self.combine(velocities, guidance, image_guidance), i, latents)
+                if on_step is not None:
+                    on_step(i + 1, len(timesteps))
         if not decode:
             return latents.float().cpu()
         with self._on_device(self.vae):

@@ -1,0 +1,1 @@
+"""``e2v app``: a browser UI for generation and evaluation (gradio; the ``app`` extra)."""
