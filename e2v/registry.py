@@ -53,7 +53,7 @@ _BUILTIN_MODULES = (
     "e2v.modules.face_encoder",
     "e2v.modules.feature_nets",
     "e2v.modules.reference_vit",
-    "e2v.pipeline.parallel",
+    "e2v.modules.sequence_parallel",
     "e2v.families",
     "e2v.databuild.shots",
     "e2v.databuild.quality",

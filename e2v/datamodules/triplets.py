@@ -260,9 +260,14 @@ class TripletDataModule(L.LightningDataModule):
 
     # ----- loaders
     def _rank(self) -> tuple[int, int]:
-        if self._trainer_attached():
-            return self.trainer.global_rank, self.trainer.world_size
-        return 0, 1
+        """This rank's data-parallel index and count (the strategy's sampler coordinates: the ranks of one
+        sequence-parallel group share them, so they read the same batches)."""
+        if not self._trainer_attached():
+            return 0, 1
+        coordinates = getattr(self.trainer.strategy, "distributed_sampler_kwargs", None)
+        if coordinates:
+            return int(coordinates["rank"]), int(coordinates["num_replicas"])
+        return self.trainer.global_rank, self.trainer.world_size
 
     def _loader(self, split: _Split, sampler: BucketBatchSampler, train: bool) -> DataLoader:
         return DataLoader(

@@ -65,6 +65,13 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.
     return flash_attn_func(q, k, v)
 
 
+def context_backend(attention: AttentionFn) -> AttentionFn:
+    """The backend for cross-attention to the text / image context: a backend's ``context_attention`` attribute
+    when it has one (a sequence-parallel wrapper attends from each rank's own queries to the context every rank
+    holds, with no communication), else the backend itself."""
+    return getattr(attention, "context_attention", attention)
+
+
 @register("attention", "sdpa")
 def sdpa_backend() -> AttentionFn:
     """PyTorch scaled_dot_product_attention (default)."""

@@ -34,7 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from e2v.modules.attention import BackendSpec, resolve_backend
+from e2v.modules.attention import BackendSpec, context_backend, resolve_backend
+from e2v.modules.sequence_parallel import SequenceShards
 from e2v.modules.weights import load_weights, parse_dtype, read_config, save_weights
 from e2v.registry import Option, register
 from e2v.typecheck import check_options, type_hints
@@ -322,9 +323,10 @@ class WanTransformerBlock(nn.Module):
     ) -> torch.Tensor:
         """``x [B, S, dim]`` (a whole sequence or a token shard) -> ``[B, S, dim]``."""
         shift, scale, gate, ffn_shift, ffn_scale, ffn_gate = (self.scale_shift_table + modulation.float()).chunk(6, dim=1)
+        attend = resolve_backend(attention)
         h = torch.addcmul(shift, self.norm1(x.float()), 1 + scale).to(x.dtype)
-        x = torch.addcmul(x.float(), self.attn1.self_attention(h, rope, attention), gate).to(x.dtype)
-        x = x + self.attn2.cross_attention(self.norm2(x.float()).to(x.dtype), text, image, attention)
+        x = torch.addcmul(x.float(), self.attn1.self_attention(h, rope, attend), gate).to(x.dtype)
+        x = x + self.attn2.cross_attention(self.norm2(x.float()).to(x.dtype), text, image, context_backend(attend))
         h = torch.addcmul(ffn_shift, self.norm3(x.float()), 1 + ffn_scale).to(x.dtype)
         return torch.addcmul(x.float(), self.ffn(h).float(), ffn_gate).to(x.dtype)
 
@@ -555,9 +557,15 @@ class WanDiT(nn.Module):
 
     def head(self, tokens: torch.Tensor, temb: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
         """Output norm + modulation, projection and unpatchify: ``[B, S, dim] -> [B, C_out, T, H, W]``."""
+        return self.unpatchify(self.head_tokens(tokens, temb), grid)
+
+    def head_tokens(self, tokens: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        """Output norm + modulation and projection, token by token: ``[B, S, dim] -> [B, S, C_out * prod(patch)]``."""
         shift, scale = (self.scale_shift_table + temb.float().unsqueeze(1)).chunk(2, dim=1)
-        tokens = torch.addcmul(shift, self.norm_out(tokens.float()), 1 + scale).to(tokens.dtype)
-        tokens = self.proj_out(tokens)
+        return self.proj_out(torch.addcmul(shift, self.norm_out(tokens.float()), 1 + scale).to(tokens.dtype))
+
+    def unpatchify(self, tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        """``[B, S, C_out * prod(patch)]`` for token ``grid`` (T, H, W) -> ``[B, C_out, T * pt, H * ph, W * pw]``."""
         (pt, ph, pw), (t, h, w) = self.config.patch_size, grid
         tokens = tokens.reshape(tokens.shape[0], t, h, w, pt, ph, pw, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
         return tokens.reshape(tokens.shape[0], -1, t * pt, h * ph, w * pw)
@@ -569,12 +577,22 @@ class WanDiT(nn.Module):
         text: torch.Tensor,
         image: Optional[torch.Tensor] = None,
         attention: Optional[BackendSpec] = None,
+        sequence: Optional[SequenceShards] = None,
     ) -> torch.Tensor:
         """Velocity ``[B, C_out, T, H, W]`` for ``latents [B, C_in, T, H, W]``, ``timestep [B]`` in [0, 1000],
-        ``text [B, L, text_dim]`` and ``image [B, M, image_dim]`` (M = N * tokens per reference, N >= 0)."""
+        ``text [B, L, text_dim]`` and ``image [B, M, image_dim]`` (M = N * tokens per reference, N >= 0).
+
+        ``sequence``: run the blocks on this rank's token shard of a sequence-parallel group
+        (:class:`~e2v.modules.sequence_parallel.SequenceShards`); every rank of the group returns the whole output."""
         inputs = self.embed_inputs(latents, timestep, text, image)
-        tokens = self.run_blocks(inputs.tokens, inputs, self.rope(inputs.grid), attention)
-        return self.head(tokens, inputs.temb, inputs.grid)
+        tokens, rope = inputs.tokens, self.rope(inputs.grid)
+        attention = self.attention if attention is None else attention
+        if sequence is not None:
+            tokens, rope, attention = sequence.shard(tokens, rope, attention)
+        tokens = self.head_tokens(self.run_blocks(tokens, inputs, rope, attention), inputs.temb)
+        if sequence is not None:
+            tokens = sequence.gather(tokens, inputs.tokens.shape[1])
+        return self.unpatchify(tokens, inputs.grid)
 
     # ------------------------------------------------------------------------------------------- switches
     def _checkpointed(self, index: int) -> bool:

@@ -5,12 +5,12 @@ The world (``torch.distributed``, NCCL on GPUs, gloo on CPUs) is split into ``cf
 
 - CFG-parallel: the G guidance branches of a step are split over the cfg groups (branch ``i`` on group
   ``i // ceil(G / cfg)``); the velocities are all-gathered afterwards.
-- Sequence parallel (DeepSpeed-Ulysses): the DiT's video tokens ``[B, S, dim]`` and their RoPE rows are split
-  into ``sp`` contiguous shards; inside attention an all-to-all trades the sequence split for a head split
-  (``[B, S/sp, H, D] -> [B, S, H/sp, D]``), attention runs on full sequences for ``H/sp`` heads, and a second
-  all-to-all trades back. Cross-attention keys (text / image tokens) are the same on every rank; the all-to-all
-  then repeats them ``sp`` times along the key axis, which leaves softmax attention unchanged (each key's weight
-  is shared by its copies), so one backend serves both. Needs ``S`` and the head count divisible by ``sp``.
+- Sequence parallel (DeepSpeed-Ulysses, :mod:`e2v.modules.sequence_parallel`, shared with training): the DiT's
+  video tokens ``[B, S, dim]`` and their RoPE rows are split into ``sp`` contiguous shards; inside self-attention an
+  all-to-all trades the sequence split for a head split (``[B, S/sp, H, D] -> [B, S, H/sp, D]``), attention runs on
+  full sequences for ``H/sp`` heads, and a second all-to-all trades back. Cross-attention attends from each rank's
+  own queries to the whole text / image context, which every rank holds. Needs ``S`` (here; training pads) and the
+  head count divisible by ``sp``.
 
 Usage (under ``torchrun``)::
 
@@ -26,44 +26,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from e2v.modules.attention import AttentionFn, BackendSpec, resolve_backend
-from e2v.registry import register
-
-
-def _all_to_all(chunks: list[torch.Tensor], group) -> list[torch.Tensor]:
-    received = [torch.empty_like(chunks[0]) for _ in chunks]
-    dist.all_to_all(received, [c.contiguous() for c in chunks], group=group)
-    return received
-
-
-def sequence_to_heads(x: torch.Tensor, group) -> torch.Tensor:
-    """``[B, S/P, H, D]`` (this rank's tokens, all heads) -> ``[B, S, H/P, D]`` (all tokens, this rank's heads)."""
-    size = dist.get_world_size(group)
-    if x.shape[2] % size:
-        raise ValueError(f"Ulysses sequence parallel needs the head count ({x.shape[2]}) divisible by {size}")
-    return torch.cat(_all_to_all(list(x.chunk(size, dim=2)), group), dim=1)
-
-
-def heads_to_sequence(x: torch.Tensor, group) -> torch.Tensor:
-    """Inverse of :func:`sequence_to_heads`: ``[B, S, H/P, D] -> [B, S/P, H, D]``."""
-    return torch.cat(_all_to_all(list(x.chunk(dist.get_world_size(group), dim=1)), group), dim=2)
-
-
-class UlyssesAttention:
-    """Sequence-parallel wrapper of an attention backend: all-to-all q/k/v, attend, all-to-all back."""
-
-    def __init__(self, base: AttentionFn, group=None) -> None:
-        self.base, self.group = base, group
-
-    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        q, k, v = (sequence_to_heads(x, self.group) for x in (q, k, v))
-        return heads_to_sequence(self.base(q, k, v), self.group)
-
-
-@register("attention", "ulysses")
-def ulysses_backend(base: BackendSpec = "sdpa", group=None) -> AttentionFn:
-    """Ulysses sequence parallel around a base backend (process ``group``, default the whole world)."""
-    return UlyssesAttention(resolve_backend(base), group)
+from e2v.modules.sequence_parallel import SequenceShards
 
 
 class ParallelConfig:
@@ -130,19 +93,13 @@ class ParallelConfig:
                 f"sequence parallel over {size} ranks needs the token count ({tokens.shape[1]} = latent frames x "
                 f"height/16 x width/16) divisible by {size}; pick another resolution or frame count"
             )
-        rank = dist.get_rank(self.sp_group)
-        cos, sin = rope
-        local_rope = (cos.chunk(size)[rank], sin.chunk(size)[rank])
-        attention = UlyssesAttention(resolve_backend(dit.attention), self.sp_group)
-        return tokens.chunk(size, dim=1)[rank], local_rope, attention
+        return SequenceShards(self.sp_group, loss_replicated=False).shard(tokens, rope, dit.attention)
 
     def gather_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """The full sequence ``[B, S, dim]`` from every rank's shard."""
         if self.sp_group is None:
             return tokens
-        parts = [torch.empty_like(tokens) for _ in range(self.sp_size)]
-        dist.all_gather(parts, tokens.contiguous(), group=self.sp_group)
-        return torch.cat(parts, dim=1)
+        return SequenceShards(self.sp_group, loss_replicated=False).gather(tokens, tokens.shape[1] * self.sp_size)
 
     def all_reduce_sp(self, sums: torch.Tensor) -> torch.Tensor:
         """Sum a small tensor over the sequence-parallel group (keeps step-cache decisions in sync)."""

@@ -22,6 +22,7 @@ from e2v.tasks.optim import configure_optimization
 from e2v.modules.flow import TIMESTEP_SCALE, expand_like, noisy_latents, velocity_target
 from e2v.tasks.frozen import build_frozen, restore_prefixes, strip_prefixes
 from e2v.modules.reshard import reshard
+from e2v.modules.sequence_parallel import SequenceShards
 from e2v.lora import LoRAConfig, LoRAOptions, apply_lora, drop_base, is_adapter_key
 from e2v.tasks.sharding import FSDPOptions, ShardingPolicy, is_meta, is_sharded, materialize_dit, meta_dit, shard_dit
 
@@ -119,6 +120,7 @@ class E2VDiffusion(LightningModule):
         self.skipped_steps = 0  # steps every rank skipped (bad batch or non-finite loss on some rank)
         self._host_group = None  # distributed on an accelerator: a gloo group for host flags (on_fit_start)
         self._bucket_sums: torch.Tensor | None = None  # train loss sums / counts per flow-time bucket since the last log
+        self.sequence: SequenceShards | None = None  # this rank's sequence-parallel group (configure_model)
         # checkpoints hold no frozen weights (see state_dict); on_load_checkpoint checks the trained ones instead
         self.strict_loading = False
 
@@ -160,9 +162,16 @@ class E2VDiffusion(LightningModule):
             image = self.image_encoder(self.layout.image_inputs(refs, batch["refs_clip"])).to(x0.dtype)
         return {"x0": x0, "condition": condition, "text": text, "image": image, "num_refs": refs.shape[1]}
 
+    @property
+    def data_parallel_rank(self) -> int:
+        """This rank's data-parallel index: the global rank, except that the ranks of a sequence-parallel group
+        share one (they train on the same samples with the same noise)."""
+        mesh = self._device_mesh
+        return mesh["data_parallel"].get_local_rank() if mesh is not None else self.global_rank
+
     def step_generator(self, stream: int, device: torch.device | str | None = None) -> torch.Generator:
-        """A generator seeded by (seed, global step, rank, stream): the same draws after a resume."""
-        seed = ((self.hparams.seed * 1_000_003 + self.global_step) * 131 + self.global_rank) * 7 + stream
+        """A generator seeded by (seed, global step, data-parallel rank, stream): the same draws after a resume."""
+        seed = ((self.hparams.seed * 1_000_003 + self.global_step) * 131 + self.data_parallel_rank) * 7 + stream
         return torch.Generator(device=device or self.device).manual_seed(seed % (2**63))
 
     def drop_conditions(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -183,7 +192,7 @@ class E2VDiffusion(LightningModule):
         self, x_t: torch.Tensor, t: torch.Tensor, condition: torch.Tensor, text: torch.Tensor, image: torch.Tensor | None
     ) -> torch.Tensor:
         """DiT velocity for noisy latents ``x_t [B,16,T,h,w]`` at flow times ``t [B]``."""
-        out = self.dit(self.layout.dit_input(x_t, condition), t * TIMESTEP_SCALE, text, image)
+        out = self.dit(self.layout.dit_input(x_t, condition), t * TIMESTEP_SCALE, text, image, sequence=self.sequence)
         return self.layout.video_output(out, condition)
 
     def flow_loss(self, inputs: dict[str, torch.Tensor], t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -222,7 +231,7 @@ class E2VDiffusion(LightningModule):
         unreadable = self.ranks_with("video" not in batch and "latents" not in batch)  # all samples were unreadable
         if unreadable:
             return self.skip_step(f"rank(s) {unreadable} had no readable sample in their batch", batch)
-        inputs = self.drop_conditions(self.encode_batch(batch))
+        inputs = self.drop_conditions(self.same_in_sequence_group(self.encode_batch(batch)))
         x0 = inputs["x0"]
         t = self.timestep_sampler(x0.shape[0], generator=self.step_generator(stream=0, device="cpu")).to(self.device)
         noise = torch.randn(x0.shape, generator=self.step_generator(stream=1), device=self.device, dtype=x0.dtype)
@@ -234,6 +243,17 @@ class E2VDiffusion(LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=x0.shape[0])
         self.accumulate_timestep_buckets(per_sample.detach(), t)
         return loss
+
+    def same_in_sequence_group(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Under sequence parallelism, the encoded inputs of the SP group's first rank on every rank of the group (the
+        ranks read the same samples; this also makes online encodes with non-deterministic kernels agree)."""
+        if self.sequence is None:
+            return inputs
+        source = torch.distributed.get_global_rank(self.sequence.group, 0)
+        for value in inputs.values():
+            if isinstance(value, torch.Tensor):
+                torch.distributed.broadcast(value, src=source, group=self.sequence.group)
+        return inputs
 
     def on_fit_start(self) -> None:
         """Distributed on an accelerator: a CPU (gloo) process group for host-side flags (:meth:`ranks_with`), so
@@ -349,9 +369,18 @@ class E2VDiffusion(LightningModule):
     def configure_model(self) -> None:
         """FSDP2 under ``ModelParallelStrategy``: shard the DiT's fp32 islands, each block, then the DiT itself, with
         the ``fsdp`` mixed-precision policy; frozen parts replicate. A meta-device DiT (``fsdp`` with weights) is
-        then allocated on this rank's device and each rank reads only its own shards from the weights folder."""
-        if self.device_mesh is not None and not is_sharded(self.dit):
-            shard_dit(self.dit, self.device_mesh["data_parallel"], self.sharding)
+        then allocated on this rank's device and each rank reads only its own shards from the weights folder.
+
+        On a ``(data_parallel, sequence_parallel)`` mesh (:class:`~e2v.strategies.SequenceParallelStrategy`) each
+        sample's tokens are split over the sequence-parallel group and the DiT is sharded over all ranks."""
+        mesh = self.device_mesh
+        if mesh is not None and "sequence_parallel" in (mesh.mesh_dim_names or ()):
+            if mesh["sequence_parallel"].size() > 1 and self.sequence is None:
+                self.sequence = SequenceShards(mesh["sequence_parallel"].get_group())
+            if not is_sharded(self.dit):
+                shard_dit(self.dit, mesh._flatten("data_sequence_parallel"), self.sharding)
+        elif mesh is not None and not is_sharded(self.dit):
+            shard_dit(self.dit, mesh["data_parallel"], self.sharding)
         if is_meta(self.dit):
             device = self._trainer.strategy.root_device if self._trainer is not None else self.device
             materialize_dit(self.dit, self.dit_weights, device)
