@@ -19,7 +19,9 @@ without FSDP, autocast's bf16 copies of fp32 weights; ``bf16-true``: everything 
   (a x dim + b x ffn_dim) + context tokens x dim + the attention projections' concatenated weights; with activation
   checkpointing, each block's input plus one block's activations during its recomputation. The coefficients were
   measured on e2v's own DiT (torch profiler allocation trace, CPU); ``tests/test_plan.py`` checks the estimate against
-  measured peaks of small training steps.
+  measured peaks of small training steps. Under sequence parallelism (``SequenceParallelStrategy``, or
+  ``--sequence-parallel N``) the video tokens are a rank's share ``ceil(S / N)``, plus one block's Ulysses
+  all-to-all buffers; the text / image context stays whole on every rank.
 
 Not counted: the data loader, CUDA context and kernels' workspaces (about 1-3 GB), allocator fragmentation.
 """
@@ -115,6 +117,7 @@ class Plan:
     shapes: Shapes
     tokens: int
     context_tokens: int
+    sequence_parallel: int
     parameters: int
     trainable: int
     frozen_parameters: int
@@ -126,12 +129,17 @@ class Plan:
     notes: list[str] = field(default_factory=list)
 
     @property
+    def tokens_per_gpu(self) -> int:
+        return -(-self.tokens // self.sequence_parallel)
+
+    @property
     def total(self) -> float:
         return self.weights + self.frozen_weights + self.gradients + self.optimizer + self.activations
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["total"] = self.total
+        out["tokens_per_gpu"] = self.tokens_per_gpu
         return out
 
     def format(self) -> str:
@@ -142,6 +150,8 @@ class Plan:
             f"checkpointing {'on' if self.checkpointing else 'off'}",
             f"  sample: {s.frames} frames x {s.height} x {s.width}, {s.references} reference(s), batch {s.batch_size} "
             f"per GPU -> {self.tokens:,} video tokens, {self.context_tokens:,} context tokens (text + image)",
+            *([f"  sequence parallel {self.sequence_parallel}: {self.tokens_per_gpu:,} video tokens per GPU, "
+               f"{self.gpus // self.sequence_parallel} data-parallel group(s)"] if self.sequence_parallel > 1 else []),
             f"  DiT parameters {self.parameters:,} ({self.parameters / 1e9:.2f} B), trainable {self.trainable:,} "
             f"({100 * self.trainable / max(1, self.parameters):.2f} %); frozen encoders {self.frozen_parameters:,}",
             "  memory per GPU (GiB):",
@@ -269,6 +279,21 @@ def _dtype(value: Any) -> torch.dtype:
 
 
 # ------------------------------------------------------------------------------------------ strategy / precision
+def sequence_parallel_of(trainer: dict[str, Any], gpus: int, override: Optional[int]) -> int:
+    """The SP group size: ``override``, else the recipe's ``SequenceParallelStrategy`` ``sequence_parallel`` (1)."""
+    strategy = trainer.get("strategy")
+    value = override
+    if value is None and isinstance(strategy, dict) and "SequenceParallel" in strategy.get("class_path", ""):
+        value = (strategy.get("init_args") or {}).get("sequence_parallel", 1)
+    try:
+        value = int(value or 1)
+    except (TypeError, ValueError):
+        raise PlanError(f"trainer.strategy.init_args.sequence_parallel must be an integer, got {value!r}") from None
+    if value < 1 or gpus % value:
+        raise PlanError(f"sequence_parallel {value} must be >= 1 and divide the {gpus} GPU(s)")
+    return value
+
+
 def strategy_of(trainer: dict[str, Any], gpus: Optional[int], notes: list[str]) -> tuple[str, int]:
     """``("fsdp2" | "ddp" | "single", GPUs)`` from the recipe's trainer section (``gpus`` overrides its devices)."""
     devices, nodes = trainer.get("devices", 1), int(trainer.get("num_nodes", 1) or 1)
@@ -286,7 +311,7 @@ def strategy_of(trainer: dict[str, Any], gpus: Optional[int], notes: list[str]) 
         gpus *= nodes
     strategy = trainer.get("strategy")
     name = (strategy.get("class_path", "") if isinstance(strategy, dict) else str(strategy or "")).lower()
-    if "modelparallel" in name or "fsdp" in name:
+    if "modelparallel" in name or "fsdp" in name or "sequenceparallel" in name:
         return "fsdp2", gpus
     return ("ddp" if gpus > 1 else "single"), gpus
 
@@ -414,8 +439,10 @@ def sample_shapes(recipe: dict[str, Any], specs: dict[str, Any], **overrides: Op
     return Shapes(**values)
 
 
-def estimate(configs: Sequence[str | Path], gpus: Optional[int] = None, **shape_overrides: Optional[int]) -> Plan:
-    """The :class:`Plan` of the recipe ``configs`` (layered like repeated ``--config``)."""
+def estimate(configs: Sequence[str | Path], gpus: Optional[int] = None, sequence_parallel: Optional[int] = None,
+             **shape_overrides: Optional[int]) -> Plan:
+    """The :class:`Plan` of the recipe ``configs`` (layered like repeated ``--config``); ``sequence_parallel``
+    overrides the recipe's SP group size."""
     from e2v import registry
     from e2v.families import COMPONENTS, resolve
     from e2v.lora import TARGETS, LoRAConfig
@@ -428,6 +455,9 @@ def estimate(configs: Sequence[str | Path], gpus: Optional[int] = None, **shape_
     except (KeyError, TypeError, ValueError) as err:
         raise PlanError(f"model.init_args: cannot resolve the components: {err}") from None
     strategy, gpus = strategy_of(trainer, gpus, notes)
+    sp = sequence_parallel_of(trainer, gpus, sequence_parallel)
+    if sp > 1 and strategy != "fsdp2":
+        raise PlanError("sequence parallelism needs trainer.strategy e2v.strategies.SequenceParallelStrategy")
     precision = precision_of(trainer)
     config, options = _dit_config(specs, model.get("family"), notes)
     dit = meta_dit(config, "bfloat16" if precision == "bf16-true" else options.get("dtype"))
@@ -466,8 +496,14 @@ def estimate(configs: Sequence[str | Path], gpus: Optional[int] = None, **shape_
     if fsdp and precision == "bf16-mixed":  # the blocks run on FSDP2's gathered copies, in fsdp.param_dtype
         param_dtype = (model.get("fsdp") or {}).get("param_dtype", "bfloat16")
         computed = meta_dit(config, str(_dtype(param_dtype)).removeprefix("torch."))
-    activations = shapes.batch_size * activation_bytes(computed, precision, tokens, context, checkpointing, adapted,
-                                                       quantize is not None)
+    local_tokens = -(-tokens // sp)  # a sequence-parallel rank's share (padded)
+    activations = shapes.batch_size * activation_bytes(computed, precision, local_tokens, context, checkpointing,
+                                                       adapted, quantize is not None)
+    if sp > 1:
+        # one block's Ulysses exchange: q, k, v and the attention output, each also in its head-split form
+        activations += shapes.batch_size * 8 * local_tokens * computed.config.dim * (4 if precision == "32-true" else 2)
+        notes.append(f"sequence parallel {sp}: per-token activations of {local_tokens:,} tokens per GPU (+ one "
+                     "block's all-to-all buffers); the text / image context is whole on every GPU")
     if fsdp:
         block = max(sum(p.numel() for p in b.parameters()) for b in dit.blocks)
         gathered = 2 * block * (2 if precision != "32-true" else 4)  # the block running and the one prefetched
@@ -485,7 +521,7 @@ def estimate(configs: Sequence[str | Path], gpus: Optional[int] = None, **shape_
             frozen_count, frozen_bytes = frozen_count + count, frozen_bytes + size
     return Plan(recipe=", ".join(str(c) for c in configs), strategy=strategy, gpus=gpus, precision=precision,
                 checkpointing=checkpointing, shapes=shapes, tokens=tokens * shapes.batch_size,
-                context_tokens=context, parameters=parameters, trainable=trainable, frozen_parameters=frozen_count,
+                context_tokens=context, sequence_parallel=sp, parameters=parameters, trainable=trainable, frozen_parameters=frozen_count,
                 weights=weights_total, frozen_weights=frozen_bytes, gradients=gradients, optimizer=optimizer,
                 activations=activations, notes=notes)
 
@@ -497,10 +533,12 @@ def plan_command(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--gpus", type=int, default=None, help="GPUs in all (default: the recipe's devices x nodes)")
     for name in ("frames", "height", "width", "references", "batch-size"):
         parser.add_argument(f"--{name}", type=int, default=None)
+    parser.add_argument("--sequence-parallel", type=int, default=None,
+                        help="GPUs per sequence-parallel group (default: the recipe's SequenceParallelStrategy, or 1)")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     args = parser.parse_args(argv)
     try:
-        plan = estimate(args.config, args.gpus, frames=args.frames, height=args.height, width=args.width,
+        plan = estimate(args.config, args.gpus, args.sequence_parallel, frames=args.frames, height=args.height, width=args.width,
                         references=args.references, batch_size=args.batch_size)
     except PlanError as err:
         print(f"e2v plan: error: {err}", file=sys.stderr)
