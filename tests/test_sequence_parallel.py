@@ -2,7 +2,7 @@
 
 - one step: the flow loss and every DiT gradient with SP 2, SP 4 and FSDP2 2 x SP 2 (the real ``configure_model``:
   FSDP2 over all ranks, tokens split over the SP group) equal a single unsharded process's on the same samples, for
-  an even token count (32) and an uneven one (27 tokens: padded to 28);
+  an even token count (32) and an uneven one (27 tokens: padded to 28), also with activation checkpointing;
 - ten Lightning steps (``SequenceParallelStrategy``, sampler and per-step noise by data-parallel rank) give the
   same weights: SP 2 on 2 ranks against 1 process, FSDP2 2 x SP 2 on 4 ranks against FSDP2 on 2 ranks.
 
@@ -16,6 +16,7 @@ import os
 import socket
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -81,7 +82,9 @@ def one_step_worker(rank: int, port: int, out, world: int, sp: int) -> None:
     module.configure_model()
     dp_rank = module.data_parallel_rank
     results = {}
-    for name, grid in GRIDS.items():
+    for name, grid in [*GRIDS.items(), ("uneven-checkpointed", GRIDS["uneven"])]:
+        for dit in (reference.dit, module.dit):  # the recomputation reruns the all-to-alls
+            dit.set_gradient_checkpointing("checkpointed" in name)
         inputs, t, noise = step_inputs([sample_inputs(d, grid) for d in range(dp)])
         ref_loss, ref_grads = loss_and_grads(reference, inputs, t, noise)
         mine = {k: v[dp_rank : dp_rank + 1] if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
@@ -201,3 +204,30 @@ def test_sequence_shards_pad_and_gather_on_one_rank(tmp_path):
         assert torch.equal(shards.gather(local, 5), tokens)
     finally:
         dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------------------------------------------- plan / errors
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "a2-14b-720p-sp.yaml"
+
+
+def test_plan_counts_a_ranks_share_of_the_tokens():
+    """The 720p SP recipe (16 GPUs, SP 8) against the same run without SP: the weights, gradients and optimizer
+    shards are the same, the activations follow the tokens per GPU (the context and exchange buffers stay)."""
+    from e2v.plan import estimate
+
+    plan = estimate([RECIPE], frames=121)
+    alone = estimate([RECIPE], sequence_parallel=1, frames=121)
+    assert plan.sequence_parallel == 8 and plan.gpus == 16
+    assert plan.tokens == alone.tokens == 31 * 45 * 80 and plan.tokens_per_gpu == 31 * 45 * 80 // 8
+    assert (plan.weights, plan.gradients, plan.optimizer) == (alone.weights, alone.gradients, alone.optimizer)
+    assert 1 / 8 < plan.activations / alone.activations < 0.2
+    assert "sequence parallel 8: 13,950 video tokens per GPU" in plan.format()
+
+
+def test_bad_sequence_parallel_sizes_are_refused():
+    from e2v.plan import PlanError, estimate
+
+    with pytest.raises(ValueError, match="sequence_parallel must be >= 1"):
+        SequenceParallelStrategy(sequence_parallel=0)
+    with pytest.raises(PlanError, match="sequence_parallel 3 must be >= 1 and divide the 16 GPU"):
+        estimate([RECIPE], sequence_parallel=3)

@@ -127,11 +127,12 @@ class SequenceShards:
         return -(-length // self.size) * self.size
 
     def _local(self, x: torch.Tensor, dim: int, value: float = 0.0) -> torch.Tensor:
-        """This rank's contiguous shard of ``x`` along ``dim`` after padding it with ``value`` to a multiple of P."""
+        """This rank's contiguous shard of ``x`` along ``dim`` after padding it with ``value`` to a multiple of P: a
+        copy, so the whole sequence is freed (a view would keep it alive as long as the shard)."""
         pad = self.padded(x.shape[dim]) - x.shape[dim]
         if pad:
             x = F.pad(x, (0, 0) * (x.ndim - 1 - dim) + (0, pad), value=value)
-        return x.chunk(self.size, dim=dim)[self.rank]
+        return x.chunk(self.size, dim=dim)[self.rank].clone()
 
     def shard(self, tokens: torch.Tensor, rope: Rope, attention: BackendSpec) -> tuple[torch.Tensor, Rope, AttentionFn]:
         """This rank's tokens ``[B, S_pad/P, dim]``, their RoPE rows (padding rotates by 0) and the Ulysses wrapper of
