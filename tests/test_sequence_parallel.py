@@ -206,6 +206,25 @@ def test_sequence_shards_pad_and_gather_on_one_rank(tmp_path):
         dist.destroy_process_group()
 
 
+# ------------------------------------------------------------------------------------------------ memory per rank
+@pytest.mark.slow
+def test_peak_activation_memory_per_rank_falls_with_sp():
+    """benchmarks/bench_sp_memory.py's measurement (CPU profiler, SP 1, 2, 4): the peak per rank falls about 1/N (the
+    context and the exchange buffers do not shrink) and ``e2v plan``'s SP estimate is within 10 % of it."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_sp_memory.py"
+    spec = importlib.util.spec_from_file_location("bench_sp_memory", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    results = bench.measure([1, 2, 4])
+    base = results[1]["measured"]
+    print({sp: round(r["measured"] / base, 3) for sp, r in results.items()})
+    assert 0.5 <= results[2]["measured"] / base < 0.6 and 0.25 <= results[4]["measured"] / base < 0.35
+    for result in results.values():
+        assert abs(result["planned"] - result["measured"]) <= 0.1 * result["measured"], result
+
+
 # ---------------------------------------------------------------------------------------------------- plan / errors
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "a2-14b-720p-sp.yaml"
 
