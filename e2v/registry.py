@@ -58,6 +58,7 @@ _BUILTIN_MODULES = (
     "e2v.databuild.shots",
     "e2v.databuild.quality",
     "e2v.databuild.elements",
+    "e2v.databuild.detectors",
     "e2v.databuild.plate",
     "e2v.databuild.identity",
     "e2v.databuild.captions",

@@ -100,7 +100,7 @@ def test_raw_world_subjects_stay_apart_in_the_clip_then_leave_the_frame():
 
 @pytest.mark.parametrize("kind", ["black", "static", "flash", "blur", "pan"])
 def test_each_filter_rejects_its_shot_kind_and_passes_a_normal_shot(kind):
-    names = {"flash": "flashing", "blur": "blurred", "pan": "camera_motion"}
+    names = {"flash": "flashing", "blur": "blurred", "pan": {"name": "camera_motion", "max_motion": 0.003}}
     check = registry.build("quality_filter", names.get(kind, kind))
     clip = lambda plan: raw_synth.render_shot(plan, 64, 64)[0][: raw_synth.SPAN : 2]  # noqa: E731
     assert not check.check(clip(_shot(kind)))[0]
@@ -178,7 +178,7 @@ def test_captioners_template_and_sidecar(tmp_path):
                                                              {"kind": "face", "colour": "orange"}],
                           "left", "a green background", str(tmp_path / "v.mp4"), shot=1)
     template = registry.build("captioner", "template")
-    assert template.caption(context) == "a red object and an orange face move left across a green background"
+    assert template.caption(context) == "a red object and a person move left across a green background"
     sidecar = registry.build("captioner", "sidecar")
     assert sidecar.caption(context) is None
     (tmp_path / "v.json").write_text(json.dumps({"shots": ["first shot", "second shot"]}))

@@ -260,7 +260,8 @@ def merge(out: str | os.PathLike, config: BuildConfig, names: list[str] | None =
             "split": split, "caption_source": clip["caption_source"],
             "elements": [{"kind": e["kind"], "name": r["element"], "colour": e["colour"]}
                          for e, r in zip(clip["elements"], references)],
-            "source": {"video": clip["video_key"], "shot": clip["shot"], "frames": clip["source_frames"]},
+            "source": {"video": clip["video_key"], "shot": clip["shot"], "frames": clip["source_frames"],
+                       "speed": clip.get("speed", 1.0)},
         })
     counts.update(clips_kept=len(kept), identities=len(by_identity), references=dict(sources),
                   records={k: len(v) for k, v in records.items()})

@@ -3,8 +3,9 @@
 - ``sidecar``: a caption file beside the video: ``<video>.txt`` (one caption for every clip) or ``<video>.json``:
   ``{"caption": ...}``, ``{"shots": [{"start": s, "end": s, "caption": ...}, ...]}`` (times in seconds; a clip
   takes the entry its start falls in) or ``{"shots": [caption, ...]}`` (by the detector's shot order).
-- ``template`` (default fallback): "a red object and a blue object move left across a green background", from the
-  detected elements' kinds and colours and their common motion.
+- ``template`` (default fallback): "a person and a red object move left across a green background", from the
+  detected elements' kinds (the detector's: ``human`` and ``face`` are a person, without a colour word) and colours
+  and their common motion.
 - ``vlm`` (``e2v.databuild.plugins``): a local vision-language model folder.
 """
 
@@ -19,7 +20,8 @@ import numpy as np
 from e2v.databuild.stages import ClipContext
 from e2v.registry import register
 
-KIND_WORDS = {"human": "person", "face": "face", "animal": "animal", "background": "background"}
+KIND_WORDS = {"human": "person", "face": "person", "animal": "animal", "background": "background"}
+UNCOLOURED = ("human", "face")  # a crop's mean colour names clothes and skin at once: people get no colour word
 HUES = ((15, "red"), (40, "orange"), (70, "yellow"), (165, "green"), (255, "blue"), (290, "purple"), (335, "pink"),
         (360, "red"))
 
@@ -40,8 +42,9 @@ def colour_name(pixels: np.ndarray) -> str:
 
 
 def _phrase(element: dict) -> str:
-    noun = KIND_WORDS.get(element.get("kind", "object"), "object")
-    colour = element.get("colour")
+    kind = element.get("kind", "object")
+    noun = KIND_WORDS.get(kind, "object")
+    colour = None if kind in UNCOLOURED else element.get("colour")
     words = f"{colour} {noun}" if colour else noun
     return ("an " if words[0] in "aeiou" else "a ") + words
 

@@ -25,6 +25,8 @@ class BuildConfig:
     fps: float = 8.0  # training frame rate clips are sampled at
     frames: int = 17  # frames per clip, 4k+1
     max_clips_per_shot: int = 1  # consecutive clips cut from a shot's start
+    min_shot: float = 1.0  # seconds: a shot shorter than one clip at ``fps`` but at least this long still gives one
+    # clip, its ``frames`` spread evenly over the shot (played slower; the record's ``source.speed`` says how much)
     trim: int = 0  # native frames skipped after each cut (transitions)
     min_side: int = 32  # videos with a smaller side are rejected (too_small)
     max_fps: float = 120.0  # videos above this rate (or below ``fps``) are rejected (odd_fps)
@@ -33,7 +35,8 @@ class BuildConfig:
     filters: list[Any] = field(default_factory=lambda: list(DEFAULT_FILTERS))
     plate_frames: int = 48  # shot frames (evenly spread) the plate is estimated from
     plate: Any = "median"
-    element_detector: Any = "motion"
+    element_detector: Any = "packaged"  # OpenCV/dlib detectors + GrabCut (e2v.databuild.detectors); "motion": the
+    # still-camera moving-region segmenter alone
     face_detector: Any = "dlib"  # elements holding a face are labelled kind "face" (None: off; without dlib
     # installed the build warns once and goes on without it)
     max_subjects: int = 2  # largest moving elements kept per clip (references = subjects + background)
@@ -62,7 +65,7 @@ class BuildConfig:
         """Raise ValueError naming the key for a bad value or an unknown/ill-typed component spec."""
         if not is_frame_count(self.frames):
             raise ValueError(f"{where}: frames must be 4k+1 (17, 33, 81, ...), got {self.frames}")
-        for key in ("fps", "max_fps", "identity_threshold", "face_identity_threshold"):
+        for key in ("fps", "max_fps", "min_shot", "identity_threshold", "face_identity_threshold"):
             if not getattr(self, key) > 0:
                 raise ValueError(f"{where}: {key} must be > 0, got {getattr(self, key)}")
         if not 0 <= self.crop_margin <= 1 or self.crop_erode < 0:

@@ -1,5 +1,5 @@
-"""Background plates (registry kind ``plate_estimator``): the clean background of a still-camera shot, the A2
-background reference."""
+"""Background plates (registry kind ``plate_estimator``): the clean background of a shot with its elements
+removed, the A2 background reference."""
 
 from __future__ import annotations
 
@@ -8,23 +8,44 @@ import warnings
 import cv2
 import numpy as np
 
+from e2v.databuild.camera import frame_shifts, is_moving, translate
 from e2v.registry import register
 
 
 @register("plate_estimator", "median")
 class MedianPlate:
-    """Per-pixel temporal median of the frames with the element pixels left out; pixels covered in every frame
-    are filled by OpenCV inpainting (``fill: inpaint``, Telea) or left as the plain median (``fill: none``)."""
+    """Per-pixel temporal median of the frames with the element pixels (grown by ``grow`` of the frame's longest
+    side, their blended rims) left out; pixels covered in every frame are filled by OpenCV inpainting (``fill:
+    inpaint``, Telea) or left as the plain median (``fill: none``). With ``align`` a panning camera's frames are
+    first moved onto the middle frame (:mod:`e2v.databuild.camera`), so the plate is the middle frame's view."""
 
-    def __init__(self, fill: str = "inpaint", radius: int = 3) -> None:
+    def __init__(self, fill: str = "inpaint", radius: int = 3, grow: float = 0.01, align: bool = True) -> None:
         if fill not in ("inpaint", "none"):
             raise ValueError(f"plate_estimator median: fill must be 'inpaint' or 'none', got {fill!r}")
-        self.fill, self.radius = fill, radius
+        self.fill, self.radius, self.grow, self.align = fill, radius, grow, align
+
+    def _aligned(self, frames: np.ndarray, masks: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Frames (and masks) moved onto the middle frame when the camera pans; pixels no frame saw are masked."""
+        shifts = frame_shifts(frames) if self.align and len(frames) > 1 else None
+        if shifts is None or not is_moving(shifts, max(frames.shape[1:3])):
+            return frames, masks
+        masks = np.zeros(frames.shape[:3], bool) if masks is None else masks
+        moved = np.stack([translate(f, -s) for f, s in zip(frames, shifts)])
+        unseen = np.stack([translate(np.ones(frames.shape[1:3], np.uint8), -s, cv2.BORDER_CONSTANT,
+                                     cv2.INTER_NEAREST) == 0 for s in shifts])
+        masks = np.stack([translate(m.astype(np.uint8), -s, cv2.BORDER_CONSTANT, cv2.INTER_NEAREST).astype(bool)
+                          for m, s in zip(masks, shifts)]) | unseen
+        return moved, masks
 
     def estimate(self, frames: np.ndarray, masks: np.ndarray | None) -> np.ndarray:
+        frames, masks = self._aligned(frames, masks)
         plain = np.median(frames, axis=0)
         if masks is None or not masks.any():
             return np.round(plain).astype(np.uint8)
+        size = 2 * round(self.grow * max(frames.shape[1:3])) + 1
+        if size > 1:
+            kernel = np.ones((size, size), np.uint8)
+            masks = np.stack([cv2.dilate(m.astype(np.uint8), kernel).astype(bool) for m in masks])
         values = frames.astype(np.float32)
         values[masks] = np.nan
         never = masks.all(axis=0)

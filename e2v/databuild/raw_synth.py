@@ -28,6 +28,7 @@ short, one too small and one at an odd frame rate.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -53,7 +54,8 @@ SHOT_FRAMES = (112, 128)  # frames of a shot (7-8 s): after the subjects leave, 
 SLOTS = {1: (0.5,), 2: (0.24, 0.76)}  # x of the subjects' clip-window centres (main world: 1/3, 2/3)
 SHOT_KINDS = {"normal": 0.8, "static": 0.04, "black": 0.03, "flash": 0.03, "blur": 0.03, "pan": 0.04, "short": 0.03}
 EXPECT = {"normal": "keep", "static": "static", "black": "black", "flash": "flashing", "blur": "blurred",
-          "pan": "camera_motion", "short": "too_short", "duplicate": "near_duplicate"}
+          "pan": "camera_motion", "short": "keep", "duplicate": "near_duplicate"}  # short shots (1.25-1.9 s) give one
+# clip spread over the shot (``min_shot``)
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,11 @@ class ShotPlan:
     flips: tuple[bool, ...]
     window: tuple[float, float, float, float]  # background window start (x, y) and end (x, y)
     caption: str
+    saturation: float = 1.0  # 0: greyscale
+    travel: float = 1.0  # share of ``TRAVEL`` the subjects drift in the clip window (small: near-still subjects)
+    handheld: float = 0.0  # hand-held camera: amplitude of the background window's wander (fraction of its range)
+    dissolve: int = 0  # frames of the cross-dissolve from the previous shot into this one (0: a hard cut)
+    photo: str | None = None  # a scikit-image photo as the background (``background`` then names no texture)
 
 
 def _slot_starts(rng: np.random.Generator, count: int, direction: str) -> list[tuple[float, float]]:
@@ -107,7 +114,8 @@ def plan_shot(rng: np.random.Generator, kind: str, cast: list[int], banned: set,
 def _pose(plan: ShotPlan, i: int, frame: int, fps: float) -> synth.Pose:
     dx, dy = synth.DIRECTIONS[plan.direction]
     raw = frame * RAW_FPS / fps - (SPAN - 1)  # raw frames past the clip window
-    moved = TRAVEL * (1 + raw / (SPAN - 1)) if raw <= 0 else TRAVEL + EXIT * min(raw, EXIT_FRAMES) / EXIT_FRAMES
+    travel = TRAVEL * plan.travel
+    moved = travel * (1 + raw / (SPAN - 1)) if raw <= 0 else travel + EXIT * min(raw, EXIT_FRAMES) / EXIT_FRAMES
     moved = 0.0 if plan.kind == "static" else moved
     x, y = plan.starts[i]
     return synth.Pose(x + dx * moved, y + dy * moved, plan.sizes[i], plan.angles[i], plan.flips[i])
@@ -119,7 +127,8 @@ def render_shot(plan: ShotPlan, height: int, width: int, fps: float = RAW_FPS, f
     Backgrounds are low-passed by 1 px and ``blur`` shots by 5 px at 64 px frames, in proportion at other sizes."""
     count = plan.frames if frames is None else frames
     scale = max(height, width) / 64  # blurs are set at 64 px and scale with the frame
-    background = synth.background_canvas(plan.background, height, width, 1.0 * scale)
+    background = (photo_canvas(plan.photo, height, width, 1.0 * scale) if plan.photo else
+                  synth.background_canvas(plan.background, height, width, 1.0 * scale))
     sprites = [synth.prescaled(synth.element_library()[s].rgba, size * min(height, width))
                for s, size in zip(plan.subjects, plan.sizes)]
     video = np.empty((count, height, width, 3), np.uint8)
@@ -128,7 +137,9 @@ def render_shot(plan: ShotPlan, height: int, width: int, fps: float = RAW_FPS, f
     plate = None
     for f in range(count):
         t = f / max(1, count - 1) if plan.kind == "pan" else 0.0
-        frame = synth.window(background, x0 + (x1 - x0) * t, y0 + (y1 - y0) * t, height, width)
+        jx, jy = _wander(plan, f * RAW_FPS / fps)
+        frame = synth.window(background, float(np.clip(x0 + (x1 - x0) * t + jx, 0, 1)),
+                             float(np.clip(y0 + (y1 - y0) * t + jy, 0, 1)), height, width)
         if plate is None:
             plate = frame.copy()
         for i, sprite in enumerate(sprites):
@@ -146,7 +157,60 @@ def render_shot(plan: ShotPlan, height: int, width: int, fps: float = RAW_FPS, f
     elif plan.kind == "flash":
         for f in range(4, count, 6):
             video[f] = np.clip(video[f].astype(np.int16) + 150, 0, 255).astype(np.uint8)
-    return video, boxes, np.clip(plate * 255 + 0.5, 0, 255).astype(np.uint8)
+    plate = np.clip(plate * 255 + 0.5, 0, 255).astype(np.uint8)
+    if plan.saturation < 1:
+        video, plate = desaturated(video, plan.saturation), desaturated(plate[None], plan.saturation)[0]
+    return video, boxes, plate
+
+
+PHOTOS = ("coffee", "rocket", "brick", "grass", "gravel", "camera")  # scikit-image's bundled photos
+
+
+def photo_canvas(name: str, height: int, width: int, blur: float) -> np.ndarray:
+    """A scikit-image photo as a background canvas (float32 [Hb, Wb, 3] in [0, 1]): scaled so a frame shows 0.6 of
+    its shorter side, low-passed by ``blur``."""
+    import skimage.data
+
+    photo = getattr(skimage.data, name)()
+    photo = np.repeat(photo[..., None], 3, axis=2) if photo.ndim == 2 else photo[..., :3]
+    scale = max(height, width) / 0.6 / min(photo.shape[:2])
+    size = (int(np.ceil(photo.shape[1] * scale)), int(np.ceil(photo.shape[0] * scale)))
+    canvas = cv2.resize(photo, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
+    canvas = canvas.astype(np.float32) / 255
+    return cv2.GaussianBlur(canvas, (0, 0), blur) if blur > 0 else canvas
+
+
+def _wander(plan: ShotPlan, raw_frame: float) -> tuple[float, float]:
+    """The hand-held camera's offset of the background window at a raw frame: two slow sines per axis."""
+    if not plan.handheld:
+        return 0.0, 0.0
+    t = raw_frame / RAW_FPS
+    return (plan.handheld * (np.sin(2.1 * t + plan.window[0] * 6) + 0.5 * np.sin(5.3 * t)) / 1.5,
+            plan.handheld * (np.sin(1.7 * t + plan.window[1] * 6) + 0.5 * np.sin(4.1 * t + 1)) / 1.5)
+
+
+def desaturated(video: np.ndarray, saturation: float) -> np.ndarray:
+    """``uint8 [F, H, W, 3]`` with its colour pulled towards its Rec. 601 luma (``saturation`` 0: greyscale)."""
+    grey = video.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    mixed = grey[..., None] + saturation * (video.astype(np.float32) - grey[..., None])
+    return np.clip(mixed + 0.5, 0, 255).astype(np.uint8)
+
+
+def harden(rng: np.random.Generator, plan: ShotPlan, previous: ShotPlan | None, grey: bool) -> ShotPlan:
+    """The harder world's version of a planned shot: greyscale (``grey``, a whole video) or low saturation, a
+    same-location cut (``previous``'s background and view, other subjects), a dissolve into it, a hand-held camera,
+    near-still subjects, a photo background. The truth keeps its own subjects and boxes."""
+    change: dict = {"saturation": 0.0 if grey else (0.25 if rng.uniform() < 0.3 else 1.0)}
+    if plan.kind == "normal":
+        change["travel"] = 0.15 if rng.uniform() < 0.3 else 1.0
+        change["handheld"] = 0.04 if rng.uniform() < 0.3 else 0.0
+    same_place = previous is not None and previous.kind == "normal" and rng.uniform() < 0.3
+    if same_place:
+        change.update(background=previous.background, window=previous.window, photo=previous.photo)
+    elif rng.uniform() < 0.4:
+        change["photo"] = str(rng.choice(PHOTOS))
+    change["dissolve"] = 8 if previous is not None and not same_place and rng.uniform() < 0.25 else 0
+    return dataclasses.replace(plan, **change)
 
 
 def _reference(element: int, rng: np.random.Generator, height: int, width: int) -> np.ndarray:
@@ -175,20 +239,34 @@ def _direct_record(out: Path, name: str, plan: ShotPlan, rng: np.random.Generato
 
 
 def _write_video_and_truth(out: Path, name: str, shots: list[ShotPlan], height: int, width: int, fps: float) -> None:
-    parts, truth_shots, start = [], [], 0
+    """Render the shots one after another (a dissolve overlaps the previous shot's last frames; the new shot then
+    starts at the dissolve's middle) and write the video and its truth."""
+    video, truth_shots = np.zeros((0, height, width, 3), np.uint8), []
+    library = synth.element_library()
     for plan in shots:
-        video, boxes, _ = render_shot(plan, height, width, fps=fps)
-        parts.append(video)
-        library = synth.element_library()
+        part, boxes, _ = render_shot(plan, height, width, fps=fps)
+        start = len(video)
+        if plan.dissolve and start:
+            overlap = min(plan.dissolve, start, len(part))
+            mix = ((np.arange(overlap) + 1) / (overlap + 1))[:, None, None, None]
+            video[-overlap:] = np.clip(video[-overlap:] * (1 - mix) + part[:overlap] * mix + 0.5, 0, 255)
+            video = np.concatenate([video, part[overlap:]])
+            start -= overlap // 2
+            boxes = [b[overlap - overlap // 2:] for b in boxes]
+            truth_shots[-1]["end"] = start
+        else:
+            video = np.concatenate([video, part])
         truth_shots.append({
-            "start": start, "end": start + len(video), "kind": plan.kind, "expect": EXPECT[plan.kind],
-            "background": synth.background_library()[plan.background].name, "direction": plan.direction,
-            "caption": plan.caption,
+            "start": start, "end": len(video), "kind": plan.kind, "expect": EXPECT[plan.kind],
+            "background": f"photo_{plan.photo}" if plan.photo else synth.background_library()[plan.background].name,
+            "direction": plan.direction, "caption": plan.caption,
+            "transition": "dissolve" if plan.dissolve and truth_shots else "cut",
+            "grey": plan.saturation < 1, "handheld": bool(plan.handheld), "near_still": plan.travel < 1,
             "subjects": [{"identity": library[s].name, "kind": library[s].kind, "boxes": b}
                          for s, b in zip(plan.subjects, boxes)],
         })
-        start += len(video)
-    write_video(out / "videos" / f"{name}.mp4", np.concatenate(parts), fps=fps, threads=1)
+    start = len(video)
+    write_video(out / "videos" / f"{name}.mp4", video, fps=fps, threads=1)
     truth = {"video": f"videos/{name}.mp4", "fps": fps, "frames": start, "height": height, "width": width,
              "shots": truth_shots}
     write_json_atomic(out / "truth" / f"{name}.json", truth, indent=1)
@@ -229,11 +307,14 @@ def _broken_videos(out: Path, rng: np.random.Generator, height: int, width: int)
 
 def synthesize_raw(out_dir: str | os.PathLike, videos: int = 48, shots: tuple[int, int] = (6, 10),
                    heldout: int = 24, height: int = 64, width: int = 64, seed: int = 0, duplicates: float = 0.02,
-                   broken: bool = True, sidecars: bool = False, progress: bool = True) -> dict:
+                   broken: bool = True, sidecars: bool = False, progress: bool = True, hard: bool = False) -> dict:
     """Write the raw world (see the module docstring); returns counts. Deterministic by ``seed``. ``sidecars``:
-    also write each video's true shot captions beside it (``write_sidecars``)."""
+    also write each video's true shot captions beside it (``write_sidecars``). ``hard``: the harder world
+    (``harden``: greyscale videos, low-saturation shots, same-location cuts, dissolves, hand-held cameras,
+    near-still subjects, photo backgrounds), drawn from its own random stream: the plans are otherwise the same."""
     out = Path(out_dir)
     rng = np.random.default_rng([seed, 7])
+    hard_rng = np.random.default_rng([seed, 11])
     pairs = synth.heldout_pairs(seed)
     banned = set(pairs)
     library = len(synth.element_library())
@@ -243,6 +324,7 @@ def synthesize_raw(out_dir: str | os.PathLike, videos: int = 48, shots: tuple[in
         name = f"video_{v:04d}"
         cast = rng.choice(library, size=int(rng.integers(3, 5)), replace=False).tolist()
         plans, previous = [], -1
+        grey = hard and hard_rng.uniform() < 0.35
         for _ in range(int(rng.integers(shots[0], shots[1] + 1))):
             if done_shots and rng.uniform() < duplicates:
                 source = done_shots[int(rng.integers(len(done_shots)))]
@@ -251,6 +333,8 @@ def synthesize_raw(out_dir: str | os.PathLike, videos: int = 48, shots: tuple[in
                     previous = source.background
                     continue
             plan = plan_shot(rng, str(rng.choice(kinds, p=weights / weights.sum())), cast, banned, previous)
+            if hard:
+                plan = harden(hard_rng, plan, plans[-1] if plans else None, grey)
             plans.append(plan)
             previous = plan.background
         _write_video_and_truth(out, name, plans, height, width, RAW_FPS)
@@ -281,6 +365,8 @@ def add_raw_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--raw", action="store_true", help="write long multi-shot raw videos with truth instead")
     group.add_argument("--videos", type=int, default=48, help="raw videos (--raw)")
     group.add_argument("--no-broken", action="store_true", help="leave out the broken videos (--raw)")
+    group.add_argument("--hard", action="store_true", help="the harder world: greyscale and low-saturation shots, "
+                       "same-location cuts, dissolves, hand-held cameras, near-still subjects, photo backgrounds (--raw)")
     group.add_argument("--sidecar-captions", action="store_true",
                        help="write each video's true shot captions beside it, <video>.json (--raw)")
 
@@ -290,6 +376,6 @@ def raw_command(args: argparse.Namespace) -> int:
         raise SystemExit("e2v data synth: --height and --width must be even")
     result = synthesize_raw(args.out, videos=args.videos, heldout=args.heldout, height=args.height,
                             width=args.width, seed=args.seed, broken=not args.no_broken,
-                            sidecars=args.sidecar_captions)
+                            sidecars=args.sidecar_captions, hard=args.hard)
     print(json.dumps(result, indent=2))
     return 0

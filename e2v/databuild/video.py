@@ -67,10 +67,9 @@ class Stages:
         self.detector = build("element_detector", config.element_detector)
         try:
             self.faces = build("face_detector", config.face_detector)
-        except ImportError as err:  # dlib is an optional dependency (pip install 'e2v[face]')
-            warnings.warn(f"face_detector {config.face_detector!r} unavailable, elements are not labelled as faces: "
-                          f"{err}", stacklevel=2)
-            self.faces = None
+        except ImportError as err:  # dlib missing (a broken install): OpenCV's Haar cascades always ship
+            warnings.warn(f"face_detector {config.face_detector!r} unavailable ({err}); using Haar faces", stacklevel=2)
+            self.faces = build("face_detector", "haar")
         self.embedder = build("element_embedder", config.embedder)
         self.face_embedder = build("element_embedder", config.face_embedder)
         self.captioners = [build("captioner", spec) for spec in config.captioners]
@@ -168,15 +167,21 @@ def _resize(frames: np.ndarray, size: list[int] | None) -> np.ndarray:
     return np.stack([cv2.resize(f, (size[1], size[0]), interpolation=cv2.INTER_AREA) for f in frames])
 
 
-def _windows(shots: list[tuple[int, int]], span: int, config: BuildConfig) -> tuple[list[tuple[int, int, int]], list[int]]:
-    """Clip windows ``(shot, n, first native frame)`` cut from each shot's start, and the shots too short for one."""
+def _windows(shots: list[tuple[int, int]], span: int, shortest: int,
+             config: BuildConfig) -> tuple[list[tuple[int, int, int, float]], list[int]]:
+    """Clip windows ``(shot, n, first native frame, native frames between clip frames)`` cut from each shot's start
+    (``span`` native frames each), and the shots too short for one. A shot shorter than ``span`` but at least
+    ``shortest`` native frames gives one window whose ``config.frames`` frames spread over the whole shot."""
+    step = (span - 1) / (config.frames - 1)
     windows, short = [], []
     for index, (first, end) in enumerate(shots):
         start, count = first + config.trim, 0
         while count < config.max_clips_per_shot and start + span <= end:
-            windows.append((index, count, start))
+            windows.append((index, count, start, step))
             start, count = start + span, count + 1
-        if count == 0:
+        if count == 0 and end - start >= max(shortest, config.frames):
+            windows.append((index, 0, start, (end - start - 1) / (config.frames - 1)))
+        elif count == 0:
             short.append(index)
     return windows, short
 
@@ -280,16 +285,17 @@ def process_video(job: VideoJob) -> dict:
         info = probe_video(job.path)
         result["info"] = info
         span = int(round((config.frames - 1) * info["fps"] / config.fps)) + 1
+        shortest = int(np.ceil(config.min_shot * info["fps"] - 1e-6))
         if min(info["width"], info["height"]) < config.min_side:
             reject("too_small", f"{info['width']}x{info['height']} is below min_side {config.min_side}")
         elif not config.fps - 1e-6 <= info["fps"] <= config.max_fps:
             reject("odd_fps", f"{info['fps']:g} fps is outside [{config.fps:g}, {config.max_fps:g}]")
-        elif info["frames"] < span:
-            reject("too_short", f"{info['frames']} frames, one {config.frames}-frame clip at {config.fps:g} fps "
-                                f"needs {span}")
+        elif info["frames"] < min(span, max(shortest, config.frames)):
+            reject("too_short", f"{info['frames']} frames, one {config.frames}-frame clip needs "
+                                f"{min(span, max(shortest, config.frames))} (min_shot {config.min_shot:g} s)")
         else:
             result["shots"] = shots = stages.shots.detect(job.path)
-            windows, short = _windows(shots, span, config)
+            windows, short = _windows(shots, span, shortest, config)
             result["rejected_clips"] += [{"shot": s, "reason": "too_short", "values": {}} for s in short]
             if windows:
                 _cut(stages, config, job, key, shots, windows, info["fps"], out, result)
@@ -314,8 +320,7 @@ def _cut(stages: Stages, config: BuildConfig, job: VideoJob, key: str, shots: li
     """Decode the video once, keeping only the frames the shot at hand needs (its clips' frames and up to
     ``plate_frames`` for its plate), and process each shot's clips as soon as its last needed frame is decoded:
     memory holds one shot's frames, however long the video."""
-    step = native / config.fps
-    clip_frames = {w: [w[2] + int(round(i * step)) for i in range(config.frames)] for w in windows}
+    clip_frames = {w: [w[2] + int(round(i * w[3])) for i in range(config.frames)] for w in windows}
     plate_frames, needed = {}, {}
     for shot in sorted({w[0] for w in windows}):
         first, end = shots[shot]
@@ -345,14 +350,15 @@ def _cut(stages: Stages, config: BuildConfig, job: VideoJob, key: str, shots: li
 def _clip(stages: Stages, config: BuildConfig, job: VideoJob, key: str, window: tuple, clip: np.ndarray,
           shot_frames: np.ndarray, source_frames: list[int], native: float, out: Path, result: dict) -> None:
     """One clip window through the clip stages, recorded in ``result`` as kept or rejected."""
-    shot, n, start = window
+    shot, n, start, step = window
     entry, reason, values = _process_clip(stages, config, job, clip, shot_frames, f"{key}_s{shot:03d}_{n}", shot,
                                           start / native, out)
     values = {k: round(v, 5) for k, v in values.items()}
     if entry is None:
         result["rejected_clips"].append({"shot": shot, "start": start, "reason": reason, "values": values})
     else:
-        entry.update(start=start, source_frames=source_frames, values=values)
+        entry.update(start=start, source_frames=source_frames, values=values,
+                     speed=round(step * config.fps / native, 4))
         result["clips"].append(entry)
 
 

@@ -1,0 +1,294 @@
+"""Subjects from detectors whose weights ship inside installed packages (nothing is downloaded at run time).
+
+- ``face_detector`` ``haar``: OpenCV's Haar cascades (frontal and profile faces, ``cv2.data.haarcascades``); the
+  fallback when dlib is not installed.
+- ``element_detector`` ``packaged`` (the default): on key frames, people from faces (dlib or Haar; a face grows
+  into a head-and-shoulders box) and OpenCV's HOG people detector, moving regions against the plate (aligned to
+  the camera's pan, :mod:`e2v.databuild.camera`) and, where nothing else is found, the most salient region
+  (spectral residual); linked through the clip, masked by GrabCut seeded with the box (the moving pixels and the
+  face as foreground hints), and carried to the frames between key frames by the box's motion.
+
+The GroundingDINO/OWL-ViT + SAM plug-in (``grounded``, :mod:`e2v.databuild.plugins`) is the way for users with those
+weights.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import cv2
+import numpy as np
+
+from e2v import registry
+from e2v.databuild.camera import frame_shifts, shifts_against, translate
+from e2v.databuild.elements import MotionSegmenter, Track, box_iou, fill_holes, link_tracks
+from e2v.databuild.stages import Box, Detection
+from e2v.registry import register
+
+
+def _resized(frame: np.ndarray, side: int) -> tuple[np.ndarray, float]:
+    """``frame`` scaled so its longest side is ``side`` (up or down), and the scale."""
+    scale = side / max(frame.shape[:2])
+    size = (max(1, round(frame.shape[1] * scale)), max(1, round(frame.shape[0] * scale)))
+    return cv2.resize(frame, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR), scale
+
+
+def _nms(boxes: list[tuple[Box, float]], iou: float = 0.3) -> list[tuple[Box, float]]:
+    """Boxes with scores, highest first, without any that overlaps a kept one by more than ``iou``."""
+    kept: list[tuple[Box, float]] = []
+    for box, score in sorted(boxes, key=lambda b: -b[1]):
+        if all(box_iou(box, k) <= iou for k, _ in kept):
+            kept.append((box, score))
+    return kept
+
+
+def _inside(inner: Box, outer: Box) -> float:
+    """Share of ``inner``'s area inside ``outer``."""
+    ix = max(0.0, min(inner[2], outer[2]) - max(inner[0], outer[0]))
+    iy = max(0.0, min(inner[3], outer[3]) - max(inner[1], outer[1]))
+    area = (inner[2] - inner[0]) * (inner[3] - inner[1])
+    return ix * iy / area if area > 0 else 0.0
+
+
+@register("face_detector", "haar")
+class HaarFaces:
+    """OpenCV's frontal and profile (both ways) Haar face cascades on an equalised luma frame resized to ``side``;
+    faces smaller than ``min_size`` of the frame's shorter side are ignored."""
+
+    def __init__(self, side: int = 480, min_neighbors: int = 6, min_size: float = 0.06) -> None:
+        self.cascades = [cv2.CascadeClassifier(cv2.data.haarcascades + name)
+                         for name in ("haarcascade_frontalface_default.xml", "haarcascade_profileface.xml")]
+        self.side, self.min_neighbors, self.min_size = side, min_neighbors, min_size
+
+    def detect(self, frame: np.ndarray) -> list[Box]:
+        """Face boxes ``(x0, y0, x1, y1)`` of ``uint8 [H, W, 3]`` in its own pixels."""
+        image, scale = _resized(frame, self.side)
+        grey = cv2.equalizeHist(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY))
+        smallest = max(12, round(self.min_size * min(grey.shape)))
+        found = []
+        for n, cascade in enumerate(self.cascades):
+            for mirrored in (False, True) if n else (False,):
+                view = grey[:, ::-1].copy() if mirrored else grey
+                for x, y, w, h in cascade.detectMultiScale(view, 1.1, self.min_neighbors, minSize=(smallest,) * 2):
+                    x = view.shape[1] - x - w if mirrored else x
+                    found.append(((x / scale, y / scale, (x + w) / scale, (y + h) / scale), float(w * h)))
+        return [box for box, _ in _nms(found)]
+
+
+def person_from_face(face: Box, height: int, width: int) -> Box:
+    """A head-and-shoulders-and-torso box around a face box: 3.4 face widths wide, from half a face above it to
+    four faces below it, clipped to the frame."""
+    x0, y0, x1, y1 = face
+    w, h = x1 - x0, y1 - y0
+    return (max(0.0, x0 - 1.2 * w), max(0.0, y0 - 0.5 * h), min(float(width), x1 + 1.2 * w), min(float(height), y1 + 4 * h))
+
+
+class PeopleHOG:
+    """OpenCV's default HOG people detector (64x128 windows) on luma resized to ``height`` px tall, so people from
+    half to all of the frame's height are found; detections under ``min_weight`` (SVM margin) are dropped."""
+
+    def __init__(self, height: int = 256, min_weight: float = 0.6) -> None:
+        self.hog = cv2.HOGDescriptor()
+        self.hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
+        self.height, self.min_weight = height, min_weight
+
+    def detect(self, frame: np.ndarray) -> list[tuple[Box, float]]:
+        scale = self.height / frame.shape[0]
+        grey = cv2.cvtColor(cv2.resize(frame, (max(64, round(frame.shape[1] * scale)), self.height)),
+                            cv2.COLOR_RGB2GRAY)
+        rects, weights = self.hog.detectMultiScale(grey, winStride=(8, 8), padding=(8, 8), scale=1.08)
+        found = [((x / scale, y / scale, (x + w) / scale, (y + h) / scale), float(wt))
+                 for (x, y, w, h), wt in zip(rects, np.ravel(weights)) if wt >= self.min_weight]
+        return _nms(found)
+
+
+def salient_box(frame: np.ndarray, side: int = 64, min_area: float = 0.01) -> Box | None:
+    """The box of the most salient region of ``uint8 [H, W, 3]`` (spectral residual saliency of luma at ``side`` px,
+    thresholded at 3x its mean; the largest connected part), or None."""
+    grey, scale = _resized(cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY).astype(np.float32), side)
+    spectrum = np.fft.fft2(grey)
+    log_amplitude = np.log(np.abs(spectrum) + 1e-6)
+    residual = log_amplitude - cv2.blur(log_amplitude, (3, 3))
+    saliency = np.abs(np.fft.ifft2(np.exp(residual + 1j * np.angle(spectrum)))) ** 2
+    saliency = cv2.GaussianBlur(saliency.astype(np.float32), (0, 0), 2.5)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats((saliency > 3 * saliency.mean()).astype(np.uint8))
+    if count < 2:
+        return None
+    best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    x, y, w, h, area = stats[best]
+    if area < min_area * grey.size:
+        return None
+    return (x / scale, y / scale, (x + w) / scale, (y + h) / scale)
+
+
+def carry_track(track: Track, frames: np.ndarray) -> None:
+    """Fill ``track``'s missing frames (of ``uint8 [F, h, w, 3]``), nearest found frames first, with the box where
+    the nearest filled frame's box content matches best (normalised cross-correlation within one box size)."""
+    height, width = frames.shape[1:3]
+    grey = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
+    while len(track.frames) < len(frames):
+        found = track.frames
+        f = min((g for g in range(len(frames)) if track.detections[g] is None),
+                key=lambda g: (min(abs(g - h) for h in found), g))
+        nearest = min(found, key=lambda h: (abs(f - h), h))
+        source = track.detections[nearest]
+        x0, y0, x1, y1 = (int(round(v)) for v in source.box)
+        x0, y0, x1, y1 = max(0, x0), max(0, y0), min(width, max(x1, x0 + 4)), min(height, max(y1, y0 + 4))
+        w, h = x1 - x0, y1 - y0
+        sx0, sy0, sx1, sy1 = max(0, x0 - w), max(0, y0 - h), min(width, x1 + w), min(height, y1 + h)
+        template = grey[nearest][y0:y1, x0:x1]
+        score = cv2.matchTemplate(grey[f][sy0:sy1, sx0:sx1], template, cv2.TM_CCOEFF_NORMED)
+        _, _, _, (bx, by) = cv2.minMaxLoc(score)
+        box = (float(sx0 + bx), float(sy0 + by), float(sx0 + bx + w), float(sy0 + by + h))
+        track.detections[f] = Detection(box, None, source.kind, source.score)
+
+
+@register("element_detector", "packaged")
+class PackagedDetector:
+    """People (faces grown to a torso box, HOG), moving regions and salient regions, masked by GrabCut (see the
+    module docstring). Works on frames resized to ``side`` px; detects on every ``key_every``-th frame (and the
+    last); keeps at most ``max_elements`` tracks (people weigh ``person_weight`` times their area); boxes covering
+    under ``min_area`` or (other than people) over ``max_area`` of the frame are ignored. A track found on some key
+    frames is carried to the others by template matching. ``faces``: a ``face_detector`` spec (dlib
+    falls back to ``haar`` when dlib is not installed); ``people``: HOG on or off; ``motion``: the moving-pixel
+    threshold (0..255; None: off); ``grabcut``: GrabCut iterations (0: the box, or the moving pixels in it, is the
+    mask); ``join``: moving fragments closer than this share of the frame side are one element."""
+
+    def __init__(self, faces: Any = "dlib", people: bool = True, motion: float | None = 30.0, saliency: bool = True,
+                 grabcut: int = 3, side: int = 256, key_every: int = 4, max_elements: int = 3,
+                 min_area: float = 0.01, max_area: float = 0.8, person_weight: float = 2.0, join: float = 0.03) -> None:
+        try:
+            self.faces = registry.build("face_detector", faces) if faces is not None else None
+        except ImportError as err:
+            warnings.warn(f"element_detector packaged: {faces!r} unavailable ({err}); using Haar faces", stacklevel=2)
+            self.faces = HaarFaces()
+        self.people = PeopleHOG() if people else None
+        self.motion = MotionSegmenter(threshold=motion, min_area=min_area) if motion is not None else None
+        self.saliency, self.grabcut, self.side, self.key_every = saliency, grabcut, side, key_every
+        self.max_elements, self.min_area, self.max_area = max_elements, min_area, max_area
+        self.person_weight, self.join = person_weight, join
+
+    def _moving(self, small: np.ndarray, plate: np.ndarray | None) -> np.ndarray | None:
+        """``bool [F, h, w]`` moving pixels of the resized frames against the plate moved with the camera (the
+        median of the aligned frames without one); the band the plate does not cover is left out."""
+        if self.motion is None:
+            return None
+        if plate is None:
+            shifts = frame_shifts(small)
+            plate = np.median(np.stack([translate(f, -s) for f, s in zip(small, shifts)]), axis=0).astype(np.uint8)
+        else:
+            plate = cv2.resize(plate, small.shape[2:0:-1], interpolation=cv2.INTER_AREA)
+            shifts = shifts_against(plate, small)
+        masks = []
+        for frame, shift in zip(small, shifts):
+            mask = self.motion.frame_mask(frame, translate(plate, shift))
+            band = np.ceil(np.abs(shift)).astype(int) + 1
+            mask[:, : band[0]] = mask[:, mask.shape[1] - band[0]:] = False
+            mask[: band[1]] = mask[mask.shape[0] - band[1]:] = False
+            masks.append(mask)
+        return np.stack(masks)
+
+    def _proposals(self, frame: np.ndarray, moving: np.ndarray | None) -> list[tuple[Detection, Box | None]]:
+        """One key frame's candidate elements (resized-frame pixels) with the face box that made a person, if any."""
+        height, width = frame.shape[:2]
+        area = float(height * width)
+        people: list[tuple[Detection, Box | None]] = []
+        for face in self.faces.detect(frame) if self.faces is not None else []:
+            people.append((Detection(person_from_face(face, height, width), None, "human", 2.0), face))
+        for box, weight in self.people.detect(frame) if self.people is not None else []:
+            if all(_inside(box, p.box) < 0.6 and _inside(p.box, box) < 0.6 for p, _ in people):
+                people.append((Detection(box, None, "human", 1.0 + weight), None))
+        found = list(people)
+        if moving is not None:
+            grow = 2 * round(self.join * max(height, width)) + 1  # fragments of one element join
+            count, labels, stats, _ = cv2.connectedComponentsWithStats(
+                cv2.dilate(moving.astype(np.uint8), np.ones((grow, grow), np.uint8)))
+            for label in range(1, count):
+                x, y, w, h, _ = stats[label]
+                if (moving & (labels == label)).sum() < self.min_area * area:
+                    continue
+                box = (float(x), float(y), float(x + w), float(y + h))
+                if all(_inside(box, p.box) < 0.5 for p, _ in people):
+                    found.append((Detection(box, None, "object", 1.0), None))
+        if not found and self.saliency:
+            box = salient_box(frame, min_area=self.min_area)
+            found += [(Detection(box, None, "object", 0.5), None)] if box is not None else []
+        sized = [(d, face) for d, face in found if self.min_area <= (d.box[2] - d.box[0]) * (d.box[3] - d.box[1])
+                 / area <= (1.0 if d.kind == "human" else self.max_area)]  # a close-up person may fill the frame
+        for d, _ in sized:
+            d.score = (d.box[2] - d.box[0]) * (d.box[3] - d.box[1]) / area * (self.person_weight
+                                                                               if d.kind == "human" else 1.0)
+        return sized
+
+    def _mask(self, frame: np.ndarray, box: Box, moving: np.ndarray | None, face: Box | None) -> np.ndarray:
+        """``bool [h, w]``: GrabCut inside ``box`` (moving pixels and the face as foreground hints), its largest part
+        with holes filled; the box (or its moving pixels) when GrabCut keeps under a tenth of it."""
+        height, width = frame.shape[:2]
+        x0, y0, x1, y1 = (int(round(v)) for v in box)
+        x0, y0, x1, y1 = max(0, x0), max(0, y0), min(width, max(x1, x0 + 2)), min(height, max(y1, y0 + 2))
+        region = np.zeros((height, width), bool)
+        region[y0:y1, x0:x1] = True
+        hint = region & moving if moving is not None else None
+        fallback = hint if hint is not None and hint.sum() > 0.1 * region.sum() else region
+        if not self.grabcut:
+            return fallback
+        labels = np.full((height, width), cv2.GC_BGD, np.uint8)
+        labels[region] = cv2.GC_PR_FGD
+        if hint is not None and 0.1 < hint.sum() / region.sum() < 0.9:  # the subject moves: still pixels lean back
+            labels[region & ~hint] = cv2.GC_PR_BGD
+        if face is not None:
+            fx0, fy0, fx1, fy1 = face
+            cx, cy, rx, ry = (fx0 + fx1) / 2, (fy0 + fy1) / 2, (fx1 - fx0) / 4, (fy1 - fy0) / 4
+            labels[int(cy - ry): int(cy + ry) + 1, int(cx - rx): int(cx + rx) + 1] = cv2.GC_FGD
+        if (labels == cv2.GC_BGD).sum() < 16:  # GrabCut needs background samples: the frame's rim
+            labels[[0, -1]], labels[:, [0, -1]] = cv2.GC_PR_BGD, cv2.GC_PR_BGD
+        try:
+            cv2.grabCut(np.ascontiguousarray(frame[..., ::-1]), labels, None, np.zeros((1, 65)), np.zeros((1, 65)),
+                        self.grabcut, cv2.GC_INIT_WITH_MASK)
+        except cv2.error:
+            return fallback
+        mask = (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
+        count, parts, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+        if count < 2:
+            return fallback
+        mask = fill_holes(parts == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA])))
+        return mask if mask.sum() >= 0.1 * region.sum() else fallback
+
+    def detect(self, frames: np.ndarray, plate: np.ndarray | None) -> list[list[Detection]]:
+        height, width = frames.shape[1:3]
+        small = np.stack([_resized(f, min(self.side, max(height, width)))[0] for f in frames])
+        moving = self._moving(small, plate)
+        keys = sorted(set(range(0, len(frames), self.key_every)) | {len(frames) - 1})
+        proposals = {k: self._proposals(small[k], None if moving is None else moving[k]) for k in keys}
+        faces = {id(d): face for found in proposals.values() for d, face in found}
+        tracks = link_tracks([[d for d, _ in proposals[k]] for k in keys], max(small.shape[1:3]), min_coverage=0.25)
+        tracks = sorted(tracks, key=lambda t: -t.mean_area)[: self.max_elements]
+        for track in tracks:
+            carry_track(track, small[keys])
+        out: list[list[Detection]] = [[] for _ in frames]
+        for track in tracks:
+            kinds = [track.detections[i].kind for i in track.frames]
+            kind = max(set(kinds), key=kinds.count)
+            masks, boxes = {}, {}
+            for i in track.frames:
+                found, k = track.detections[i], keys[i]
+                masks[k] = self._mask(small[k], found.box, None if moving is None else moving[k], faces.get(id(found)))
+                boxes[k] = np.array(found.box)
+            for f in range(len(frames)):
+                near = min(masks, key=lambda k: (abs(k - f), k))
+                before = max((k for k in masks if k <= f), default=near)
+                after = min((k for k in masks if k >= f), default=near)
+                t = 0.0 if after == before else (f - before) / (after - before)
+                box = (1 - t) * boxes[before] + t * boxes[after]
+                move = (box[:2] + box[2:]) / 2 - (boxes[near][:2] + boxes[near][2:]) / 2
+                mask = masks[near] if f == near else translate(masks[near].astype(np.uint8), move,
+                                                               cv2.BORDER_CONSTANT, cv2.INTER_NEAREST).astype(bool)
+                full = cv2.resize(mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST).astype(bool)
+                if not full.any():
+                    continue
+                ys, xs = np.nonzero(full)
+                found_box = (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
+                share = float(full.mean()) * (1.0 if f in masks else 0.99)  # key frames are the best frames
+                out[f].append(Detection(found_box, full, kind, share))
+        return out
