@@ -27,6 +27,9 @@ setup(
         "pillow==12.3.0",  # gradio 6.31 (the app extra) requires pillow<13
         "tqdm==4.70.1",
         "scenedetect==0.6.7",  # e2v data build's shot detection (0.7 requires the GUI opencv-python)
+        # e2v data build's default face detector (a binary wheel, its HOG face model built in); the 128-d face descriptor
+        # models (face_recognition_models, ~100 MB) stay in the face extra
+        "dlib-bin==20.0.1.post1",
     ],
     extras_require={
         # the face extra too, so the dlib ID-consistency test runs on real (LFW) faces instead of skipping

@@ -16,7 +16,8 @@ def _finish(out: Path, config, names: list[str] | None, extra: dict) -> int:
     from e2v.databuild.video import job_config
 
     merged = merge(out, config, names)
-    report = write_report(out, merged.counts, merged.samples, merged.results, job_config(config), extra)
+    report = write_report(out, merged.counts, merged.samples, merged.results, job_config(config), extra,
+                          records=merged.records["train"] + merged.records["heldout"])
     print(json.dumps({"manifest": str(out / "train.jsonl"), **report["counts"], **report["throughput"]}, indent=2))
     print(f"report: {out / 'report.html'}")
     return 0

@@ -21,7 +21,10 @@ references can come from other clips.
 
 Shot kinds besides ``normal``: ``static`` (nothing moves), ``black``, ``flash`` (strobe frames), ``blur``, ``pan``
 (fast camera motion), ``short`` (shorter than one clip) and ``duplicate`` (an exact copy of an earlier video's
-shot, as a re-upload); the truth names the rejection each should get. Broken videos: a truncated file, one too
+shot, as a re-upload); the truth names the rejection each should get (a ``short`` shot, 1.25-1.9 s, is kept: one clip
+spread over it). ``hard=True`` (``--hard``) makes the harder world (``harden``): greyscale videos, low-saturation
+shots, same-location cuts (the previous shot's background and view, other subjects), dissolves, hand-held cameras,
+near-still subjects and scikit-image photo backgrounds; the truth marks each shot's transition and traits. Broken videos: a truncated file, one too
 short, one too small and one at an odd frame rate.
 """
 

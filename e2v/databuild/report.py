@@ -1,5 +1,6 @@
 """The build report: ``OUT/report.json`` (counts per stage, rejections by reason, filter values, throughput) and
-``OUT/report.html`` with sample triplets as PNG strips (references | frames) under ``OUT/report/``."""
+``OUT/report.html`` with sample triplets as PNG strips (references | frames) under ``OUT/report/``, and
+``OUT/report/records.png``: every record's strip with its caption (the first ``SHEET_LIMIT``)."""
 
 from __future__ import annotations
 
@@ -32,8 +33,27 @@ def triplet_strip(out: Path, record: dict, frames: int = 4) -> np.ndarray:
     return np.concatenate([*refs, gap, *(_fit(f) for f in picks)], axis=1)
 
 
+SHEET_LIMIT = 64  # records on the contact sheet (the first ones by id)
+
+
+def contact_sheet(out: Path, records: list[dict], limit: int = SHEET_LIMIT) -> np.ndarray:
+    """``uint8 [h, w, 3]``: every record's strip (references | frames, ``triplet_strip``) above its id, kinds and
+    caption, one record per row, for the first ``limit`` records."""
+    rows = []
+    for record in records[:limit]:
+        strip = triplet_strip(out, record)
+        label = np.full((22, strip.shape[1], 3), 255, np.uint8)
+        kinds = "/".join(r["kind"] for r in record["references"])
+        text = f"{record['id']} [{kinds}] {record['caption']}".encode("ascii", "replace").decode()
+        cv2.putText(label, text, (4, 15), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+        rows.append(np.concatenate([strip, label]))
+    width = max(row.shape[1] for row in rows)
+    return np.concatenate([np.pad(row, ((0, 6), (0, width - row.shape[1]), (0, 0)), constant_values=255)
+                           for row in rows])
+
+
 def write_report(out: str | Path, counts: dict, samples: list[dict], results: list[dict], config: dict,
-                 extra: dict | None = None) -> dict:
+                 extra: dict | None = None, records: list[dict] | None = None) -> dict:
     """Write report.json and report.html; returns the report."""
     out = Path(out)
     seconds = sum(r.get("seconds", 0.0) for r in results)
@@ -62,6 +82,11 @@ def write_report(out: str | Path, counts: dict, samples: list[dict], results: li
         sources = ", ".join(r["ref_source"] for r in record["references"])
         rows.append(f"<figure><img src='{html.escape(name)}'><figcaption>{html.escape(record['id'])}: "
                     f"{html.escape(record['caption'])} <small>({html.escape(sources)})</small></figcaption></figure>")
+    sheet = ""
+    if records:
+        save_image(out / "report" / "records.png", contact_sheet(out, records))
+        sheet = (f"<h2>Every record (the first {min(len(records), SHEET_LIMIT)} of {len(records)})</h2>"
+                 f"<img src='report/records.png'>")
     page = f"""<!doctype html><meta charset="utf-8"><title>e2v data build report</title>
 <style>body{{font-family:sans-serif;margin:2em}} img{{image-rendering:pixelated}} pre{{background:#f4f4f4;padding:1em}}</style>
 <h1>e2v data build</h1>
@@ -70,6 +95,7 @@ def write_report(out: str | Path, counts: dict, samples: list[dict], results: li
 <h2>Rejected videos</h2><pre>{html.escape(json.dumps(report["rejected_videos"], indent=2))}</pre>
 <h2>Filter values (every clip that reached the filters)</h2><pre>{html.escape(json.dumps(report["filter_values"], indent=2))}</pre>
 <h2>Sample triplets (references | frames)</h2>{''.join(rows)}
+{sheet}
 """
     write_text_atomic(out / "report.html", page)
     return report
