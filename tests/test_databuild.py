@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import os
@@ -28,6 +29,11 @@ from e2v.databuild.truth import reference_colour_match, score_build
 from e2v.datamodules.manifest import validate_manifest
 
 
+# the raw world's own settings (its still camera and moving sprites: the motion segmenter; its pans rejected)
+WORLD_FILE = Path(__file__).resolve().parents[1] / "recipes" / "tiny" / "build.yaml"
+WORLD = load_config(WORLD_FILE)
+
+
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("raw")
@@ -38,8 +44,8 @@ def raw(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def built(raw, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("built")
-    run_videos(raw / "videos", out, BuildConfig(), progress=False)
-    merge(out, BuildConfig())
+    run_videos(raw / "videos", out, WORLD, progress=False)
+    merge(out, WORLD)
     return out
 
 
@@ -204,8 +210,8 @@ def test_sidecar_captions_reach_the_manifest(raw, tmp_path):
     (tmp_path / "raw" / "videos").mkdir()
     shutil.copy(raw / "videos" / "video_0003.mp4", tmp_path / "raw" / "videos")
     assert raw_synth.write_sidecars(tmp_path / "raw") == 4  # one per truth file of a real video
-    run_videos(tmp_path / "raw" / "videos", tmp_path / "out", BuildConfig(), progress=False)
-    records = merge(tmp_path / "out", BuildConfig()).records["train"]
+    run_videos(tmp_path / "raw" / "videos", tmp_path / "out", WORLD, progress=False)
+    records = merge(tmp_path / "out", WORLD).records["train"]
     truth = json.loads((raw / "truth" / "video_0003.json").read_text())
     for record in records:
         first = record["source"]["frames"][0]
@@ -259,7 +265,7 @@ def test_manifest_is_a_valid_triplet_manifest(built):
 def test_reference_turn_turns_cross_clip_references(raw, tmp_path):
     (tmp_path / "videos").mkdir()
     shutil.copy(raw / "videos" / "video_0003.mp4", tmp_path / "videos")
-    config = BuildConfig(reference_turn=15.0)
+    config = dataclasses.replace(WORLD, reference_turn=15.0)
     run_videos(tmp_path / "videos", tmp_path / "out", config, progress=False)
     records = merge(tmp_path / "out", config).records["train"]
     cross = [r["path"] for rec in records for r in rec["references"] if r["ref_source"] == "cross_clip"]
@@ -290,18 +296,19 @@ def test_crops_drop_the_blended_rim_but_keep_thin_elements_whole():
 
 def test_rebuild_is_idempotent(raw, built):
     before = (built / "train.jsonl").read_text()
-    counts = run_videos(raw / "videos", built, BuildConfig(), progress=False)
+    counts = run_videos(raw / "videos", built, WORLD, progress=False)
     assert counts["processed"] == 0 and counts["resumed"] == counts["listed"]
-    merge(built, BuildConfig())
+    merge(built, WORLD)
     assert (built / "train.jsonl").read_text() == before
 
 
 def test_shards_merged_equal_one_run(raw, built, tmp_path):
     for index in range(2):
-        run_videos(raw / "videos", tmp_path / f"shard{index}", BuildConfig(), shard=(index, 2), progress=False)
+        run_videos(raw / "videos", tmp_path / f"shard{index}", WORLD, shard=(index, 2), progress=False)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "e2v.cli", "data", "merge", str(tmp_path / "merged"), "--from",
-                           str(tmp_path / "shard0"), str(tmp_path / "shard1"), "--videos", str(raw / "videos")],
+                           str(tmp_path / "shard0"), str(tmp_path / "shard1"), "--videos", str(raw / "videos"),
+                           "--config", str(WORLD_FILE)],
                           capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "merged" / "train.jsonl").read_text() == (built / "train.jsonl").read_text()
@@ -313,14 +320,15 @@ def test_shards_merged_equal_one_run(raw, built, tmp_path):
     assert sorted(r["reason"] for r in report["rejected_videos"]) == ["corrupt", "odd_fps", "too_short", "too_small"]
     assert report["throughput"]["clips_per_minute_per_core"] > 0
     incomplete = subprocess.run([sys.executable, "-m", "e2v.cli", "data", "merge", str(tmp_path / "shard0"),
-                                 "--videos", str(raw / "videos")], capture_output=True, text=True, env=env)
+                                 "--videos", str(raw / "videos"), "--config", str(WORLD_FILE)],
+                                capture_output=True, text=True, env=env)
     assert incomplete.returncode == 2 and "not built yet" in incomplete.stderr
 
 
 def test_killed_build_resumes_to_the_same_manifest(raw, built, tmp_path):
     out = tmp_path / "out"
     command = [sys.executable, "-m", "e2v.cli", "data", "build", "--videos", str(raw / "videos"), "--out", str(out),
-               "--no-progress"]
+               "--config", str(WORLD_FILE), "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 120
@@ -342,8 +350,8 @@ def test_a_reupload_is_removed_as_near_duplicate(raw, tmp_path):
     videos.mkdir()
     shutil.copy(raw / "videos" / "video_0001.mp4", videos / "a.mp4")
     shutil.copy(raw / "videos" / "video_0001.mp4", videos / "b_reupload.mp4")
-    run_videos(videos, tmp_path / "out", BuildConfig(), progress=False)
-    merged = merge(tmp_path / "out", BuildConfig())
+    run_videos(videos, tmp_path / "out", WORLD, progress=False)
+    merged = merge(tmp_path / "out", WORLD)
     ids = [r["id"] for r in merged.records["train"]]
     assert ids and all(i.startswith("a-") for i in ids)
     assert merged.counts["clips_rejected"]["near_duplicate"] == len(ids)
