@@ -76,7 +76,7 @@ def test_cut_detector_sees_grey_same_place_and_dissolved_cuts(tmp_path):
 
 def test_packaged_detector_masks_a_person_on_a_panning_photo():
     """The astronaut photo (a person, a face) seen by a hand-held camera: one human element tracked in every frame,
-    its mask holding her face and little of the picture's left side (the flag, the background)."""
+    its mask holding her face, not the flag's corner nor most of the picture."""
     import skimage.data
 
     image = skimage.data.astronaut()
@@ -91,7 +91,7 @@ def test_packaged_detector_masks_a_person_on_a_panning_photo():
     for d in person:
         x0, y0, x1, y1 = face
         assert d.mask[y0:y1, x0:x1].mean() > 0.7
-        assert d.mask[:, :90].mean() < 0.2
+        assert d.mask[:100, :60].mean() < 0.1 and d.mask.mean() < 0.6  # the flag's corner, most of the picture
     assert box_iou(person_from_face((10, 10, 20, 20), 100, 100), (0, 5, 32, 60)) > 0.5
 
 

@@ -99,7 +99,7 @@ class CutDetector:
     """Hard cuts and gradual transitions, frame-exact, on frames at ``analysis_side`` px. A frame starts a shot when
     its colour change from the previous frame (largest RGB channel mean, 0..255) is at least ``threshold``, or its
     luma histogram moved by at least ``histogram`` (0..1), or the change stands out ``ratio`` times over the median
-    change of the ``window`` frames either side and is at least ``min_change`` (a cut inside one location: the
+    changes of the ``window`` frames before it and of those after it and is at least ``min_change`` (a cut inside one location: the
     background stays, the subjects jump). A dissolve or fade: the luma change across ``gap`` frames peaks at least
     ``ratio`` times over its surroundings and ``threshold`` in size while no frame-to-frame step is a cut; its
     middle starts the shot. Shots shorter than ``min_scene_len`` frames are joined to the next."""
@@ -112,8 +112,11 @@ class CutDetector:
         self.analysis_side = analysis_side
 
     def _stands_out(self, values: np.ndarray, f: int, half: int) -> bool:
-        around = np.concatenate([values[max(1, f - half): f], values[f + 1: f + 1 + half]])
-        return len(around) > 0 and values[f] >= self.ratio * max(float(np.median(around)), 0.5)
+        """Whether ``values[f]`` is ``ratio`` times over the median of the ``half`` values before it and of those
+        after it, each (a spike, not the start or end of a faster stretch)."""
+        sides = [values[max(1, f - half): f], values[f + 1: f + 1 + half]]
+        level = max([float(np.median(side)) for side in sides if len(side)], default=np.inf)
+        return values[f] >= self.ratio * max(level, 0.5)
 
     def cut_frames(self, change: np.ndarray, histogram: np.ndarray, far: np.ndarray) -> list[int]:
         """Frames that start a shot (sorted, without 0), from the per-frame signals of ``_signals``."""
