@@ -16,10 +16,11 @@ from e2v.registry import register
 class MedianPlate:
     """Per-pixel temporal median of the frames with the element pixels (grown by ``grow`` of the frame's longest
     side, their blended rims) left out; pixels covered in every frame are filled by OpenCV inpainting (``fill:
-    inpaint``, Telea) or left as the plain median (``fill: none``). With ``align`` a panning camera's frames are
-    first moved onto the middle frame (:mod:`e2v.databuild.camera`), so the plate is the middle frame's view."""
+    inpaint``, Telea) or left as the plain median (``fill: none``). With ``align`` (off by default: phase correlation
+    can lock onto large moving subjects instead of the background) a panning camera's frames are first moved onto
+    the middle frame (:mod:`e2v.databuild.camera`), so the plate is the middle frame's view."""
 
-    def __init__(self, fill: str = "inpaint", radius: int = 3, grow: float = 0.01, align: bool = True) -> None:
+    def __init__(self, fill: str = "inpaint", radius: int = 3, grow: float = 0.01, align: bool = False) -> None:
         if fill not in ("inpaint", "none"):
             raise ValueError(f"plate_estimator median: fill must be 'inpaint' or 'none', got {fill!r}")
         self.fill, self.radius, self.grow, self.align = fill, radius, grow, align

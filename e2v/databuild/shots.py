@@ -1,5 +1,5 @@
-"""Shot detection (registry kind ``shot_detector``): ``cuts`` (the default: luma, histogram, motion-discontinuity
-and dissolve tests) and PySceneDetect's detectors, fed frames decoded by PyAV.
+"""Shot detection (registry kind ``shot_detector``): ``cuts`` (luma-aware change, histogram and motion-discontinuity
+tests) and PySceneDetect's detectors, fed frames decoded by PyAV.
 
 Frames are decoded once, streamed (never held), downscaled to ``analysis_side`` for the detector. Shots are
 ``[(first_frame, end_frame)]`` in native frame indices (end exclusive), in decode order, so cutting is frame-exact.
@@ -74,71 +74,62 @@ def adaptive_shots(adaptive_threshold: float = 3.0, min_scene_len: int = 15, win
                             analysis_side)
 
 
-def _signals(path: str, side: int, gap: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+def _signals(path: str, side: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Per frame ``f`` (0 for the first): the mean absolute colour change from frame ``f - 1`` (the largest of the
     RGB channels' means, so a cut between two grey shots counts in full), the luma-histogram distance (half the L1
-    distance of 32-bin histograms, 0..1) from ``f - 1``, and the mean luma change between ``f - gap`` and ``f``
-    (0 where ``f < gap``); and the frame count."""
-    change, histogram, far = [], [], []
-    greys: deque[np.ndarray] = deque(maxlen=gap)
-    last_frame = last_hist = None
+    distance of 32-bin histograms, 0..1) from ``f - 1``, and the colour change from ``f - 1`` to ``f + 1`` (a flash
+    frame changes a lot from both neighbours, which are alike; 0 for the first and last frames); and the count."""
+    change, histogram, bridge = [], [], [0.0]
+    frames: deque[np.ndarray] = deque(maxlen=2)
+    last_hist = None
     for image in iter_frames(path, side):
         frame = image.astype(np.float32)
-        grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32)
-        hist = np.histogram(grey, 32, (0, 256))[0] / grey.size
-        change.append(float(np.abs(frame - last_frame).mean(axis=(0, 1)).max()) if last_frame is not None else 0.0)
+        hist = np.histogram(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), 32, (0, 256))[0] / (image.shape[0] * image.shape[1])
+        change.append(float(np.abs(frame - frames[-1]).mean(axis=(0, 1)).max()) if frames else 0.0)
         histogram.append(0.5 * float(np.abs(hist - last_hist).sum()) if last_hist is not None else 0.0)
-        far.append(float(np.abs(grey - greys[0]).mean()) if len(greys) == gap else 0.0)
-        greys.append(grey)
-        last_frame, last_hist = frame, hist
-    return np.array(change), np.array(histogram), np.array(far), len(change)
+        if len(frames) == 2:
+            bridge.append(float(np.abs(frame - frames[0]).mean(axis=(0, 1)).max()))
+        frames.append(frame)
+        last_hist = hist
+    bridge = (bridge + [0.0])[: len(change)]
+    return np.array(change), np.array(histogram), np.array(bridge), len(change)
 
 
 @register("shot_detector", "cuts")
 class CutDetector:
-    """Hard cuts and gradual transitions, frame-exact, on frames at ``analysis_side`` px. A frame starts a shot when
-    its colour change from the previous frame (largest RGB channel mean, 0..255) is at least ``threshold``, or its
-    luma histogram moved by at least ``histogram`` (0..1), or the change stands out ``ratio`` times over the median
-    changes of the ``window`` frames before it and of those after it and is at least ``min_change`` (a cut inside one location: the
-    background stays, the subjects jump). A dissolve or fade: the luma change across ``gap`` frames peaks at least
-    ``ratio`` times over its surroundings and ``threshold`` in size while no frame-to-frame step is a cut; its
-    middle starts the shot. Shots shorter than ``min_scene_len`` frames are joined to the next."""
+    """Hard cuts, frame-exact, on frames at ``analysis_side`` px. A frame starts a shot when its colour change from
+    the previous frame (largest RGB channel mean, 0..255) is at least ``threshold``, or its luma histogram moved by at
+    least ``histogram`` (0..1), or the change stands out ``ratio`` times over the median changes of the ``window``
+    frames before it and of those after it and is at least ``min_change`` (a cut inside one location: the background
+    stays, the subjects jump); but not when the frames either side of it are alike (under ``min_change`` apart:
+    a flash). Shots shorter than ``min_scene_len`` frames are joined to the next. Gradual transitions (dissolves,
+    fades) are not found."""
 
     def __init__(self, threshold: float = 20.0, histogram: float = 0.35, ratio: float = 4.0, min_change: float = 4.0,
-                 window: int = 8, gap: int = 8, dissolves: bool = True, min_scene_len: int = 12,
-                 analysis_side: int = 128) -> None:
+                 window: int = 8, min_scene_len: int = 12, analysis_side: int = 128) -> None:
         self.threshold, self.histogram, self.ratio, self.min_change = threshold, histogram, ratio, min_change
-        self.window, self.gap, self.dissolves, self.min_scene_len = window, gap, dissolves, min_scene_len
-        self.analysis_side = analysis_side
+        self.window, self.min_scene_len, self.analysis_side = window, min_scene_len, analysis_side
 
-    def _stands_out(self, values: np.ndarray, f: int, half: int) -> bool:
-        """Whether ``values[f]`` is ``ratio`` times over the median of the ``half`` values before it and of those
+    def _stands_out(self, values: np.ndarray, f: int) -> bool:
+        """Whether ``values[f]`` is ``ratio`` times over the median of the ``window`` values before it and of those
         after it, each (a spike, not the start or end of a faster stretch)."""
-        sides = [values[max(1, f - half): f], values[f + 1: f + 1 + half]]
+        sides = [values[max(1, f - self.window): f], values[f + 1: f + 1 + self.window]]
         level = max([float(np.median(side)) for side in sides if len(side)], default=np.inf)
         return values[f] >= self.ratio * max(level, 0.5)
 
-    def cut_frames(self, change: np.ndarray, histogram: np.ndarray, far: np.ndarray) -> list[int]:
+    def cut_frames(self, change: np.ndarray, histogram: np.ndarray, bridge: np.ndarray) -> list[int]:
         """Frames that start a shot (sorted, without 0), from the per-frame signals of ``_signals``."""
-        hard = [f for f in range(1, len(change))
-                if change[f] >= self.threshold or histogram[f] >= self.histogram
-                or (change[f] >= self.min_change and self._stands_out(change, f, self.window))]
-        soft = []
-        if self.dissolves:
-            for f in range(self.gap, len(far)):
-                centre = f - self.gap // 2
-                local = far[max(self.gap, f - self.gap): f + self.gap + 1]
-                if (far[f] >= self.threshold and far[f] == local.max() and self._stands_out(far, f, 3 * self.gap)
-                        and all(abs(centre - h) > self.gap for h in hard)):
-                    soft.append(centre)
         cuts, last = [], 0
-        for f in sorted(set(hard) | set(soft)):
-            if f - last >= self.min_scene_len:
-                cuts.append(f)
-                last = f
+        for f in range(1, len(change)):
+            flash = 0 < f < len(change) - 1 and bridge[f] < self.min_change
+            if not flash and (change[f] >= self.threshold or histogram[f] >= self.histogram
+                              or (change[f] >= self.min_change and self._stands_out(change, f))):
+                if f - last >= self.min_scene_len:
+                    cuts.append(f)
+                    last = f
         return cuts
 
     def detect(self, path: str) -> list[tuple[int, int]]:
-        change, histogram, far, count = _signals(path, self.analysis_side, self.gap)
-        bounds = [0, *self.cut_frames(change, histogram, far), count]
+        change, histogram, bridge, count = _signals(path, self.analysis_side)
+        bounds = [0, *self.cut_frames(change, histogram, bridge), count]
         return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
