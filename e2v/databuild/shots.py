@@ -101,8 +101,8 @@ class CutDetector:
     the previous frame (largest RGB channel mean, 0..255) is at least ``threshold``, or its luma histogram moved by at
     least ``histogram`` (0..1), or the change stands out ``ratio`` times over the median changes of the ``window``
     frames before it and of those after it and is at least ``min_change`` (a cut inside one location: the background
-    stays, the subjects jump); but not when the frames either side of it are alike (under ``min_change`` apart:
-    a flash). Shots shorter than ``min_scene_len`` frames are joined to the next. Gradual transitions (dissolves,
+    stays, the subjects jump); but not into or out of a flash: when the frames either side of it, or of the frame
+    before it, differ by under half its change. Shots shorter than ``min_scene_len`` frames are joined to the next. Gradual transitions (dissolves,
     fades) are not found."""
 
     def __init__(self, threshold: float = 20.0, histogram: float = 0.35, ratio: float = 4.0, min_change: float = 4.0,
@@ -121,7 +121,8 @@ class CutDetector:
         """Frames that start a shot (sorted, without 0), from the per-frame signals of ``_signals``."""
         cuts, last = [], 0
         for f in range(1, len(change)):
-            flash = 0 < f < len(change) - 1 and bridge[f] < self.min_change
+            spans = [bridge[g] for g in (f, f - 1) if 1 <= g < len(change) - 1]  # over the frame, or the one before
+            flash = bool(spans) and min(spans) < change[f] / 2
             if not flash and (change[f] >= self.threshold or histogram[f] >= self.histogram
                               or (change[f] >= self.min_change and self._stands_out(change, f))):
                 if f - last >= self.min_scene_len:
