@@ -102,7 +102,7 @@ class CutDetector:
     least ``histogram`` (0..1), or the change stands out ``ratio`` times over the median changes of the ``window``
     frames before it and of those after it and is at least ``min_change`` (a cut inside one location: the background
     stays, the subjects jump); but not into or out of a flash: when the frames either side of it, or of the frame
-    before it, differ by under half its change. Shots shorter than ``min_scene_len`` frames are joined to the next. Gradual transitions (dissolves,
+    before it, differ by under half its change. Shots shorter than ``min_scene_len`` frames are joined to a neighbour. Gradual transitions (dissolves,
     fades) are not found."""
 
     def __init__(self, threshold: float = 20.0, histogram: float = 0.35, ratio: float = 4.0, min_change: float = 4.0,
@@ -125,7 +125,7 @@ class CutDetector:
             flash = bool(spans) and min(spans) < change[f] / 2
             if not flash and (change[f] >= self.threshold or histogram[f] >= self.histogram
                               or (change[f] >= self.min_change and self._stands_out(change, f))):
-                if f - last >= self.min_scene_len:
+                if f - last >= self.min_scene_len and len(change) - f >= self.min_scene_len:
                     cuts.append(f)
                     last = f
         return cuts
