@@ -7,7 +7,8 @@ weights, the EMA (when the run had the EMA callback) or the raw ones, become ``D
 from the distributed shards only for the output shard being written). The frozen components are never in a
 checkpoint: ``vae/``, ``text_encoder/``, ``tokenizer/``, ``image_encoder/``, ``image_processor/`` are linked from the
 release root the run started from (its family's ``weights``, or ``--base``), so that ``e2v generate --weights DIR``
-loads the trained DiT with them.
+loads the trained DiT with them. The run's sampling settings (solver, steps, guidance, a student's timesteps, ...)
+become ``DIR/sampling.json``, the defaults of ``e2v generate --weights DIR``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from typing import Any, Optional, Sequence
 import torch
 
 from e2v.argtypes import BadInput, positive_float
+from e2v.atomic import write_json_atomic
 from e2v.modules.weights import CheckpointError, LazyTensor, load_checkpoint, write_weights
+from e2v.pipeline.sampling import SETTINGS_FILE, read_saved
 
 DIT_PREFIX = "dit."
 DCP_PREFIX = "state_dict."  # Lightning's distributed checkpoint: {"state_dict": model state, "optimizer_0": ...}
@@ -160,6 +163,9 @@ def export_checkpoint(
     shutil.rmtree(partial, ignore_errors=True)
     write_weights(weights, dit.config.to_dict(), partial, max_shard_bytes=max_shard_bytes)
     os.replace(partial, target)
+    sampling = read_saved(checkpoint)
+    if sampling is not None:  # the run's sampling settings travel with the weights (generate's defaults)
+        write_json_atomic(out / SETTINGS_FILE, sampling, indent=1)
     if root is not None:
         for name in COMPONENTS:
             if (root / name).is_dir() and not (out / name).exists():

@@ -234,7 +234,7 @@ def test_generate_command_writes_videos_atomically(pipe, tmp_path):
         save_image(tmp_path / f"ref{i}.png", ref)
     args = ["--checkpoint", str(tmp_path / "run.ckpt"), "--ref", str(tmp_path / "ref0.png"),
             "--ref", f"{tmp_path / 'ref1.png'}:background", "--prompt", "a cat", "--height", "16", "--width", "32",
-            "--frames", "9", "--steps", "2", "--step-cache", "0.1", "--no-progress"]
+            "--frames", "4", "--steps", "2", "--step-cache", "0.1", "--no-progress"]
     out, compare = tmp_path / "out.mp4", tmp_path / "compare.mp4"
     assert generate_command(args + ["--out", str(out), "--compare", str(compare)]) == 0
     assert probe_video(out)["frames"] == 4 and probe_video(out)["width"] == 32

@@ -124,15 +124,17 @@ def run_command(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     from e2v.bench.runner import VIDEOS_DIR, BenchError, generate_cases, missing_videos
     from e2v.modules.weights import CheckpointError
-    from e2v.pipeline.generate import build_pipeline
+    from e2v.pipeline.generate import apply_sampling, build_pipeline
 
-    options = dict(negative_prompt=args.negative_prompt, height=args.height, width=args.width, frames=args.frames,
-                   steps=args.steps, guidance=args.guidance, image_guidance=args.image_guidance, seed=args.seed)
     try:
         cases = read_cases(args.cases)
         source = Path(args.checkpoint or args.weights)
         if not (source.is_file() if args.checkpoint else source.is_dir()):
             raise BadInput(f"{'--checkpoint' if args.checkpoint else '--weights'} {source} does not exist")
+        apply_sampling(args, parser.prog)
+        options = dict(negative_prompt=args.negative_prompt, height=args.height, width=args.width,
+                       output_frames=args.frames, steps=args.steps, guidance=args.guidance,
+                       image_guidance=args.image_guidance, seed=args.seed)
         check_generation_settings(Path(args.out), args, options)
         scorers = scorers_from(args)
         todo = set(missing_videos(cases, Path(args.out) / VIDEOS_DIR))
@@ -142,7 +144,8 @@ def run_command(argv: Optional[Sequence[str]] = None) -> int:
             raise BadInput(str(err)) from None
         for case in (c for c in cases if c.id in todo):
             try:
-                pipe.check_request(len(case.references), args.height, args.width, args.frames)
+                count = len(case.references)
+                pipe.check_request(count, args.height, args.width, pipe.sampled_frames(count, args.frames))
             except ValueError as err:
                 raise BadInput(f"case {case.id!r} (line {case.line}): {err}") from None
     except (CasesError, BadInput) as err:

@@ -93,7 +93,7 @@ def generate_cases(pipe: Any, cases: Sequence[Case], out: str | Path, options: d
                    progress: bool = True) -> Path:
     """Generate ``OUT/videos/ID.mp4`` for every case that has none yet; returns the videos folder.
 
-    ``options``: keyword arguments of ``E2VPipeline.__call__`` (height, width, frames, steps, guidance, ...)."""
+    ``options``: keyword arguments of ``E2VPipeline.__call__`` (height, width, output_frames, steps, guidance, ...)."""
     folder = Path(out) / VIDEOS_DIR
     todo = missing_videos(cases, folder)
     for case in tqdm([c for c in cases if c.id in set(todo)], desc="generating", unit="case", disable=not progress):

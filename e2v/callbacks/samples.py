@@ -101,6 +101,10 @@ class SampleVideos(Callback):
         self.batches: list[dict[str, Any]] = []
         self._last_step = -1
 
+    def sampling_options(self) -> dict[str, Any]:
+        """The sampling settings these samples use (saved with the run's checkpoints as generate's defaults)."""
+        return {"steps": self.steps, "guidance": float(self.guidance), "fps": float(self.fps)}
+
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.batches = self._fixed_batches(trainer)
         self._last_step = trainer.global_step

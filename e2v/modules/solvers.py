@@ -58,26 +58,50 @@ def flow_timesteps(num_steps: int, shift: float, schedule: str = "current") -> t
     return flow_sigmas(num_steps, shift, schedule)[:-1] * TIMESTEP_SCALE
 
 
+def fixed_sigmas(timesteps: list[float] | tuple[float, ...]) -> torch.Tensor:
+    """``[n + 1]`` float32 noise levels of given DiT timesteps (``1000 * sigma``, strictly decreasing, in (0, 1000]),
+    followed by a final 0: the fixed schedule of a distilled student."""
+    sigmas = torch.tensor([float(t) for t in timesteps], dtype=torch.float64) / TIMESTEP_SCALE
+    if len(sigmas) == 0 or not bool((sigmas[1:] < sigmas[:-1]).all()) or sigmas[-1] <= 0 or sigmas[0] > 1:
+        raise ValueError(f"timesteps must be strictly decreasing values in (0, 1000], got {list(timesteps)}")
+    return torch.cat([sigmas, sigmas.new_zeros(1)]).float()
+
+
 class FlowSolver:
     """Shared schedule handling: ``timesteps(n)`` sets the schedule and resets the solver's state.
 
     ``schedule``: ``"current"`` (diffusers' flow sigmas today) or ``"legacy"`` (diffusers of April 2025, integer
-    timesteps: what the official SkyReels-A2 release sampled with)."""
+    timesteps: what the official SkyReels-A2 release sampled with). ``timesteps``: fixed DiT timesteps instead (a
+    distilled student's, ``num_steps`` of them; ``shift`` and ``schedule`` then unused)."""
 
-    def __init__(self, num_steps: int = 50, shift: float = 1.0, schedule: str = "current") -> None:
+    def __init__(self, num_steps: int = 50, shift: float = 1.0, schedule: str = "current",
+                 timesteps: list[float] | None = None) -> None:
         if shift <= 0:
             raise ValueError(f"shift must be > 0, got {shift}")
+        self.fixed = None if timesteps is None else fixed_sigmas(timesteps)
+        if self.fixed is not None and len(self.fixed) - 1 != num_steps:
+            raise ValueError(f"num_steps={num_steps} but {len(self.fixed) - 1} timesteps {list(timesteps)}")
         self.num_steps = num_steps
         self.shift = shift
         self.schedule = schedule
-        self.sigmas = flow_sigmas(num_steps, shift, schedule)
+        self.sigmas = self._sigmas(num_steps)
+
+    def _sigmas(self, num_steps: int) -> torch.Tensor:
+        if self.fixed is None:
+            return flow_sigmas(num_steps, self.shift, self.schedule)
+        if num_steps != len(self.fixed) - 1:
+            raise ValueError(f"this solver samples the {len(self.fixed) - 1} fixed timesteps it was built with, "
+                             f"not {num_steps} steps")
+        return self.fixed
 
     def timesteps(self, num_steps: int | None = None) -> torch.Tensor:
         """``[n]`` DiT timesteps (float32, see :func:`flow_timesteps`) for ``n`` steps (default ``num_steps``) of
         this run; sets ``sigmas`` and resets the multistep state."""
         num_steps = num_steps or self.num_steps
-        self.sigmas = flow_sigmas(num_steps, self.shift, self.schedule)
+        self.sigmas = self._sigmas(num_steps)
         self.reset()
+        if self.fixed is not None:
+            return self.fixed[:-1] * TIMESTEP_SCALE
         return flow_timesteps(num_steps, self.shift, self.schedule)
 
     def reset(self) -> None:
@@ -136,10 +160,11 @@ class UniPC(FlowSolver):
     flow_shift=shift, solver_order=order, solver_type="bh2", lower_order_final=True)``.
     """
 
-    def __init__(self, num_steps: int = 50, shift: float = 1.0, order: int = 2, schedule: str = "current") -> None:
+    def __init__(self, num_steps: int = 50, shift: float = 1.0, order: int = 2, schedule: str = "current",
+                 timesteps: list[float] | None = None) -> None:
         if order not in (1, 2, 3):
             raise ValueError(f"UniPC order must be 1, 2 or 3, got {order}")
-        super().__init__(num_steps, shift, schedule)
+        super().__init__(num_steps, shift, schedule, timesteps)
         self.order = order
         self.reset()
 

@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from e2v.argtypes import BadInput, frame_count, nonnegative_float, nonnegative_int, positive_float, positive_int
+from e2v.argtypes import BadInput, nonnegative_float, nonnegative_int, positive_float, positive_int
 from e2v.pipeline.pipeline import SIZE_MULTIPLE
 
 MAX_REFERENCES = 8  # what SkyReels-A2 supports and e2v generate accepts (README: 1-8 references)
@@ -81,7 +81,7 @@ def seed(text: str) -> int:
 
 # the optional per-request settings and the parser each value must pass (a JSON null keeps None where allowed)
 SETTINGS: dict[str, Callable[[str], Any]] = {
-    "seed": seed, "height": frame_size, "width": frame_size, "frames": frame_count, "steps": positive_int,
+    "seed": seed, "height": frame_size, "width": frame_size, "frames": positive_int, "steps": positive_int,
     "guidance": nonnegative_float, "image_guidance": nonnegative_float, "fps": positive_float,
 }
 NULLABLE = ("image_guidance", "negative_prompt", "compare")

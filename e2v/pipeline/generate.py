@@ -34,14 +34,15 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from e2v.argtypes import BadInput, frame_count, nonnegative_float, positive_float, positive_int
+from e2v.argtypes import BadInput, nonnegative_float, positive_float, positive_int
 from e2v.datamodules.references import load_reference
 from e2v.datamodules.video_io import write_video
 from e2v.modules.weights import DTYPE_ALIASES, CheckpointError, parse_dtype
 from e2v.pipeline.batch import MAX_REFERENCES, Request, frame_size, parse_reference, read_requests, seed
 from e2v.modules.quantize import BITSANDBYTES_MODES, MODES
 from e2v.pipeline.offload import peak_memory_note, reset_peak_memory
-from e2v.pipeline.pipeline import DEFAULT_SOLVER, E2VPipeline
+from e2v.pipeline.pipeline import E2VPipeline
+from e2v.pipeline.sampling import DEFAULTS, SOLVERS, Resolved, read_saved, resolve
 from e2v.pipeline.step_cache import TEACACHE_WAN
 from e2v.pipeline.presets import PRESETS, GenerationPreset, get_preset
 
@@ -65,17 +66,21 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--weights", help="an official SkyReels-A2 / Wan2.1 release folder")
     parser.add_argument("--lora", default=None, metavar="CKPT",
                         help="a LoRA training checkpoint: its adapters (EMA when present) merged into the DiT")
-    parser.add_argument("--height", type=frame_size, default=480)
-    parser.add_argument("--width", type=frame_size, default=832)
-    parser.add_argument("--frames", type=frame_count, default=81, help="4k+1 frames, reference prefix included")
-    parser.add_argument("--fps", type=positive_float, default=16.0)
+    saved = "default: the model's saved sampling settings (checkpoint, or sampling.json of an export), else "
+    parser.add_argument("--height", type=frame_size, default=None, help=saved + str(DEFAULTS.height))
+    parser.add_argument("--width", type=frame_size, default=None, help=saved + str(DEFAULTS.width))
+    parser.add_argument("--frames", type=positive_int, default=None,
+                        help="frames of the written video, reference frames excluded (the sampled 4k+1 clip is sized "
+                             f"for it and printed); {saved}{DEFAULTS.frames}")
+    parser.add_argument("--fps", type=positive_float, default=None, help=saved + f"{DEFAULTS.fps:g}")
     parser.add_argument("--seed", type=seed, default=0)
-    parser.add_argument("--steps", type=positive_int, default=DEFAULT_SOLVER["num_steps"])
-    parser.add_argument("--guidance", type=nonnegative_float, default=5.0, help="text CFG scale (1 = off)")
+    parser.add_argument("--steps", type=positive_int, default=None, help=saved + str(DEFAULTS.steps))
+    parser.add_argument("--guidance", type=nonnegative_float, default=None,
+                        help=f"text CFG scale (1 = off); {saved}{DEFAULTS.guidance:g}")
     parser.add_argument("--image-guidance", type=nonnegative_float, default=None,
                         help="reference scale (dual guidance)")
-    parser.add_argument("--solver", choices=["unipc", "euler"], default=DEFAULT_SOLVER["name"])
-    parser.add_argument("--shift", type=positive_float, default=DEFAULT_SOLVER["shift"])
+    parser.add_argument("--solver", choices=list(SOLVERS), default=None, help=saved + DEFAULTS.solver)
+    parser.add_argument("--shift", type=positive_float, default=None, help=saved + f"{DEFAULTS.shift:g}")
     parser.add_argument("--step-cache", type=nonnegative_float, default=None, metavar="THRESH",
                         help="skip DiT blocks when the input changed less than THRESH (e.g. 0.1)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the DiT blocks")
@@ -138,7 +143,7 @@ def build_pipeline(args: argparse.Namespace, parallel) -> E2VPipeline:
     if args.teacache is not None and args.step_cache is None:
         raise BadInput("--teacache needs --step-cache THRESH")
     preset = resolve_preset(args)
-    solver = {"name": args.solver, "shift": args.shift, "num_steps": args.steps, "schedule": preset.schedule}
+    solver = args.sampling.solver_spec(preset.schedule)
     offload = args.offload or args.offload_blocks is not None
     options = dict(device=args.device, offload=offload, tile=args.tile, parallel=parallel, preset=preset)
     if args.checkpoint:
@@ -200,6 +205,26 @@ def check_output(path: str, option: str, inputs: dict[str, Path]) -> Path:
     return out
 
 
+def apply_sampling(args: argparse.Namespace, prog: str) -> Resolved:
+    """Fill the sampling options left out (None) from the model's saved settings (:mod:`e2v.pipeline.sampling`),
+    print which values are used and where they came from, and warn when a flag leaves a student's trained schedule.
+    Sets ``args.sampling``; BadInput when the saved settings are unreadable."""
+    source = args.checkpoint or args.weights
+    flags = {key: getattr(args, key) for key in FLAG_KEYS}
+    try:
+        resolved = resolve(read_saved(source), flags, where=source)
+    except (ValueError, CheckpointError) as err:
+        raise BadInput(str(err)) from None
+    for key in FLAG_KEYS:
+        setattr(args, key, getattr(resolved.settings, key))
+    args.sampling = resolved.settings
+    print(resolved.describe(), flush=True)
+    for warning in resolved.warnings:
+        print(f"{prog}: warning: {warning}", file=sys.stderr, flush=True)
+    return resolved
+
+
+FLAG_KEYS = ("solver", "shift", "steps", "guidance", "fps", "frames", "height", "width")
 SETTINGS = ("negative_prompt", "seed", "height", "width", "frames", "steps", "guidance", "image_guidance", "fps")
 
 
@@ -269,6 +294,7 @@ def read_command_requests(parser: argparse.ArgumentParser, args: argparse.Namesp
         if missing:
             parser.error(f"the following arguments are required: {', '.join(missing)} (or --batch)")
     sources = check_source(args)
+    apply_sampling(args, parser.prog)
     defaults = {key: getattr(args, key) for key in SETTINGS}
     if args.batch is not None:
         return read_requests(args.batch, defaults, RequestChecker(sources, ("reference", "'out'", "'compare'")))
@@ -287,7 +313,7 @@ def generate_one(pipe: E2VPipeline, request: Request, progress: bool, write: boo
     reset_peak_memory(pipe.device)
     start = time.perf_counter()
     video = pipe(request.images, request.prompt, negative_prompt=request.negative_prompt, kinds=kinds,
-                 height=request.height, width=request.width, frames=request.frames, steps=request.steps,
+                 height=request.height, width=request.width, output_frames=request.frames, steps=request.steps,
                  guidance=request.guidance, image_guidance=request.image_guidance, seed=request.seed,
                  progress=progress, on_step=on_step)
     sampled = time.perf_counter()
@@ -316,7 +342,8 @@ def generate_command(argv: Optional[Sequence[str]] = None) -> int:
             raise BadInput(str(err)) from None
         for request in requests:
             try:
-                pipe.check_request(len(request.images), request.height, request.width, request.frames)
+                pipe.check_request(len(request.images), request.height, request.width,
+                                   pipe.sampled_frames(len(request.images), request.frames))
             except ValueError as err:
                 raise BadInput(f"{args.batch} line {request.line}: {err}" if batch else str(err)) from None
         write = parallel is None or torch.distributed.get_rank() == 0
@@ -333,7 +360,10 @@ def generate_command(argv: Optional[Sequence[str]] = None) -> int:
                 print(f"e2v generate: error: {args.batch} line {request.line}: {err}", file=sys.stderr)
                 continue
             if write:
-                size = f"{video.shape[1]} frames {request.width}x{request.height}"
+                count = len(request.images)
+                size = (f"{video.shape[1]} frames {request.width}x{request.height} (sampled "
+                        f"{pipe.sampled_frames(count, request.frames)}, "
+                        f"{pipe.preset.prefix_frames(pipe.layout, count)} reference frames cut)")
                 if batch:
                     print(f"[{index}/{len(requests)}] line {request.line}: wrote {request.out}: {size}, seed "
                           f"{request.seed}: generated in {sampling:.1f}s{peak_memory_note(pipe.device)}, written in "

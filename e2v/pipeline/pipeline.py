@@ -37,17 +37,19 @@ from e2v.datamodules.references import (
     to_float_image,
 )
 from e2v.datamodules.video_io import pil_to_rgb
+from e2v.frames import TEMPORAL_FACTOR
 from e2v.modules.layouts import latent_frames
 from e2v.modules.quantize import BITSANDBYTES_MODES, move_module, quantize_linears
 from e2v.modules.reshard import fsdp_modules, reshard
 from e2v.families import family_specs
 from e2v.modules.weights import CheckpointError, load_checkpoint, read_config
 from e2v.pipeline.presets import GenerationPreset, get_preset
+from e2v.pipeline.sampling import DEFAULTS
 from e2v.pipeline.offload import BlockOffload
 from e2v.pipeline.step_cache import StepCache
 
 ReferenceImage = Union[str, os.PathLike, torch.Tensor, PIL.Image.Image]
-DEFAULT_SOLVER = {"name": "unipc", "shift": 8.0, "num_steps": 50}
+DEFAULT_SOLVER = {"name": DEFAULTS.solver, "shift": DEFAULTS.shift, "num_steps": DEFAULTS.steps}
 SIZE_MULTIPLE = 16  # VAE /8 then DiT patch /2
 WEIGHT_FOLDERS = ("transformer", "vae", "text_encoder", "tokenizer", "image_encoder", "image_processor")
 # DiT layers kept in full precision by quantize(): embed_inputs reads their weight dtypes; the output projection
@@ -313,6 +315,12 @@ class E2VPipeline:
             raise ValueError(f"height and width must be positive multiples of {SIZE_MULTIPLE}, got {height}x{width}")
         self.layout.check(num_refs, frames)
 
+    def sampled_frames(self, num_refs: int, frames: int) -> int:
+        """The 4k+1 clip length to sample so that ``frames`` video frames remain once the preset has cut the
+        reference frames of ``num_refs`` references (the surplus, under 4 frames, is trimmed from the end)."""
+        needed = frames + self.preset.prefix_frames(self.layout, num_refs)
+        return needed + (-(needed - 1)) % TEMPORAL_FACTOR
+
     def prepare_references(
         self, refs: Sequence[ReferenceImage], kinds: Optional[Sequence[str]], height: int, width: int
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -407,9 +415,12 @@ class E2VPipeline:
         progress: bool = True,
         decode: bool = True,
         on_step: Optional[Callable[[int, int], None]] = None,
+        output_frames: Optional[int] = None,
     ) -> torch.Tensor:
         """Generate a video ``[3, F - prefix, H, W]`` in [-1, 1] (``prefix = layout.prefix_frames(N)``); with
         ``decode=False``, the denoised normalised latents ``[1, 16, T, h, w]`` (reference frames included) instead.
+        ``output_frames``: the video's length instead (``[3, output_frames, H, W]``): ``frames`` is then
+        :meth:`sampled_frames`, the shortest clip that leaves that many after the cut.
 
         ``refs``: N >= 1 images (paths, PIL images, tensors); ``kinds``: one per reference (default: the preset's,
         ``"object"`` for ``e2v``; ``"background"`` is cropped instead of white-padded). ``negative_prompt``: None for
@@ -418,11 +429,14 @@ class E2VPipeline:
         """
         if not refs:
             raise ValueError("at least one reference image is needed")
+        if output_frames is not None:
+            frames = self.sampled_frames(len(refs), output_frames)
         self.check_request(len(refs), height, width, frames)
         negative_prompt = self.preset.negative_prompt if negative_prompt is None else negative_prompt
         with self._borrowed():
-            return self._generate(refs, prompt, negative_prompt, kinds, height, width, frames, steps, guidance,
-                                  image_guidance, seed, progress, decode, on_step)
+            video = self._generate(refs, prompt, negative_prompt, kinds, height, width, frames, steps, guidance,
+                                   image_guidance, seed, progress, decode, on_step)
+        return video[:, :output_frames] if output_frames is not None and decode else video
 
     def _generate(self, refs: Sequence[ReferenceImage], prompt: str, negative_prompt: str,
                   kinds: Optional[Sequence[str]], height: int, width: int, frames: int, steps: Optional[int],

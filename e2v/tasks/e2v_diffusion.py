@@ -23,6 +23,7 @@ from e2v.modules.flow import TIMESTEP_SCALE, expand_like, noisy_latents, velocit
 from e2v.tasks.frozen import build_frozen, restore_prefixes, strip_prefixes
 from e2v.modules.reshard import reshard
 from e2v.modules.sequence_parallel import SequenceShards
+from e2v.pipeline.sampling import SamplingSettings
 from e2v.lora import LoRAConfig, LoRAOptions, apply_lora, drop_base, is_adapter_key
 from e2v.tasks.sharding import FSDPOptions, ShardingPolicy, is_meta, is_sharded, materialize_dit, meta_dit, shard_dit
 
@@ -394,6 +395,30 @@ class E2VDiffusion(LightningModule):
         if self.lora is not None:  # the frozen base comes from the DiT spec too: keep the adapters only
             drop_base(state, "dit.")
         return state
+
+    def sampling_settings(self) -> SamplingSettings:
+        """How this run samples (:mod:`e2v.pipeline.sampling`): ``sample_solver``'s solver, shift and steps, the
+        SampleVideos callback's steps, guidance and fps, and the datamodule's frame size and output frames (its clip
+        length less the layout's reference frames for its most references); the defaults for anything not set."""
+        solver = registry.split_spec("solver", self.hparams.sample_solver)
+        values: dict[str, Any] = {"solver": solver[0]}
+        values.update({key: solver[1][option] for key, option in (("shift", "shift"), ("steps", "num_steps"))
+                       if option in solver[1]})
+        trainer = self._trainer
+        for callback in trainer.callbacks if trainer is not None else ():
+            if hasattr(callback, "sampling_options"):
+                values.update(callback.sampling_options())
+        data = getattr(trainer, "datamodule", None) if trainer is not None else None
+        size = getattr(data, "buckets", None)
+        if size:
+            frames, height, width = size[0]
+            values.update(height=height, width=width,
+                          frames=max(1, frames - self.layout.prefix_frames(getattr(data, "max_references", 1))))
+        return SamplingSettings(**values)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Save :meth:`sampling_settings` as ``checkpoint["sampling"]``: generate's defaults for this checkpoint."""
+        checkpoint["sampling"] = self.sampling_settings().to_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """A checkpoint must carry every trained (DiT) weight: strict loading is off only for the frozen parts."""
