@@ -15,11 +15,12 @@ Adapter tensor names are peft's: ``blocks.3.attn2.add_k_proj.lora_A.default.weig
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping, Optional, TypedDict
+from typing import Any, Iterator, Literal, Mapping, Optional, TypedDict
 
 import torch
 from torch import nn
@@ -133,6 +134,20 @@ def apply_lora(dit: nn.Module, config: LoRAConfig) -> nn.Module:
     for name, param in dit.named_parameters():
         param.requires_grad_(is_adapter_key(name))
     return dit
+
+
+@contextlib.contextmanager
+def adapters_disabled(module: nn.Module) -> Iterator[nn.Module]:
+    """``module`` computing as its frozen base for the block (every LoRA adapter off), then adapted again: the
+    teacher of a LoRA student shares the student's base weights."""
+    layers = [layer for _, layer in lora_layers(module)]
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield module
+    finally:
+        for layer in layers:
+            layer.enable_adapters(True)
 
 
 def lora_layers(module: nn.Module) -> list[tuple[str, nn.Module]]:

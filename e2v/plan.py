@@ -439,6 +439,26 @@ def sample_shapes(recipe: dict[str, Any], specs: dict[str, Any], **overrides: Op
     return Shapes(**values)
 
 
+def distillation_memory(task: str, model: dict[str, Any], lora: Any, fsdp: bool, gpus: int,
+                        notes: list[str]) -> tuple[int, int]:
+    """``(extra DiT weight copies, activation factor)`` of a distillation task (:mod:`e2v.tasks.distill`): the
+    frozen teacher is a second copy unless the student is LoRA (the teacher is its base with the adapters off); the
+    ``ode`` student's forward holds ``steps_per_batch`` of its steps per sample."""
+    copies = 0 if lora else 1
+    factor = 1
+    if task.endswith("ODEDistillation"):
+        factor = model.get("steps_per_batch") or len(model.get("timesteps") or [1000, 750, 500, 250])
+        notes.append(f"ode distillation: the student's forward holds {factor} of its steps per sample")
+    if task.endswith("DMDDistillation"):
+        notes.append("dmd: the fake-score critic is a third DiT, trained: its gradients and optimizer state are not "
+                     "counted (about as much again as the student's)")
+        copies += 1
+    notes.append("distillation teacher: " + ("the student's frozen base with the LoRA adapters off (no copy)" if lora
+                                             else "a frozen copy of the DiT") + "; its CFG forwards run without "
+                 "gradients (no stored activations)")
+    return copies, factor
+
+
 def estimate(configs: Sequence[str | Path], gpus: Optional[int] = None, sequence_parallel: Optional[int] = None,
              **shape_overrides: Optional[int]) -> Plan:
     """The :class:`Plan` of the recipe ``configs`` (layered like repeated ``--config``); ``sequence_parallel``
@@ -513,6 +533,12 @@ def estimate(configs: Sequence[str | Path], gpus: Optional[int] = None, sequence
         notes.append("FSDP2: weights, gradients and optimizer state sharded over the GPUs, plus two gathered blocks")
     elif strategy == "ddp":
         gradients *= 2  # DDP's gradient buckets are a second copy (gradient_as_bucket_view=False)
+    task = str((recipe.get("model") or {}).get("class_path", ""))
+    if task.startswith("e2v.tasks.distill."):
+        copies, extra_activations = distillation_memory(task, model, lora, strategy == "fsdp2", gpus, notes)
+        activations *= extra_activations
+        weights_total += copies * float(sum(p.numel() * p.element_size() for p in dit.parameters())) / (
+            gpus if fsdp else 1)
     frozen_count, frozen_bytes = 0, 0.0
     for kind in ("vae", "text_encoder", "image_encoder"):
         if specs.get(kind) is not None and (kind != "image_encoder" or layout.uses_image_tokens):

@@ -43,6 +43,9 @@ class E2VDiffusion(LightningModule):
     the layout condition (the null reference condition of dual guidance).
     """
 
+    frozen_parts = FROZEN  # submodules never trained nor saved: rebuilt from their specs
+    unsaved_arguments = ("optimizer", "lr_scheduler")  # callables, not hyper-parameters
+
     def __init__(
         self,
         family: FamilySpec = "tiny",
@@ -94,7 +97,7 @@ class E2VDiffusion(LightningModule):
                 left out, the DiT is built in full and sharded without mixed precision.
         """
         super().__init__()
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.save_hyperparameters(ignore=list(self.unsaved_arguments))
         # the hyper-parameters hold the resolved specs: a checkpoint rebuilds its components without the family
         specs = resolve_family(family, dict(dit=dit, vae=vae, text_encoder=text_encoder, image_encoder=image_encoder,
                                             layout=layout))
@@ -190,24 +193,36 @@ class E2VDiffusion(LightningModule):
 
     # ---------------------------------------------------------------------------------------------------- training
     def predict_velocity(
-        self, x_t: torch.Tensor, t: torch.Tensor, condition: torch.Tensor, text: torch.Tensor, image: torch.Tensor | None
+        self, x_t: torch.Tensor, t: torch.Tensor, condition: torch.Tensor, text: torch.Tensor, image: torch.Tensor | None,
+        dit: torch.nn.Module | None = None,
     ) -> torch.Tensor:
-        """DiT velocity for noisy latents ``x_t [B,16,T,h,w]`` at flow times ``t [B]``."""
-        out = self.dit(self.layout.dit_input(x_t, condition), t * TIMESTEP_SCALE, text, image, sequence=self.sequence)
+        """Velocity of ``dit`` (default: the trained DiT) for noisy latents ``x_t [B,16,T,h,w]`` at flow times
+        ``t [B]``."""
+        out = (dit or self.dit)(self.layout.dit_input(x_t, condition), t * TIMESTEP_SCALE, text, image,
+                                sequence=self.sequence)
         return self.layout.video_output(out, condition)
 
-    def flow_loss(self, inputs: dict[str, torch.Tensor], t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """Per-sample velocity MSE ``[B]``, weighted over latent frames by the layout."""
+    def weighted_mse(self, pred: torch.Tensor, target: torch.Tensor, num_refs: int,
+                     x0: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-sample MSE ``[B]`` of latents ``[B,16,T,h,w]``, weighted over latent frames by the layout (the
+        reference frames count ``reference_loss_weight``) and, given the clean latents ``x0``, over positions by
+        :meth:`foreground_weights` (with ``foreground_loss_weight``)."""
+        error = (pred.float() - target.float()).pow(2).mean(dim=1)  # [B, T, h, w]
+        if x0 is not None and self.hparams.foreground_loss_weight:
+            error = error * self.foreground_weights(x0, num_refs)
+        per_frame = error.mean(dim=(2, 3))  # [B, T]
+        weights = self.layout.loss_weights(num_refs, pred.shape[2]).to(per_frame)
+        return (per_frame * weights).sum(1) / weights.sum()
+
+    def flow_loss(self, inputs: dict[str, torch.Tensor], t: torch.Tensor, noise: torch.Tensor,
+                  dit: torch.nn.Module | None = None) -> torch.Tensor:
+        """Per-sample velocity MSE ``[B]`` of ``dit`` (default: the trained DiT), weighted over latent frames by the
+        layout."""
         x0 = inputs["x0"]
         # x_t in fp32: the flow time mixing x0 and noise is the fp32 t the DiT receives, not rounded to a bf16 VAE's
         x_t = noisy_latents(x0.float(), noise.float(), t)
-        pred = self.predict_velocity(x_t, t, inputs["condition"], inputs["text"], inputs["image"])
-        error = (pred.float() - velocity_target(x0, noise).float()).pow(2).mean(dim=1)  # [B, T, h, w]
-        if self.hparams.foreground_loss_weight:
-            error = error * self.foreground_weights(x0, inputs["num_refs"])
-        per_frame = error.mean(dim=(2, 3))  # [B, T]
-        weights = self.layout.loss_weights(inputs["num_refs"], x0.shape[2]).to(per_frame)
-        return (per_frame * weights).sum(1) / weights.sum()
+        pred = self.predict_velocity(x_t, t, inputs["condition"], inputs["text"], inputs["image"], dit)
+        return self.weighted_mse(pred, velocity_target(x0, noise), inputs["num_refs"], x0)
 
     def foreground_weights(self, x0: torch.Tensor, num_refs: int) -> torch.Tensor:
         """``[B, T, h, w]`` loss weights: ``1 + foreground_loss_weight`` where a video latent differs from the last
@@ -391,7 +406,7 @@ class E2VDiffusion(LightningModule):
         """The trained weights only: the frozen VAE / encoders come from their own specs (and weight folders), so
         checkpoints, full or distributed (FSDP2), never carry them."""
         state = super().state_dict(*args, **kwargs)
-        strip_prefixes(state, FROZEN)
+        strip_prefixes(state, self.frozen_parts)
         if self.lora is not None:  # the frozen base comes from the DiT spec too: keep the adapters only
             drop_base(state, "dit.")
         return state
@@ -430,7 +445,7 @@ class E2VDiffusion(LightningModule):
 
     def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True, assign: bool = False) -> Any:
         state_dict = dict(state_dict)
-        restore_prefixes(self, state_dict, FROZEN)
+        restore_prefixes(self, state_dict, self.frozen_parts)
         if self.lora is None:
             return super().load_state_dict(state_dict, strict=strict, assign=assign)
         # LoRA: the frozen DiT base stays as built from its spec; strict loading still needs every adapter tensor
