@@ -57,6 +57,17 @@ def test_video_shape_for_one_to_five_references(pipe, count):
     assert torch.isfinite(video).all() and video.abs().max() <= 1
 
 
+@pytest.mark.parametrize("count, sampled", [(1, 9), (3, 17)])
+def test_output_frames_is_the_length_asked_whatever_the_reference_count(pipe, count, sampled):
+    # a2 cuts 1 + 4 (N - 1) reference frames: 7 output frames need 9 sampled with 1 reference, 17 with 3 (8 left,
+    # the surplus frame trimmed)
+    assert pipe.sampled_frames(count, 7) == sampled
+    video = generate(pipe, tiny_refs(count), output_frames=7, frames=None)
+    assert video.shape == (3, 7, 16, 32)
+    full = generate(pipe, tiny_refs(count), frames=sampled)
+    torch.testing.assert_close(video, full[:, :7])
+
+
 def test_temporal_append_layout_keeps_all_frames():
     pipe = tiny_pipeline("temporal_append")
     video = generate(pipe, tiny_refs(3), frames=5, guidance=4.0)
