@@ -119,3 +119,13 @@ def test_bad_recipe_is_a_clear_error(tmp_path, capsys):
     path.write_text("trainer: {precision: 8-bit}\n")
     assert main(["plan", "--config", str(path)]) == 2
     assert "trainer.precision '8-bit'" in capsys.readouterr().err
+
+
+def test_distillation_recipe_plan():
+    lora = estimate([RECIPES / "a2-14b-lora.yaml"])
+    distill = estimate([RECIPES / "a2-14b-distill-lora.yaml"])
+    # the teacher is the LoRA student's own base (adapters off): no second 14B copy, the same adapters
+    assert distill.weights == pytest.approx(lora.weights) and distill.trainable == lora.trainable
+    assert distill.activations == pytest.approx(lora.activations)  # steps_per_batch: 1
+    assert any("no copy" in note for note in distill.notes)
+    assert distill.total < 80 * GB  # what the recipe promises: one 80 GB GPU

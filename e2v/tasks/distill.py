@@ -125,6 +125,7 @@ class Distillation(E2VDiffusion):
         if teacher is not None:
             hparams, teacher_state = dit_weights(teacher, "teacher")
             specs = {key: hparams.get(key) for key in COMPONENTS}
+            specs["family"] = specs["family"] or "tiny"  # E2VDiffusion's default
         schedule = student_timesteps(timesteps, shift)
         fixed_sigmas(schedule)  # a bad schedule fails here, naming the timesteps
         super().__init__(**specs, text_dropout=0.0, reference_dropout=0.0, optimizer=optimizer,
