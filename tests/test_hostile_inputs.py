@@ -209,7 +209,7 @@ def generate_inputs(tmp_path_factory):
 
 @pytest.mark.parametrize("option", [
     ["--guidance", "nan"], ["--guidance", "inf"], ["--image-guidance", "nan"], ["--shift", "nan"], ["--shift", "0"],
-    ["--fps", "nan"], ["--fps", "0"], ["--steps", "0"], ["--frames", "10"], ["--height", "20"], ["--seed", "-1"],
+    ["--fps", "nan"], ["--fps", "0"], ["--steps", "0"], ["--frames", "0"], ["--height", "20"], ["--seed", "-1"],
     ["--dtype", "float99"], ["--tile", "-5"], ["--step-cache", "inf"],
 ])
 def test_generate_rejects_bad_numbers_at_parse_time(option, capsys):
