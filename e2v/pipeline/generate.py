@@ -3,7 +3,7 @@
 Example::
 
     e2v generate --weights SkyReels-A2-14B --ref person.png:human --ref dog.png:animal --ref beach.jpg:background \\
-        --prompt "a man walks his dog on the beach" --out walk.mp4 --height 480 --width 832 --frames 81 \\
+        --prompt "a man walks his dog on the beach" --out walk.mp4 --height 480 --width 832 --frames 69 \\
         --step-cache 0.1 --offload --compare walk_compare.mp4
 
 Many videos in one process (the weights loaded once, one line of timings per video)::
