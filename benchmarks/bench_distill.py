@@ -190,7 +190,7 @@ def main() -> None:
         for row in rows:
             row.forwards, row.seconds = [], []
             row.metrics = {k: [] for k in row.metrics}
-        items = held_out_items(argparse.Namespace(**{**vars(args), "manifest": manifest}))
+        items = held_out_items(manifest, args)
         preview = evaluate(rows, items, args, manifest)
         report(rows, manifest, len(items))
         if preview:
