@@ -44,7 +44,8 @@ class Batches(torch.utils.data.Dataset):
 def fit(module, batch, steps, root=None, ckpt_path=None, callbacks=()):
     loader = torch.utils.data.DataLoader(Batches(batch, 1000), batch_size=None)
     trainer = L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, enable_checkpointing=bool(callbacks), callbacks=list(callbacks),
+                        enable_model_summary=False, callbacks=list(callbacks),
+                        enable_checkpointing=any(isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks),
                         default_root_dir=root, num_sanity_val_steps=0, limit_val_batches=0)
     trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path)
     return trainer
