@@ -48,9 +48,9 @@ first='import json, sys; r = json.loads(open(sys.argv[1]).readline())'
 refs=$(python -c "$first; print(' '.join(f'--ref $world/{x[\"path\"]}:{x[\"kind\"]}' for x in r['references']))" "$world/zeroshot.jsonl")
 prompt=$(python -c "$first; print(r['caption'])" "$world/zeroshot.jsonl")
 # shellcheck disable=SC2086
+# no sampling flags: the checkpoint carries how its run samples (solver, steps, guidance, size, output frames)
 stage "generate one video" e2v generate --checkpoint runs/tiny/e2v/checkpoints/last.ckpt $refs --prompt "$prompt" \
-  --height 32 --width 32 --frames 17 --steps 20 --solver euler --shift 3 --guidance 1.0 --out runs/tiny/sample.mp4 \
-  --compare runs/tiny/sample_refs.mp4
+  --out runs/tiny/sample.mp4 --compare runs/tiny/sample_refs.mp4
 # did it learn to copy? held-out and zero-shot clips vs a flat mean-colour video, the background plate, shuffled
 # references and swapped subjects, colour and shape
 stage "learning benchmark" python benchmarks/bench_learning.py --checkpoint runs/tiny/e2v/checkpoints/last.ckpt \
