@@ -94,10 +94,15 @@ def registry_command(argv: list[str]) -> int:
 
 
 def resolve_config_families(cfg):
-    """A copy of a parsed LightningCLI config whose model components are resolved through the model's family (so
-    ``--print_config`` and the saved config.yaml show the components that will be built, and parse again to them)."""
+    """A copy of a parsed LightningCLI config whose model components are resolved through the model's family and
+    whose checkpoint and logger folders are filled from the run folder (so ``--print_config`` and the saved
+    config.yaml show what will be built and written, and parse again to it)."""
     from e2v.families import COMPONENTS, resolve
+    from e2v.run_folder import apply_run_folder
 
+    if cfg.get("trainer", None) is not None:
+        cfg = cfg.clone()
+        apply_run_folder(cfg["trainer"])
     prefix = "model.init_args"
     if cfg.get(f"{prefix}.family", None) is None:
         return cfg
@@ -106,6 +111,20 @@ def resolve_config_families(cfg):
     for key, spec in specs.items():
         cfg[f"{prefix}.{key}"] = spec
     return cfg
+
+
+def enforce_run_folder(cfg) -> None:
+    """The run folder rule of :mod:`e2v.run_folder` on a parsed ``fit`` config: fill the folders, refuse a folder
+    holding another run (exit 2, before any model is built), continue the MLflow run of a resumed fit."""
+    from e2v.run_folder import RunFolderInUse, apply_run_folder, check_run_folder, resume_logger
+
+    apply_run_folder(cfg["trainer"])
+    try:
+        check_run_folder(cfg["trainer"], cfg.get("ckpt_path"))
+    except RunFolderInUse as error:
+        print(f"e2v fit: {error}", file=sys.stderr)
+        sys.exit(2)
+    resume_logger(cfg["trainer"], cfg.get("ckpt_path"))
 
 
 def lightning_main(argv: list[str]) -> None:
@@ -124,6 +143,10 @@ def lightning_main(argv: list[str]) -> None:
             parser = super().init_parser(**kwargs)
             parser.__class__ = E2VArgumentParser  # same parser, family-resolving dump
             return parser
+
+        def before_instantiate_classes(self):
+            if self.subcommand == "fit":
+                enforce_run_folder(self.config["fit"])
 
     E2VCLI(
         LightningModule,

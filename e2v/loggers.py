@@ -6,9 +6,12 @@ runs compare side by side in one ``mlflow ui``), whatever its ``save_dir`` under
 
     runs/mlflow.db                                  the tracking store (sqlite; mlflow 3 refuses bare file stores)
     runs/mlartifacts/<experiment id>/<run id>/       MLflow artifacts (config.yaml, samples/...)
-    runs/tiny/e2v/<experiment name>/<run id>/        the run folder: config.yaml, checkpoints/, samples/
+    runs/tiny/e2v/<experiment name>/<run id>/        the logger's run folder: config.yaml, samples/
+    runs/tiny/e2v/run.json                           the MLflow run id a resumed fit continues (e2v.run_folder)
 
-``MLFLOW_TRACKING_URI`` (or the logger's ``tracking_uri``) replaces the store, ``store_dir`` moves it.
+``MLFLOW_TRACKING_URI`` (or the logger's ``tracking_uri``) replaces the store, ``store_dir`` moves it. Runs are
+named ``<experiment>-<UTC start time>`` unless ``run_name`` is given; a run that fails before logging any metric
+is deleted from the store (no empty FAILED runs).
 """
 
 from __future__ import annotations
@@ -16,15 +19,18 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import time
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 import e2v
-from e2v.atomic import write_text_atomic  # noqa: F401  (re-exported: callbacks use it from here)
+from e2v.atomic import write_json_atomic, write_text_atomic  # write_text_atomic re-exported: callbacks use it
+from e2v.run_folder import RUN_FILE, read_run
 
 _PARAM_LIMIT = 250  # Lightning (and old MLflow servers) cut parameter values here
 
@@ -59,7 +65,9 @@ class E2VMLFlowLogger(MLFlowLogger):
     in ``<store_dir>/mlartifacts``, tagged with e2v's version and git commit, with a local run folder
     (:attr:`log_dir`).
 
-    The store is ``tracking_uri`` if given, else the ``MLFLOW_TRACKING_URI`` environment variable, else the sqlite
+    ``save_dir`` defaults to the trainer's ``default_root_dir`` under ``e2v fit`` (:mod:`e2v.run_folder`), else
+    ``runs``. With ``run_id`` the run continues; when that run is not in the store, a new run starts, tagged with
+    the old id as its parent (``mlflow.parentRunId``). The store is ``tracking_uri`` if given, else the ``MLFLOW_TRACKING_URI`` environment variable, else the sqlite
     file in ``store_dir`` (default: :func:`default_store_dir` of ``save_dir``, i.e. ``runs``). ``save_dir`` is always
     a local folder, so Lightning's checkpoints and config land under it.
     """
@@ -68,7 +76,7 @@ class E2VMLFlowLogger(MLFlowLogger):
         self,
         experiment_name: str = "e2v",
         run_name: str | None = None,
-        save_dir: str = "runs",
+        save_dir: str | None = None,
         tracking_uri: str | None = None,
         tags: dict[str, Any] | None = None,
         log_model: Literal[True, False, "all"] = False,
@@ -78,7 +86,8 @@ class E2VMLFlowLogger(MLFlowLogger):
         synchronous: bool | None = None,
         store_dir: str | None = None,
     ) -> None:
-        root = Path(save_dir).resolve()
+        root = Path(save_dir or "runs").resolve()
+        run_name = run_name or f"{experiment_name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
         tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
         if not tracking_uri:
             store = Path(store_dir).resolve() if store_dir else default_store_dir(root)
@@ -99,6 +108,45 @@ class E2VMLFlowLogger(MLFlowLogger):
             synchronous=synchronous,
         )
         self._root = root
+        self._logged_metrics = False
+
+    @property
+    @rank_zero_experiment
+    def experiment(self):
+        """The MLflow client, creating (or continuing) the run on first use and recording it in ``run.json``."""
+        if self._initialized:
+            return self._mlflow_client
+        if self._run_id is not None and self._missing_run(self._run_id):
+            self.tags = {**(self.tags or {}), "mlflow.parentRunId": self._run_id}
+            self._run_id = None
+        client = super().experiment
+        write_json_atomic(self._root / RUN_FILE, {"mlflow_run_id": self._run_id, "run_name": self._run_name,
+                                                  "experiment": self._experiment_name,
+                                                  "tracking_uri": self._tracking_uri}, indent=1)
+        return client
+
+    def _missing_run(self, run_id: str) -> bool:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self._mlflow_client.get_run(run_id)
+        except MlflowException:
+            return True
+        return False
+
+    def log_metrics(self, metrics, step=None) -> None:
+        self._logged_metrics = True
+        super().log_metrics(metrics, step)
+
+    def finalize(self, status: str = "success") -> None:
+        """End the run; a run that failed before any metric was logged is deleted (it would be an empty FAILED
+        run) along with its ``run.json``."""
+        if status == "failed" and self._initialized and not self._logged_metrics:
+            self._mlflow_client.delete_run(self.run_id)
+            if read_run(self._root).get("mlflow_run_id") == self.run_id:
+                (self._root / RUN_FILE).unlink(missing_ok=True)
+            return
+        super().finalize(status)
 
     @property
     def save_dir(self) -> str:
@@ -146,7 +194,7 @@ def _short_params(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
 class MLflowSaveConfigCallback(SaveConfigCallback):
     """Writes the fully resolved recipe to ``<run folder>/config.yaml`` and logs it to the MLflow run as an
     artifact (the source of truth: params are cut at 250 characters), plus its short scalar values as
-    ``recipe.*`` params.
+    ``recipe.*`` params. A resumed run keeps its first params; the resumed fit's recipe is ``resumed/config.yaml``.
 
     Works with any logger (or none): the run folder is :func:`run_dir`; MLflow logging happens when the trainer
     has an MLflow logger.
@@ -176,7 +224,9 @@ class MLflowSaveConfigCallback(SaveConfigCallback):
             return
         from mlflow.entities import Param
 
-        logger.experiment.log_artifact(logger.run_id, str(path))
-        params = [Param(key, value) for key, value in _short_params(self.config.as_dict(), "recipe.").items()]
+        logged = logger.experiment.get_run(logger.run_id).data.params  # a resumed run has its first fit's params
+        logger.experiment.log_artifact(logger.run_id, str(path), "resumed" if logged else None)
+        params = [Param(key, value) for key, value in _short_params(self.config.as_dict(), "recipe.").items()
+                  if key not in logged]
         for start in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
             logger.experiment.log_batch(logger.run_id, params=params[start : start + 100])

@@ -7,8 +7,8 @@ the batch is masked out rather than counted as a negative). Validation matches v
 elements and logs retrieval ``val/top1``, ``val/top5`` and their chance levels to the trainer's logger.
 
 The trained encoder is used by an E2V recipe by name + checkpoint, e.g. ``{"name": "e2v_vit", "checkpoint":
-"runs/tiny/refenc/last.ckpt"}`` (the checkpoint stores the encoder config), or from ``export_dir`` (a weights folder
-written when training ends).
+"runs/tiny/refenc/checkpoints/last.ckpt"}`` (the checkpoint stores the encoder config), or from ``export_dir`` (a
+weights folder written when training ends).
 """
 
 from __future__ import annotations
