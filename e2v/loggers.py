@@ -60,6 +60,13 @@ def default_store_dir(save_dir: str | os.PathLike) -> Path:
     return next((p for p in (path, *path.parents) if p.name == "runs"), path)
 
 
+def project_store(store: Path) -> tuple[str, str]:
+    """``(tracking URI, artifact location)`` of the sqlite store in folder ``store`` (created):
+    ``sqlite:///<store>/mlflow.db`` and ``<store>/mlartifacts`` as a file URI."""
+    store.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{store / 'mlflow.db'}", (store / "mlartifacts").as_uri()
+
+
 class E2VMLFlowLogger(MLFlowLogger):
     """Lightning's MLFlowLogger defaulting to the project store ``sqlite:///<store_dir>/mlflow.db`` with artifacts
     in ``<store_dir>/mlartifacts``, tagged with e2v's version and git commit, with a local run folder
@@ -90,10 +97,9 @@ class E2VMLFlowLogger(MLFlowLogger):
         run_name = run_name or f"{experiment_name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
         tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
         if not tracking_uri:
-            store = Path(store_dir).resolve() if store_dir else default_store_dir(root)
-            store.mkdir(parents=True, exist_ok=True)
-            tracking_uri = f"sqlite:///{store / 'mlflow.db'}"
-            artifact_location = artifact_location or (store / "mlartifacts").as_uri()
+            tracking_uri, store_artifacts = project_store(Path(store_dir).resolve() if store_dir else
+                                                          default_store_dir(root))
+            artifact_location = artifact_location or store_artifacts
         tags = {"e2v.version": e2v.__version__, **git_state(), **(tags or {})}
         super().__init__(
             experiment_name=experiment_name,

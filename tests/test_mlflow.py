@@ -138,3 +138,15 @@ def test_recipes_share_one_project_store(tmp_path):
     assert logger.save_dir == str(tmp_path / "runs" / "tiny" / "refenc")  # run folders stay per recipe
     moved = E2VMLFlowLogger(save_dir=str(tmp_path / "runs" / "x"), store_dir=str(tmp_path / "store"))
     assert moved._tracking_uri == f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+
+
+def test_bench_logs_to_the_project_store_by_default(tmp_path, monkeypatch):
+    """``e2v bench --out runs/bench/x`` logs where ``e2v fit`` does (runs/mlflow.db); outside a runs/ folder it does
+    not log unless asked; the option and MLFLOW_TRACKING_URI win."""
+    from e2v.bench.tracking import tracking_uri
+
+    assert tracking_uri(None, tmp_path / "runs" / "bench" / "e2v") == f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
+    assert tracking_uri(None, tmp_path / "reports" / "e2v") is None
+    assert tracking_uri("sqlite:///x.db", tmp_path / "runs" / "b") == "sqlite:///x.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    assert tracking_uri(None, tmp_path / "runs" / "b") == "http://127.0.0.1:9"

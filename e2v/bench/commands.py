@@ -34,7 +34,9 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scorer", action="append", default=None, metavar="NAME|JSON",
                         help="a scorer (repeatable); default: the CPU scorer set")
     parser.add_argument("--tracking-uri", default=None,
-                        help="log the report to MLflow (default: $MLFLOW_TRACKING_URI; off when neither is set)")
+                        help="log the report to this MLflow store (default: $MLFLOW_TRACKING_URI, else the project "
+                             "store runs/mlflow.db when --out lies under a runs/ folder, as e2v fit does)")
+    parser.add_argument("--no-tracking", action="store_true", help="do not log the report to MLflow")
     parser.add_argument("--experiment", default="e2v-bench", help="MLflow experiment name")
 
 
@@ -56,7 +58,7 @@ def _score(cases, videos: Path, scorers, args: argparse.Namespace) -> int:
     report = score_cases(cases, lambda case: videos / f"{case.id}.mp4", scorers, args.out,
                          progress=not args.no_progress)
     print(f"wrote {Path(args.out) / 'report.json'}: {summary_line(report)}")
-    uri = tracking_uri(args.tracking_uri)
+    uri = None if args.no_tracking else tracking_uri(args.tracking_uri, args.out)
     if uri:
         run_id = log_report(args.out, report, uri, args.experiment)
         print(f"logged to MLflow {uri}: experiment {args.experiment}, run {run_id}")
