@@ -1,11 +1,14 @@
 """argparse value types that reject bad numbers at parse time (argparse then exits with code 2, naming the option),
-and :class:`BadInput`, what e2v's commands raise for bad options or input files found after parsing (exit code 2)."""
+:class:`BadInput`, what e2v's commands raise for bad options or input files found after parsing (exit code 2), and
+:class:`HelpFormatter`, the ``--help`` layout of every e2v command (defaults shown, docstring markup removed)."""
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
+import re
 from typing import Any, Callable
 
 from e2v.frames import RULE, is_frame_count
@@ -13,6 +16,37 @@ from e2v.frames import RULE, is_frame_count
 
 class BadInput(ValueError):
     """An option or input file of an ``e2v`` command that cannot work; the command exits with code 2."""
+
+
+_REST_ROLE = re.compile(r":(?:func|class|meth|mod|attr|data|obj|ref):`~?([^`]+)`")
+
+
+def plain_text(text: str) -> str:
+    """Docstring text without reST markup: ``x`` and :func:`x` become x."""
+    return _REST_ROLE.sub(r"\1", text).replace("``", "")
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """``--help`` text with each option's default (when it has one to show) and without reST markup."""
+
+    def _format_text(self, text: str) -> str:
+        return super()._format_text(plain_text(text))
+
+    @staticmethod
+    def _shows_default(action: argparse.Action) -> bool:
+        return bool(action.option_strings) and action.default not in (None, False, argparse.SUPPRESS)
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if not action.help and self._shows_default(action):  # an option without help still shows its default
+            action = copy.copy(action)
+            action.help = "default: %(default)s"
+        return super()._format_action(action)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = plain_text(action.help or "")
+        if self._shows_default(action) and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
 
 
 def _number(cast: Callable[[str], Any], minimum: float, inclusive: bool, what: str) -> Callable[[str], Any]:

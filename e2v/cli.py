@@ -56,6 +56,22 @@ BENCH_COMMANDS: dict[str, str] = {
     "from-manifest": "e2v.bench.commands:manifest_command",
 }
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+# command groups: name -> (their subcommands, one line each for the group's help)
+GROUPS: dict[str, tuple[dict[str, str], dict[str, str]]] = {
+    "data": (DATA_COMMANDS, {
+        "synth": "write the synthetic E2V world (or, with --raw, raw multi-shot videos with truth)",
+        "check": "validate a triplet manifest (every record, optionally decoding the videos)",
+        "build": "build triplets (train.jsonl, heldout.jsonl) from raw videos",
+        "merge": "the global stage over --shard I/N build folders",
+    }),
+    "bench": (BENCH_COMMANDS, {
+        "run": "generate one video per case with an e2v model, then score them",
+        "score": "score any model's videos (DIR/ID.mp4) of a cases file",
+        "compare": "compare report folders: table, bar and radar charts",
+        "from-opens2v": "a cases file from an OpenS2V-Eval json",
+        "from-manifest": "a cases file from a triplet manifest (e.g. a held-out split)",
+    }),
+}
 
 
 def resolve(target: str) -> Callable[[list[str]], int]:
@@ -66,6 +82,17 @@ def resolve(target: str) -> Callable[[list[str]], int]:
 def registry_command(argv: list[str]) -> int:
     """Print every registered component (or those of one kind) with its one-line description; with a kind and a
     name, that component's options with their types and defaults (the table recipes are checked against)."""
+    if len(argv) > 2 or any(arg.startswith("-") for arg in argv):
+        print("usage: e2v registry [KIND [NAME]]", file=sys.stderr if argv not in (["-h"], ["--help"]) else None)
+        return 0 if argv in (["-h"], ["--help"]) else 2
+    try:
+        return _print_registry(argv)
+    except (KeyError, ValueError) as err:  # an unknown kind or name: the message lists the known ones
+        print(f"e2v registry: {err.args[0] if err.args else err}", file=sys.stderr)
+        return 2
+
+
+def _print_registry(argv: list[str]) -> int:
     from e2v import registry
     from e2v.typecheck import describe
 
@@ -132,11 +159,17 @@ def lightning_main(argv: list[str]) -> None:
     from lightning.pytorch import LightningDataModule, LightningModule
     from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+    from e2v.callbacks.progress import ProgressLog
+    from e2v.datamodules.cache import CacheError
     from e2v.loggers import MLflowSaveConfigCallback
 
     class E2VArgumentParser(LightningArgumentParser):
         def dump(self, cfg, *args, **kwargs):
             return super().dump(resolve_config_families(cfg), *args, **kwargs)
+
+        def print_usage(self, file=None):  # what a parse error prints before it: one line, not every option
+            prog = self.prog.replace(" [options]", "")
+            print(f"usage: {prog} --config RECIPE.yaml [--KEY VALUE ...]", file=file)
 
     class E2VCLI(LightningCLI):
         def init_parser(self, **kwargs):
@@ -148,16 +181,35 @@ def lightning_main(argv: list[str]) -> None:
             if self.subcommand == "fit":
                 enforce_run_folder(self.config["fit"])
 
-    E2VCLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_callback=MLflowSaveConfigCallback,
-        save_config_kwargs={"overwrite": True},
-        args=None if argv == sys.argv[1:] else argv,  # from the shell LightningCLI reads sys.argv itself
-        parser_kwargs={"prog": "e2v"},
-    )
+    try:
+        E2VCLI(
+            LightningModule,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_callback=MLflowSaveConfigCallback,
+            save_config_kwargs={"overwrite": True},
+            args=None if argv == sys.argv[1:] else argv,  # from the shell LightningCLI reads sys.argv itself
+            parser_kwargs={"prog": "e2v"},
+            trainer_defaults={"callbacks": [ProgressLog()]},  # plain progress lines when stdout is a log file
+        )
+    except CacheError as error:  # a stale or damaged latent cache: the message says what to do
+        print(f"e2v {argv[0]}: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+def group_main(group: str, argv: list[str]) -> int:
+    """``e2v GROUP SUBCOMMAND ...``: run the subcommand; ``--help`` (or nothing) lists the subcommands."""
+    commands, lines = GROUPS[group]
+    if argv and argv[0] in commands:
+        return resolve(commands[argv[0]])(argv[1:])
+    helping = bool(argv) and argv[0] in ("-h", "--help")
+    text = f"usage: e2v {group} {{{','.join(commands)}}} ...  (e2v {group} COMMAND --help for its options)\n"
+    text += "".join(f"  {name:<15} {line}\n" for name, line in lines.items())
+    if not helping and argv:
+        text += f"e2v {group}: error: unknown command {argv[0]!r}\n"
+    print(text, end="", file=sys.stdout if helping else sys.stderr)
+    return 0 if helping else 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,16 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command in COMMANDS:
         return resolve(COMMANDS[command])(rest)
-    if command == "data":
-        if not rest or rest[0] not in DATA_COMMANDS:
-            print(f"usage: e2v data {{{','.join(DATA_COMMANDS)}}} ...", file=sys.stderr)
-            return 2
-        return resolve(DATA_COMMANDS[rest[0]])(rest[1:])
-    if command == "bench":
-        if not rest or rest[0] not in BENCH_COMMANDS:
-            print(f"usage: e2v bench {{{','.join(BENCH_COMMANDS)}}} ...", file=sys.stderr)
-            return 2
-        return resolve(BENCH_COMMANDS[rest[0]])(rest[1:])
+    if command in GROUPS:
+        return group_main(command, rest)
     if command in LIGHTNING_COMMANDS or command.startswith("-"):
         lightning_main(argv)
         return 0

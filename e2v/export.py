@@ -23,7 +23,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from e2v.argtypes import BadInput, positive_float
+from e2v.argtypes import HelpFormatter, BadInput, positive_float
 from e2v.atomic import write_json_atomic
 from e2v.modules.weights import CheckpointError, LazyTensor, load_checkpoint, write_weights
 from e2v.pipeline.sampling import SETTINGS_FILE, read_saved
@@ -175,7 +175,7 @@ def export_checkpoint(
 
 def export_command(argv: Optional[Sequence[str]] = None) -> int:
     """Run ``e2v export``; returns the exit code (2 for bad input or an unreadable checkpoint)."""
-    parser = argparse.ArgumentParser(prog="e2v export", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="e2v export", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint",
                         help="an E2VDiffusion checkpoint: a .ckpt file or a distributed checkpoint folder")
     parser.add_argument("--out", required=True, help="release root to write (transformer/ + linked components)")

@@ -41,6 +41,8 @@ from typing import Any, Optional, Sequence
 import torch
 import yaml
 
+from e2v.argtypes import HelpFormatter
+
 GB = 1024**3
 DEFAULT_GPUS = 8  # for ``devices: -1`` / ``auto`` without --gpus
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -554,7 +556,7 @@ def estimate(configs: Sequence[str | Path], gpus: Optional[int] = None, sequence
 
 def plan_command(argv: Optional[Sequence[str]] = None) -> int:
     """Run ``e2v plan``; returns the exit code (2 for a recipe it cannot read)."""
-    parser = argparse.ArgumentParser(prog="e2v plan", description="Parameters and per-GPU memory of a recipe.")
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="e2v plan", description="Parameters and per-GPU memory of a recipe.")
     parser.add_argument("--config", action="append", required=True, help="recipe YAML (repeatable, later wins)")
     parser.add_argument("--gpus", type=int, default=None, help="GPUs in all (default: the recipe's devices x nodes)")
     for name in ("frames", "height", "width", "references", "batch-size"):

@@ -265,3 +265,29 @@ def test_datamodule_builds_the_cache_with_the_module_components(world, tmp_path,
     cache = LatentCache(tmp_path / "cache")
     assert [r["id"] for r in cache.records] == ["c0", "c1", "c2"]
     cache.check_components(*components.values())
+
+
+def test_layout_swap_says_what_to_do_and_rebuild_replaces_the_cache(world, cli_cache, tmp_path, capsys):
+    """A cache of another layout is one message naming the fix (new cache_dir or --rebuild); --rebuild builds it
+    anew with the current components, and refuses to delete a folder that holds no cache."""
+    import shutil
+
+    out = tmp_path / "cache"
+    shutil.copytree(cli_cache, out)
+    vae = json.dumps({"name": "wan", "weights": str(cli_cache.parent / "vae")})
+    argv = [str(world), "--out", str(out), "--layout", '{"name": "a2", "repeat": false}', "--vae", vae,
+            "--image-encoder", json.dumps({"name": "clip", "preset": "tiny"}),
+            "--text-encoder", json.dumps({"name": "umt5", "preset": "tiny", "max_length": TEXT_LENGTH}),
+            "--buckets", json.dumps(BUCKETS), "--records-per-shard", "2"]
+    old_key = json.loads((out / "index.json").read_text())["key"]
+    assert cache_command(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{out} holds a cache with another key" in err and "--data.init_args.cache_dir NEW_DIR" in err
+    assert "--rebuild" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert cache_command([*argv, "--rebuild"]) == 0
+    assert json.loads((out / "index.json").read_text())["key"] != old_key
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "keep.txt").write_text("mine")
+    with pytest.raises(SystemExit):
+        cache_command([*argv[:1], "--out", str(tmp_path / "notes"), *argv[3:], "--rebuild"])
+    assert (tmp_path / "notes" / "keep.txt").is_file()

@@ -390,3 +390,24 @@ def test_a_crashing_stage_or_missing_file_fails_only_its_video(raw, tmp_path, mo
     assert results[str(raw / "videos" / "broken_fps.mp4")]["reason"] == "odd_fps"
     crashed = results[str(raw / "videos" / "video_0002.mp4")]
     assert crashed["reason"] == "error" and "RuntimeError: detector crashed" in crashed["message"]
+
+
+def test_heldout_split_by_default_and_resplit_without_reprocessing(raw, built, tmp_path, capsys):
+    """Every 10th kept clip is held out by default; ``--heldout-every`` re-splits the same clips at the next build
+    (no video processed again), and 0 removes the split."""
+    from e2v.databuild.commands import build_command
+
+    train = [json.loads(line) for line in (built / "train.jsonl").read_text().splitlines()]
+    heldout = [json.loads(line) for line in (built / "heldout.jsonl").read_text().splitlines()]
+    assert heldout and len(heldout) == (len(train) + len(heldout)) // 10
+    assert {r["split"] for r in heldout} == {"heldout"} and not {r["id"] for r in train} & {r["id"] for r in heldout}
+    out = tmp_path / "built"
+    shutil.copytree(built, out)
+    base = ["--videos", str(raw / "videos"), "--out", str(out), "--no-progress"]
+    assert build_command([*base, "--heldout-every", "3"]) == 0
+    assert "(0 processed, " in capsys.readouterr().out
+    resplit = [json.loads(line) for line in (out / "heldout.jsonl").read_text().splitlines()]
+    assert len(resplit) == (len(train) + len(heldout)) // 3
+    assert build_command([*base, "--heldout-every", "0"]) == 0
+    assert "(0 processed, " in capsys.readouterr().out and not (out / "heldout.jsonl").exists()
+    assert len((out / "train.jsonl").read_text().splitlines()) == len(train) + len(heldout)

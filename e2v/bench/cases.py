@@ -16,6 +16,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from e2v.datamodules.references import check_kind
+
 CASE_KEYS = ("id", "prompt", "references", "video")
 REFERENCE_KEYS = ("path", "kind")
 
@@ -77,7 +79,11 @@ def parse_case(obj: object, root: Path, where: str, line: int = 0) -> Case:
         kind = ref.get("kind", "object")
         if not isinstance(kind, str) or not kind.strip():
             raise CasesError(f"{at}: 'kind' must be a non-empty string, got {kind!r}")
-        references.append(CaseReference(_path(ref["path"], root, at, "path"), kind.strip().lower()))
+        try:
+            kind = check_kind(kind, at)
+        except ValueError as err:
+            raise CasesError(str(err)) from None
+        references.append(CaseReference(_path(ref["path"], root, at, "path"), kind))
     video = obj.get("video")
     video = None if video is None else _path(video, root, where, "video")
     return Case(case_id, obj["prompt"], tuple(references), video, line)

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from e2v.argtypes import BadInput
+from e2v.argtypes import HelpFormatter, BadInput
 from e2v.bench.cases import CasesError, read_cases
 from e2v.bench.compare import CompareError
 
@@ -66,7 +66,7 @@ def _score(cases, videos: Path, scorers, args: argparse.Namespace) -> int:
 
 
 def score_command(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="e2v bench score", description="Score videos (DIR/ID.mp4) of a cases file.")
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="e2v bench score", description="Score videos (DIR/ID.mp4) of a cases file.")
     add_common(parser)
     parser.add_argument("--videos", required=True, help="folder of ID.mp4 videos, one per case")
     parser.add_argument("--no-progress", action="store_true")
@@ -120,7 +120,7 @@ def check_generation_settings(out: Path, args: argparse.Namespace, options: dict
 def run_command(argv: Optional[Sequence[str]] = None) -> int:
     from e2v.pipeline.generate import add_generation_options
 
-    parser = argparse.ArgumentParser(prog="e2v bench run", description="Generate one video per case, then score.")
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="e2v bench run", description="Generate one video per case, then score.")
     add_common(parser)
     add_generation_options(parser)
     args = parser.parse_args(argv)
@@ -160,7 +160,7 @@ def run_command(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def compare_command(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="e2v bench compare", description="Several bench reports side by side.")
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="e2v bench compare", description="Several bench reports side by side.")
     parser.add_argument("reports", nargs="+", metavar="REPORT_DIR")
     parser.add_argument("--out", required=True)
     parser.add_argument("--no-charts", action="store_true", help="skip the matplotlib bar and radar charts")
@@ -188,7 +188,7 @@ def opens2v_command(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _converter_parser(command: str, description: str, source: str, example: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"e2v bench {command}", description=description)
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter, prog=f"e2v bench {command}", description=description)
     parser.add_argument(source, help=example)
     parser.add_argument("--out", required=True, help="cases JSONL to write")
     return parser

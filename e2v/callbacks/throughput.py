@@ -24,7 +24,8 @@ def batch_size(batch: Any) -> int:
 
 class SamplesPerSecond(Callback):
     """Logs ``train/samples_per_sec`` (all ranks together) and ``train/step_time`` (seconds per optimizer step),
-    measured over the batches since the last log, every ``log_every_n_steps`` optimizer steps."""
+    measured over the batches since the last log (across epoch boundaries, so epochs shorter than the interval
+    are measured too; validation time left out), every ``log_every_n_steps`` optimizer steps."""
 
     def __init__(self, log_every_n_steps: int = 10) -> None:
         if log_every_n_steps < 1:
@@ -33,14 +34,23 @@ class SamplesPerSecond(Callback):
         self._start: float | None = None
         self._samples = 0
         self._first_step = 0
+        self._validation_start: float | None = None
 
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _restart(self, trainer: pl.Trainer) -> None:
         self._start, self._samples, self._first_step = time.perf_counter(), 0, trainer.global_step
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
-        if self._start is None:  # a run resumed mid-epoch gets no on_train_epoch_start
-            self.on_train_epoch_start(trainer, pl_module)
+        if self._start is None:  # the first batch of this fit (a fresh one or a resumed one)
+            self._restart(trainer)
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._validation_start = time.perf_counter()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._start is not None and self._validation_start is not None:
+            self._start += time.perf_counter() - self._validation_start  # validation is no training time
+        self._validation_start = None
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -52,4 +62,4 @@ class SamplesPerSecond(Callback):
         metrics = {"train/samples_per_sec": self._samples / elapsed, "train/step_time": elapsed / steps}
         for logger in trainer.loggers:  # straight to the loggers, as LearningRateMonitor does
             logger.log_metrics(metrics, step=trainer.global_step)
-        self.on_train_epoch_start(trainer, pl_module)
+        self._restart(trainer)

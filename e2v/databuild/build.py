@@ -4,7 +4,8 @@ Layout of a build folder ``OUT``::
 
     OUT/work/<key>.json        one per finished video (its result; a video with one is not redone)
     OUT/clips, plates, crops   the media the results name
-    OUT/train.jsonl            the manifest (``e2v data check`` schema); OUT/heldout.jsonl with ``heldout_every``
+    OUT/train.jsonl            the manifest (``e2v data check`` schema); OUT/heldout.jsonl: every
+                               ``heldout_every``-th kept clip (default 10; a merge setting, re-split without redoing videos)
     OUT/report.json, report.html, report/   counts per stage, rejections by reason, sample triplets
 
 Merging (the global stage) groups identities across every clip, picks each element's reference from another clip
@@ -268,6 +269,8 @@ def merge(out: str | os.PathLike, config: BuildConfig, names: list[str] | None =
     for split, rows in records.items():
         if rows or split == "train":
             write_text_atomic(out / f"{split}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        else:  # no held-out clips (heldout_every 0, or too few clips): no stale split of an earlier merge
+            (out / f"{split}.jsonl").unlink(missing_ok=True)
     counts["videos_rejected"] = dict(counts["videos_rejected"])
     counts["clips_rejected"] = dict(counts["clips_rejected"])
     return Merged(records, counts, records["train"][:: max(1, len(records["train"]) // 12)][:12], results)

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from e2v.argtypes import positive_int
+from e2v.argtypes import HelpFormatter, nonnegative_int, positive_int
 
 
 def _finish(out: Path, config, names: list[str] | None, extra: dict) -> int:
@@ -18,9 +18,17 @@ def _finish(out: Path, config, names: list[str] | None, extra: dict) -> int:
     merged = merge(out, config, names)
     report = write_report(out, merged.counts, merged.samples, merged.results, job_config(config), extra,
                           records=merged.records["train"] + merged.records["heldout"])
-    print(json.dumps({"manifest": str(out / "train.jsonl"), **report["counts"], **report["throughput"]}, indent=2))
+    heldout = {"heldout_manifest": str(out / "heldout.jsonl")} if merged.records["heldout"] else {}
+    print(json.dumps({"manifest": str(out / "train.jsonl"), **heldout, **report["counts"], **report["throughput"]},
+                     indent=2))
     print(f"report: {out / 'report.html'}")
     return 0
+
+
+def add_heldout_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--heldout-every", type=nonnegative_int, default=None, metavar="N",
+                        help="every N-th kept clip goes to OUT/heldout.jsonl, 0 for none (default: the config's "
+                             "heldout_every, 10); changing it re-splits without processing any video again")
 
 
 def build_command(argv: list[str] | None = None) -> int:
@@ -28,7 +36,7 @@ def build_command(argv: list[str] | None = None) -> int:
     from e2v.databuild.build import BuildError, parse_shard, run_videos
     from e2v.databuild.config import load_config
 
-    parser = argparse.ArgumentParser(prog="e2v data build", description=build_command.__doc__)
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="e2v data build", description=build_command.__doc__)
     parser.add_argument("--videos", required=True, type=Path, help="folder of videos (recursive) or a list file")
     parser.add_argument("--out", required=True, type=Path, help="build folder (an interrupted build resumes)")
     parser.add_argument("--config", type=Path, default=None, help="build.yaml (default settings when absent)")
@@ -37,10 +45,11 @@ def build_command(argv: list[str] | None = None) -> int:
     parser.add_argument("--engine", choices=["local", "ray"], default="local",
                         help="local processes, or Ray Data (pip install 'e2v[ray]'; joins a running cluster "
                              "(RAY_ADDRESS) or starts a local one)")
+    add_heldout_option(parser)
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     try:
-        config = load_config(args.config)
+        config = load_config(args.config, heldout_every=args.heldout_every)
         shard = parse_shard(args.shard)
         counts = run_videos(args.videos, args.out, config, workers=args.workers, shard=shard, engine=args.engine,
                             progress=not args.no_progress)
@@ -62,16 +71,17 @@ def merge_command(argv: list[str] | None = None) -> int:
     from e2v.databuild.build import BuildError, copy_shard, list_videos
     from e2v.databuild.config import load_config
 
-    parser = argparse.ArgumentParser(prog="e2v data merge", description=merge_command.__doc__)
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="e2v data merge", description=merge_command.__doc__)
     parser.add_argument("out", type=Path, help="build folder the shards wrote to (or that --from folders go into)")
     parser.add_argument("--from", dest="sources", type=Path, nargs="*", default=[],
                         help="shard folders to copy in first (shards built into separate folders)")
     parser.add_argument("--config", type=Path, default=None, help="the build.yaml the shards used")
     parser.add_argument("--videos", type=Path, default=None,
                         help="the shards' --videos: checks that every listed video is done")
+    add_heldout_option(parser)
     args = parser.parse_args(argv)
     try:
-        config = load_config(args.config)
+        config = load_config(args.config, heldout_every=args.heldout_every)
         for source in args.sources:
             if not (source / "work").is_dir():
                 raise BuildError(f"--from {source} is not a build folder (no work/)")

@@ -16,6 +16,7 @@ from e2v.frames import is_frame_count
 from e2v.typecheck import check_options, type_hints
 
 DEFAULT_FILTERS = ("black", "flashing", "static", "blurred", "camera_motion")
+MERGE_SETTINGS = ("heldout_every",)  # used only by the merge: changing them redoes no video
 
 
 @dataclass
@@ -54,7 +55,8 @@ class BuildConfig:
     captioners: list[Any] = field(default_factory=lambda: ["sidecar", "template"])
     dedup_distance: int = 24  # near-duplicate candidates: Hamming distance of their 192-bit frame hashes
     dedup_tolerance: float = 5.0  # ... confirmed when their 16x16 thumbnails differ by at most this (95th pct.)
-    heldout_every: int = 0  # every n-th clip goes to a held-out manifest (0: none)
+    heldout_every: int = 10  # every n-th kept clip goes to OUT/heldout.jsonl (0: none); a merge setting: changing
+    # it re-splits the manifest at the next build or `e2v data merge` without processing any video again
 
     def component_specs(self) -> dict[str, Any]:
         return {"shot_detector": self.shot_detector, "plate_estimator": self.plate,
@@ -71,6 +73,8 @@ class BuildConfig:
         if not 0 <= self.crop_margin <= 1 or self.crop_erode < 0:
             raise ValueError(f"{where}: crop_margin must be in [0, 1] and crop_erode >= 0, got {self.crop_margin} "
                              f"and {self.crop_erode}")
+        if self.heldout_every < 0:
+            raise ValueError(f"{where}: heldout_every must be >= 0 (0: no held-out split), got {self.heldout_every}")
         for key in ("max_clips_per_shot", "min_side", "plate_frames", "max_subjects"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{where}: {key} must be >= 1, got {getattr(self, key)}")
@@ -93,12 +97,15 @@ class BuildConfig:
                     raise ValueError(f"{where}: {key}: {str(err).strip(chr(34) + chr(39))}") from err
 
     def digest(self) -> str:
-        """A hash of every setting: per-video results made under other settings are redone, never reused."""
-        return hashlib.sha1(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        """A hash of every per-video setting (all but :data:`MERGE_SETTINGS`): per-video results made under other
+        settings are redone, never reused."""
+        settings = {k: v for k, v in dataclasses.asdict(self).items() if k not in MERGE_SETTINGS}
+        return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def load_config(path: str | Path | None) -> BuildConfig:
-    """Defaults, overridden by a YAML file's keys (unknown keys are an error naming them)."""
+def load_config(path: str | Path | None, heldout_every: int | None = None) -> BuildConfig:
+    """Defaults, overridden by a YAML file's keys (unknown keys are an error naming them), then by
+    ``heldout_every`` when given (``--heldout-every``)."""
     if path is None:
         config = BuildConfig()
     else:
@@ -120,5 +127,7 @@ def load_config(path: str | Path | None) -> BuildConfig:
         except TypeError as err:
             raise ValueError(str(err)) from err
         config = BuildConfig(**data)
+    if heldout_every is not None:
+        config = dataclasses.replace(config, heldout_every=heldout_every)
     config.check(str(path) if path else "build config")
     return config

@@ -51,7 +51,13 @@ class CacheError(RuntimeError):
 
 
 class StaleCacheError(CacheError):
-    """The cache was written with other components or data settings than the ones in use."""
+    """The cache was written with other components or data settings than the ones in use; the message ends with
+    what to do (:data:`STALE_CACHE_HELP`)."""
+
+
+STALE_CACHE_HELP = (" To train with the current ones, point cache_dir at a new folder (e2v fit: "
+                    "--data.init_args.cache_dir NEW_DIR), or rebuild this one: delete it (the next fit rebuilds it) "
+                    "or run `e2v cache MANIFEST --out DIR --rebuild ...` with the current components.")
 
 
 def _read_index(path: Path) -> dict[str, Any]:
@@ -246,7 +252,7 @@ def build_cache(
             if previous.get(field) != index[field]:
                 raise StaleCacheError(
                     f"{out_dir} holds a cache with another {field} ({previous.get(field)} vs {index[field]}): "
-                    "it was written with other components, settings or manifest. Use a new directory or delete it."
+                    "it was written with other components, settings or manifest." + STALE_CACHE_HELP
                 )
         index["shards"] = {k: v for k, v in previous["shards"].items() if (out_dir / v["file"]).is_file()}
     for stale in out_dir.glob(f".shard_*.{rank}.tmp" if rank else ".shard_*.tmp"):
@@ -407,7 +413,7 @@ class LatentCache:
         changed = [name for name in current if current[name] != stored.get(name)]
         raise StaleCacheError(
             f"stale cache {self.dir}: written with other {', '.join(changed)} than the current ones "
-            f"(key {self.index['key']} vs {identity_key(current)}). Rebuild it with `e2v cache` or drop cache_dir."
+            f"(key {self.index['key']} vs {identity_key(current)})." + STALE_CACHE_HELP
         )
 
     def check_settings(self, **settings: Any) -> None:
@@ -415,7 +421,8 @@ class LatentCache:
         wrong = {k: (self.settings.get(k), v) for k, v in settings.items() if self.settings.get(k) != v}
         if wrong:
             details = ", ".join(f"{k}: cache {old!r} vs now {new!r}" for k, (old, new) in wrong.items())
-            raise StaleCacheError(f"stale cache {self.dir}: written with other data settings ({details})")
+            raise StaleCacheError(f"stale cache {self.dir}: written with other data settings ({details})."
+                                  + STALE_CACHE_HELP)
 
 
 class CachedTripletDataset(Dataset):

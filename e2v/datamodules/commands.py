@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from e2v.argtypes import frame_count, json_value, nonnegative_int, positive_float, positive_int, registry_spec
+from e2v.argtypes import HelpFormatter, frame_count, json_value, nonnegative_int, positive_float, positive_int, registry_spec
 from e2v.atomic import write_json_atomic
 
 
@@ -16,7 +16,7 @@ def check_command(argv: list[str] | None = None) -> int:
     the manifest or an option is unusable."""
     from e2v.datamodules.manifest import DEFAULT_MIN_REFERENCES, ManifestError, validate_manifest
 
-    parser = argparse.ArgumentParser(prog="e2v data check", description=check_command.__doc__)
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="e2v data check", description=check_command.__doc__)
     parser.add_argument("manifest", type=Path, help="JSONL triplet manifest")
     parser.add_argument("--frames", type=positive_int, default=None, help="frames every clip must yield (e.g. 81)")
     parser.add_argument("--fps", type=positive_float, default=None, help="sampling rate for --frames (default: native)")
@@ -57,6 +57,20 @@ def check_command(argv: list[str] | None = None) -> int:
     return 1 if report.bad else 0
 
 
+def remove_cache(parser: argparse.ArgumentParser, folder: Path) -> None:
+    """Delete the latent cache in ``folder`` (``--rebuild``); a folder that holds no cache index is refused."""
+    import shutil
+
+    from e2v.datamodules.cache import INDEX_NAME
+
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        parser.error("--rebuild deletes the cache before building: run it in one process, then launch the ranks")
+    if folder.exists() and not (folder / INDEX_NAME).is_file():
+        parser.error(f"--rebuild: {folder} holds no latent cache ({INDEX_NAME}); not deleting it")
+    if folder.exists():
+        shutil.rmtree(folder)
+
+
 def cache_command(argv: list[str] | None = None) -> int:
     """``e2v cache MANIFEST --out DIR``: precompute latents, condition, text states and image tokens (resumable)."""
     import torch
@@ -65,7 +79,7 @@ def cache_command(argv: list[str] | None = None) -> int:
     from e2v.datamodules.cache import CacheError, build_cache
     from e2v.datamodules.manifest import DEFAULT_MIN_REFERENCES
 
-    parser = argparse.ArgumentParser(prog="e2v cache", description=cache_command.__doc__)
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="e2v cache", description=cache_command.__doc__)
     parser.add_argument("manifest", type=Path, help="JSONL triplet manifest")
     parser.add_argument("--out", type=Path, required=True, help="cache folder (an interrupted run resumes)")
     parser.add_argument("--family", default=None,
@@ -94,7 +108,11 @@ def cache_command(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=positive_int, default=8,
                         help="clips encoded together (same bucket and reference count); under torchrun each rank "
                              "(RANK / WORLD_SIZE) encodes its share of the shards and rank 0 writes the index")
+    parser.add_argument("--rebuild", action="store_true",
+                        help="delete the cache in --out first (one written with other components or settings)")
     args = parser.parse_args(argv)
+    if args.rebuild:
+        remove_cache(parser, args.out)
     if args.family is None:
         if args.weights is not None:
             parser.error("--weights is the release root of a --family")

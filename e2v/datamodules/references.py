@@ -15,7 +15,18 @@ import torch.nn.functional as F
 from e2v.datamodules.video_io import load_image
 
 BACKGROUND_KINDS = frozenset({"background", "scene", "environment"})
+SUBJECT_KINDS = frozenset({"human", "face", "object", "animal"})
+REFERENCE_KINDS = SUBJECT_KINDS | BACKGROUND_KINDS
 MIN_REFERENCE_SIDE = 8  # pixels; smaller references carry no usable detail (and are usually a mistake)
+
+
+def check_kind(kind: str, where: object) -> str:
+    """``kind`` stripped and lower-cased; ValueError naming ``where`` and the known kinds when it is not one (a
+    typo such as ``backgorund`` would otherwise be a white-padded subject)."""
+    value = kind.strip().lower()
+    if value not in REFERENCE_KINDS:
+        raise ValueError(f"{where}: unknown reference kind {kind!r}; known kinds: {', '.join(sorted(REFERENCE_KINDS))}")
+    return value
 
 
 def check_reference_size(image: torch.Tensor, where: object) -> torch.Tensor:

@@ -24,6 +24,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from e2v.argtypes import BadInput, nonnegative_float, nonnegative_int, positive_float, positive_int
+from e2v.datamodules.references import REFERENCE_KINDS, check_kind
 from e2v.pipeline.pipeline import SIZE_MULTIPLE
 
 MAX_REFERENCES = 8  # what SkyReels-A2 supports and e2v generate accepts (README: 1-8 references)
@@ -57,10 +58,12 @@ class Request:
 
 
 def parse_reference(value: str) -> tuple[str, Optional[str]]:
-    """``PATH`` or ``PATH:kind`` -> (path, kind or None); a ``:`` that belongs to the path (``C:\\x``) is kept."""
+    """``PATH`` or ``PATH:kind`` -> (path, kind or None); a ``:`` that belongs to the path (``C:\\x``, or an existing
+    file ``a:b.png``) is kept."""
     path, sep, kind = value.rpartition(KIND_SEPARATOR)
     if sep and path and kind and os.sep not in kind and "/" not in kind and not kind.startswith("\\"):
-        return path, kind
+        if kind.strip().lower() in REFERENCE_KINDS or not os.path.exists(value):
+            return path, kind
     return value, None
 
 
@@ -118,7 +121,7 @@ def _references(value: Any, root: Path) -> list[tuple[Path, Optional[str]]]:
             raise ValueError(f"references[{index}] must be \"PATH[:KIND]\" or {{\"path\", \"kind\"}}, got {ref!r}")
         if kind is not None and (not isinstance(kind, str) or not kind.strip()):
             raise ValueError(f"references[{index}]: 'kind' must be a non-empty string, got {kind!r}")
-        references.append((root / path, kind.strip().lower() if kind else None))
+        references.append((root / path, check_kind(kind, f"references[{index}]") if kind else None))
     return references
 
 

@@ -34,8 +34,8 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from e2v.argtypes import BadInput, nonnegative_float, positive_float, positive_int
-from e2v.datamodules.references import load_reference
+from e2v.argtypes import HelpFormatter, BadInput, nonnegative_float, positive_float, positive_int
+from e2v.datamodules.references import check_kind, load_reference
 from e2v.datamodules.video_io import write_video
 from e2v.modules.weights import DTYPE_ALIASES, CheckpointError, parse_dtype
 from e2v.pipeline.batch import MAX_REFERENCES, Request, frame_size, parse_reference, read_requests, seed
@@ -43,7 +43,7 @@ from e2v.modules.quantize import BITSANDBYTES_MODES, MODES
 from e2v.pipeline.offload import peak_memory_note, reset_peak_memory
 from e2v.pipeline.pipeline import E2VPipeline
 from e2v.pipeline.sampling import DEFAULTS, SOLVERS, Resolved, read_saved, resolve
-from e2v.pipeline.step_cache import TEACACHE_WAN
+from e2v.pipeline.step_cache import TEACACHE_WAN, teacache_mismatch
 from e2v.pipeline.presets import PRESETS, GenerationPreset, get_preset
 
 
@@ -103,9 +103,10 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="e2v generate", description="Generate a video from reference images.")
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="e2v generate", description="Generate a video from reference images.")
     parser.add_argument("--ref", action="append", metavar="PATH[:KIND]",
-                        help="a reference image, repeatable; optional kind: human, face, object, animal, background")
+                        help="a reference image, repeatable; optional kind: human, face, object, animal (white-padded, the "
+                             "default) or background, scene, environment (centre-cropped)")
     parser.add_argument("--prompt")
     parser.add_argument("--out", help="output mp4")
     parser.add_argument("--compare", help="also write an mp4 with the references beside the frames")
@@ -160,6 +161,10 @@ def build_pipeline(args: argparse.Namespace, parallel) -> E2VPipeline:
         pipe.compile()
     if args.offload_blocks is not None:
         pipe.enable_block_offload(args.offload_blocks)
+    if args.teacache is not None:
+        mismatch = teacache_mismatch(args.teacache, pipe.dit.config.dim, pipe.dit.config.in_channels)
+        if mismatch:
+            print(f"e2v generate: warning: {mismatch}", file=sys.stderr)
     return pipe.enable_step_cache(args.step_cache, teacache=args.teacache)
 
 
@@ -299,6 +304,10 @@ def read_command_requests(parser: argparse.ArgumentParser, args: argparse.Namesp
     if args.batch is not None:
         return read_requests(args.batch, defaults, RequestChecker(sources, ("reference", "'out'", "'compare'")))
     refs = [parse_reference(value) for value in args.ref]
+    try:
+        refs = [(path, kind and check_kind(kind, f"--ref {path}:{kind}")) for path, kind in refs]
+    except ValueError as err:
+        parser.error(str(err))
     request = Request([(Path(path), kind) for path, kind in refs], args.prompt, args.out, args.compare, **defaults)
     RequestChecker(sources, ("--ref", "--out", "--compare"))(request)
     return [request]
@@ -364,6 +373,8 @@ def generate_command(argv: Optional[Sequence[str]] = None) -> int:
                 size = (f"{video.shape[1]} frames {request.width}x{request.height} (sampled "
                         f"{pipe.sampled_frames(count, request.frames)}, "
                         f"{pipe.preset.prefix_frames(pipe.layout, count)} reference frames cut)")
+                if pipe.step_cache is not None:
+                    size += f" ({pipe.step_cache.summary()})"
                 if batch:
                     print(f"[{index}/{len(requests)}] line {request.line}: wrote {request.out}: {size}, seed "
                           f"{request.seed}: generated in {sampling:.1f}s{peak_memory_note(pipe.device)}, written in "

@@ -42,6 +42,19 @@ TEACACHE_WAN: dict[str, tuple[str, tuple[float, ...]]] = {
 }
 
 
+def teacache_mismatch(fit: str, dim: int, in_channels: int) -> Optional[str]:
+    """Why TeaCache fit ``fit`` (a :data:`TEACACHE_WAN` key) does not suit a DiT of width ``dim`` taking
+    ``in_channels`` channels, or None when it does: the fits are polynomials measured on one Wan2.1 model each
+    (1.3B: width 1536; 14B: 5120; i2v: 36 input channels, t2v: 16), so their thresholds mean nothing elsewhere."""
+    _, task, size = fit.split("-")[:3]
+    want_dim, want_channels = {"1.3b": 1536, "14b": 5120}[size], {"i2v": 36, "t2v": 16}[task]
+    if (dim, in_channels) == (want_dim, want_channels):
+        return None
+    return (f"--teacache {fit} is TeaCache's fit for Wan2.1 {task.upper()} {size.upper()} (width {want_dim}, "
+            f"{want_channels} input channels); this DiT has width {dim} and {in_channels} input channels, so the "
+            "fit's thresholds do not carry over (compare the output with a run without --step-cache)")
+
+
 def polynomial(coefficients: Sequence[float], x: float) -> float:
     """``coefficients[0] x^(n-1) + ... + coefficients[-1]`` (numpy poly1d order), by Horner's rule."""
     value = 0.0
@@ -73,6 +86,11 @@ class StepCache:
         self.reduce = reduce or (lambda sums: sums)
         self.indicator, self.coefficients = TEACACHE_WAN[teacache] if teacache is not None else ("tokens", None)
         self.reset()
+
+    def summary(self) -> str:
+        """What the cache did for the last video: ``"step cache: C of N steps computed, S skipped"``."""
+        total = self.computed + self.skipped
+        return f"step cache: {self.computed} of {total} steps computed, {self.skipped} skipped"
 
     def reset(self) -> None:
         self._reference: torch.Tensor | None = None  # indicator at the last computed step (first-block cache)
