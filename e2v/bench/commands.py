@@ -18,9 +18,10 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from e2v.argtypes import HelpFormatter, BadInput
+from e2v.argtypes import HelpFormatter, BadInput, positive_int
 from e2v.bench.cases import CasesError, read_cases
 from e2v.bench.compare import CompareError
+from e2v.bench.report import GENERATION_FILE
 
 
 def _error(command: str, err: Exception, code: int) -> int:
@@ -38,6 +39,8 @@ def add_common(parser: argparse.ArgumentParser) -> None:
                              "store runs/mlflow.db when --out lies under a runs/ folder, as e2v fit does)")
     parser.add_argument("--no-tracking", action="store_true", help="do not log the report to MLflow")
     parser.add_argument("--experiment", default="e2v-bench", help="MLflow experiment name")
+    parser.add_argument("--limit", type=positive_int, default=None, metavar="N",
+                        help="only the first N cases of the cases file (a quick look)")
 
 
 def scorers_from(args: argparse.Namespace):
@@ -74,7 +77,7 @@ def score_command(argv: Optional[Sequence[str]] = None) -> int:
     from e2v.bench.runner import BenchError, missing_videos
 
     try:
-        cases = read_cases(args.cases)
+        cases = read_cases(args.cases)[: args.limit]
         videos = Path(args.videos)
         if not videos.is_dir():
             raise BadInput(f"--videos {videos} is not a directory")
@@ -91,7 +94,6 @@ def score_command(argv: Optional[Sequence[str]] = None) -> int:
         return _error("score", err, 1)
 
 
-GENERATION_FILE = "generation.json"
 
 
 def check_generation_settings(out: Path, args: argparse.Namespace, options: dict) -> None:
@@ -129,7 +131,7 @@ def run_command(argv: Optional[Sequence[str]] = None) -> int:
     from e2v.pipeline.generate import apply_sampling, build_pipeline
 
     try:
-        cases = read_cases(args.cases)
+        cases = read_cases(args.cases)[: args.limit]
         source = Path(args.checkpoint or args.weights)
         if not (source.is_file() if args.checkpoint else source.is_dir()):
             raise BadInput(f"{'--checkpoint' if args.checkpoint else '--weights'} {source} does not exist")

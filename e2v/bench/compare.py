@@ -3,7 +3,8 @@
 Writes ``OUT/compare.json`` (``{"models": {NAME: {"report": DIR, "summary": {...}, "cases": N}}, "scorers": {...},
 "notes": [...]}``; NAME is the report folder's name, made unique with its parent's when needed),
 ``OUT/compare.md``, ``OUT/compare.html`` and, with matplotlib, ``OUT/bars.png`` (one bar chart per metric) and
-``OUT/radar.png`` (the range-normalised bounded metrics, one polygon per model). A metric whose scorer version or
+``OUT/radar.png`` (the range-normalised bounded metrics, one polygon per model); each bar is labelled with its
+value and the charts are cropped to their labels. A metric whose scorer version or
 model differs between reports is compared anyway, with a note.
 """
 
@@ -126,7 +127,10 @@ def plot_charts(payload: dict[str, Any], out: Path) -> list[str]:
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
     for ax, metric in zip(axes.flat, metrics):
         values = [payload["models"][n]["summary"].get(metric) for n in names]
-        ax.bar(range(len(names)), [np.nan if v is None else v for v in values], color="C0")
+        bars = ax.bar(range(len(names)), [v if v is not None and np.isfinite(v) else np.nan for v in values],
+                      color="C0")
+        ax.bar_label(bars, labels=[fmt(v) for v in values], fontsize=7, padding=1)  # each bar carries its value
+        ax.margins(y=0.2)  # room for the labels above the tallest bar
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=7)
         ax.set_title(f"{metric} {direction(payload['scorers'][metric])}", fontsize=8)
     for ax in list(axes.flat)[len(metrics):]:
@@ -134,7 +138,7 @@ def plot_charts(payload: dict[str, Any], out: Path) -> list[str]:
     fig.tight_layout()
     charts = []
     with atomic_path(out / "bars.png", suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=80)
+        fig.savefig(tmp, format="png", dpi=80, bbox_inches="tight")  # long model names are not cut off
     charts.append("bars.png")
     plt.close(fig)
     bounded = [m for m in metrics if normalised(0.0, payload["scorers"][m]) is not None]
@@ -144,14 +148,14 @@ def plot_charts(payload: dict[str, Any], out: Path) -> list[str]:
         ax = fig.add_subplot(polar=True)
         for name in names:
             summary = payload["models"][name]["summary"]
-            values = [normalised(summary[m], payload["scorers"][m]) if summary.get(m) is not None else 0.0
-                      for m in bounded]
+            values = [normalised(summary[m], payload["scorers"][m]) if summary.get(m) is not None
+                      and np.isfinite(summary[m]) else 0.0 for m in bounded]
             ax.plot(np.append(angles, angles[0]), values + values[:1], label=name)
         ax.set_xticks(angles, bounded, fontsize=7)
         ax.set_ylim(0, 1)
         ax.legend(fontsize=7, loc="lower right")
         with atomic_path(out / "radar.png", suffix=".png") as tmp:
-            fig.savefig(tmp, format="png", dpi=80)
+            fig.savefig(tmp, format="png", dpi=80, bbox_inches="tight")
         charts.append("radar.png")
         plt.close(fig)
     return charts

@@ -21,7 +21,7 @@ HISTOGRAM_BINS = 8  # per channel (a joint 8 x 8 x 8 histogram)
 
 def psnr(video: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor | None = None) -> float:
     """PSNR in dB of ``video`` against ``truth`` (both ``[3, F, H, W]`` in [-1, 1], peak-to-peak 2); with ``mask``
-    (``bool [F, H, W]``) over the pixels where it is true only (NaN when it is empty)."""
+    (``bool [F, H, W]``) over the pixels where it is true only (NaN when it is empty). Identical videos: ``inf``."""
     if video.shape != truth.shape:
         raise ValueError(f"video {tuple(video.shape)} and truth {tuple(truth.shape)} differ in shape")
     error = (video.float() - truth.float()).pow(2)
@@ -30,7 +30,7 @@ def psnr(video: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor | None = N
             return float("nan")
         error = error[:, mask]
     mse = error.mean().item()
-    return 10 * math.log10(4.0 / max(mse, 1e-12))
+    return math.inf if mse == 0 else 10 * math.log10(4.0 / mse)
 
 
 def flat_video(truth: torch.Tensor) -> torch.Tensor:

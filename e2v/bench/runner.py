@@ -81,7 +81,7 @@ def score_cases(cases: Sequence[Case], videos: Callable[[Case], Path], scorers: 
         results.append((case.id, metrics))
     report = build_report(results, {s.name: s.info() for s in scorers})
     thumbs = {case.id: f"{THUMBS_DIR}/{case.id}.png" for case in cases if (out / THUMBS_DIR / f"{case.id}.png").is_file()}
-    write_report(out, report, thumbs, title)
+    write_report(out, report, thumbs, title, {case.id: (videos(case), case.video) for case in cases})
     return report
 
 

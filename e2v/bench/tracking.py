@@ -10,6 +10,7 @@ scorer's version as a param, e2v's version and git commit as tags, and ``report.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from pathlib import Path
@@ -54,7 +55,7 @@ def log_report(out: str | Path, report: Mapping[str, Any], uri: str, experiment:
     run_id = run.info.run_id
     now = int(time.time() * 1000)
     metrics = [Metric(f"bench/{name}", float(value), now, 0) for name, value in report["summary"].items()
-               if value is not None]
+               if value is not None and math.isfinite(value)]
     params = [Param(f"scorer.{name}", f"v{info['version']}") for name, info in report["scorers"].items()]
     params.append(Param("cases", str(len(report["cases"]))))
     client.log_batch(run_id, metrics=metrics, params=params)
