@@ -115,6 +115,7 @@ class E2VMLFlowLogger(MLFlowLogger):
         )
         self._root = root
         self._logged_metrics = False
+        self._created_run = False
 
     @property
     @rank_zero_experiment
@@ -125,6 +126,7 @@ class E2VMLFlowLogger(MLFlowLogger):
         if self._run_id is not None and self._missing_run(self._run_id):
             self.tags = {**(self.tags or {}), "mlflow.parentRunId": self._run_id}
             self._run_id = None
+        self._created_run = self._run_id is None  # a continued run is never deleted by finalize
         client = super().experiment
         write_json_atomic(self._root / RUN_FILE, {"mlflow_run_id": self._run_id, "run_name": self._run_name,
                                                   "experiment": self._experiment_name,
@@ -145,9 +147,9 @@ class E2VMLFlowLogger(MLFlowLogger):
         super().log_metrics(metrics, step)
 
     def finalize(self, status: str = "success") -> None:
-        """End the run; a run that failed before any metric was logged is deleted (it would be an empty FAILED
-        run) along with its ``run.json``."""
-        if status == "failed" and self._initialized and not self._logged_metrics:
+        """End the run; a run this logger created that failed before any metric was logged is deleted (it would
+        be an empty FAILED run) along with its ``run.json``."""
+        if status == "failed" and self._initialized and self._created_run and not self._logged_metrics:
             self._mlflow_client.delete_run(self.run_id)
             if read_run(self._root).get("mlflow_run_id") == self.run_id:
                 (self._root / RUN_FILE).unlink(missing_ok=True)

@@ -128,3 +128,6 @@ def test_mlflow_run_names_resume_and_failed_starts(tmp_path):
         _fit(failing, "--trainer.default_root_dir", str(tmp_path / "runs" / "broken"))
     assert [r.info.run_id for r in client.search_runs([experiment])] == [run_id]  # no empty FAILED run
     assert not (tmp_path / "runs" / "broken" / RUN_FILE).exists()
+    with pytest.raises(RuntimeError, match="broken setup"):  # a resumed run that fails keeps its history
+        _fit(failing, "--ckpt_path", "last", "--trainer.max_steps", "6")
+    assert len(client.get_metric_history(run_id, "train/loss")) == 4 and read_run(root)["mlflow_run_id"] == run_id
