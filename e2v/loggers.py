@@ -74,9 +74,10 @@ class E2VMLFlowLogger(MLFlowLogger):
 
     ``save_dir`` defaults to the trainer's ``default_root_dir`` under ``e2v fit`` (:mod:`e2v.run_folder`), else
     ``runs``. With ``run_id`` the run continues; when that run is not in the store, a new run starts, tagged with
-    the old id as its parent (``mlflow.parentRunId``). The store is ``tracking_uri`` if given, else the ``MLFLOW_TRACKING_URI`` environment variable, else the sqlite
-    file in ``store_dir`` (default: :func:`default_store_dir` of ``save_dir``, i.e. ``runs``). ``save_dir`` is always
-    a local folder, so Lightning's checkpoints and config land under it.
+    the old id as its parent (``mlflow.parentRunId``). The store is ``tracking_uri`` if given, else the
+    ``MLFLOW_TRACKING_URI`` environment variable, else the sqlite file in ``store_dir`` (default:
+    :func:`default_store_dir` of ``save_dir``, i.e. ``runs``). ``save_dir`` is always a local folder, so
+    Lightning's checkpoints and config land under it.
     """
 
     def __init__(
