@@ -38,8 +38,8 @@ def test_report_headline_identical_videos_and_embedded_truth(world, tmp_path):  
     md = (out / "report.md").read_text()
     assert "| psnr | identical |" in md and "| a | identical |" in md
     assert "**Headline**: PSNR against the truth clips: identical dB over 1 cases; a flat mean-colour video scores" in md
-    assert "comprehensive | " in md and "equal-weight mean of the range-normalised dynamic_degree, aesthetic " \
-                                         "(not scored here: id_consistency, object_consistency" in md
+    assert "| comprehensive | " in md and "equal-weight mean of the range-normalised aesthetic, dynamic_degree " \
+                                           "(not scored here: id_consistency, object_consistency" in md
 
     assert main(argv) == 0  # both cases: one identical, one without truth
     report = json.loads((out / "report.json").read_text())

@@ -172,8 +172,8 @@ def markdown(report: Mapping[str, Any], title: str = "e2v bench report",
     names = list(report["scorers"])
     lines = [f"# {title}", "", f"{len(report['cases'])} cases."]
     top = headline(report)
-    lines += [f"**Headline**: {top}."] if top else []
-    lines += [f"Generated with: {settings_text(settings)}."] if settings else []
+    lines += ["", f"**Headline**: {top}."] if top else []
+    lines += ["", f"Generated with: {settings_text(settings)}."] if settings else []
     lines += ["", "## Summary", "", "| metric | mean | range | better | model | version |", "|---|---|---|---|---|---|"]
     for name in names:
         info = report["scorers"][name]
