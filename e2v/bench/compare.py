@@ -127,9 +127,13 @@ def plot_charts(payload: dict[str, Any], out: Path) -> list[str]:
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
     for ax, metric in zip(axes.flat, metrics):
         values = [payload["models"][n]["summary"].get(metric) for n in names]
-        bars = ax.bar(range(len(names)), [v if v is not None and np.isfinite(v) else np.nan for v in values],
-                      color="C0")
-        ax.bar_label(bars, labels=[fmt(v) for v in values], fontsize=7, padding=1)  # each bar carries its value
+        finite = [v if v is not None and np.isfinite(v) else np.nan for v in values]
+        bars = ax.bar(range(len(names)), finite, color="C0")
+        ax.bar_label(bars, labels=[fmt(v) if np.isfinite(f) else "" for v, f in zip(values, finite)], fontsize=7,
+                     padding=1)  # each bar carries its value
+        for index, value in enumerate(values):  # no bar to draw: say why on the axis
+            if value is None or not np.isfinite(value):
+                ax.text(index, 0, fmt(value), ha="center", va="bottom", fontsize=7)
         ax.margins(y=0.2)  # room for the labels above the tallest bar
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=7)
         ax.set_title(f"{metric} {direction(payload['scorers'][metric])}", fontsize=8)
