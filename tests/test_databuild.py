@@ -404,7 +404,7 @@ def test_heldout_split_by_default_and_resplit_without_reprocessing(raw, built, t
     assert {r["split"] for r in heldout} == {"heldout"} and not {r["id"] for r in train} & {r["id"] for r in heldout}
     out = tmp_path / "built"
     shutil.copytree(built, out)
-    base = ["--videos", str(raw / "videos"), "--out", str(out), "--no-progress"]
+    base = ["--videos", str(raw / "videos"), "--out", str(out), "--config", str(WORLD_FILE), "--no-progress"]
     assert build_command([*base, "--heldout-every", "3"]) == 0
     assert "(0 processed, " in capsys.readouterr().out
     resplit = [json.loads(line) for line in (out / "heldout.jsonl").read_text().splitlines()]
