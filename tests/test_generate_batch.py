@@ -121,3 +121,19 @@ def test_preset_defaults_official_for_weights_and_e2v_for_checkpoints():
     assert resolve_preset(build_parser().parse_args([*base, "--checkpoint", "c.ckpt"])).name == "e2v"
     assert resolve_preset(build_parser().parse_args([*base, "--weights", "w", "--preset", "e2v"])).name == "e2v"
     assert build_parser().parse_args([*base, "--weights", "w"]).negative_prompt is None  # the preset's
+
+
+def test_no_batch_line_may_write_over_the_requests_file(world, tmp_path, monkeypatch, capsys):
+    """Issue 29 BAD 6: a line whose 'out' (or 'compare') was the --batch file turned the requests file into an mp4."""
+    ref = str(world / "ref0.png")
+    requests = write_requests(tmp_path / "self.jsonl", [
+        {"prompt": "p", "references": [ref], "out": "self.jsonl"},
+        {"prompt": "p", "references": [ref], "out": "ok.mp4", "compare": str(tmp_path / "self.jsonl")},
+    ])
+    before = requests.read_bytes()
+    monkeypatch.setattr(E2VPipeline, "from_checkpoint", lambda *a, **k: pytest.fail("a model was loaded"))
+    assert generate_command(["--checkpoint", str(world / "run.ckpt"), "--batch", str(requests), *SMALL]) == 2
+    err = capsys.readouterr().err
+    assert "self.jsonl line 1: 'out'" in err and "self.jsonl line 2: 'compare'" in err
+    assert err.count("is the same file as --batch") == 2
+    assert requests.read_bytes() == before

@@ -271,6 +271,7 @@ def read_command_requests(parser: argparse.ArgumentParser, args: argparse.Namesp
     sources = check_source(args)
     defaults = {key: getattr(args, key) for key in SETTINGS}
     if args.batch is not None:
+        sources["--batch"] = Path(args.batch)  # the requests file is an input too: no line's output may replace it
         return read_requests(args.batch, defaults, RequestChecker(sources, ("reference", "'out'", "'compare'")))
     refs = [parse_reference(value) for value in args.ref]
     request = Request([(Path(path), kind) for path, kind in refs], args.prompt, args.out, args.compare, **defaults)
