@@ -109,11 +109,17 @@ def resolve_config_families(cfg):
 
 
 def lightning_main(argv: list[str]) -> None:
-    """Run a LightningCLI subcommand; model and data are chosen by ``class_path`` in the recipe."""
+    """Run a LightningCLI subcommand; model and data are chosen by ``class_path`` in the recipe. Full checkpoints are
+    written atomically; SIGTERM during a fit saves ``last.ckpt`` and exits 143."""
     from lightning.pytorch import LightningDataModule, LightningModule
     from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+    from e2v import checkpoint_io
+    from e2v.callbacks.preemption import SIGTERM_EXIT, SaveOnSigterm
     from e2v.loggers import MLflowSaveConfigCallback
+
+    preemption = SaveOnSigterm()
 
     class E2VArgumentParser(LightningArgumentParser):
         def dump(self, cfg, *args, **kwargs):
@@ -125,16 +131,28 @@ def lightning_main(argv: list[str]) -> None:
             parser.__class__ = E2VArgumentParser  # same parser, family-resolving dump
             return parser
 
-    E2VCLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_callback=MLflowSaveConfigCallback,
-        save_config_kwargs={"overwrite": True},
-        args=None if argv == sys.argv[1:] else argv,  # from the shell LightningCLI reads sys.argv itself
-        parser_kwargs={"prog": "e2v"},
-    )
+        def instantiate_trainer(self, **kwargs):
+            trainer = super().instantiate_trainer(**kwargs)
+            trainer.callbacks.append(preemption)
+            checkpoint_io.install(trainer)
+            return trainer
+
+    try:
+        E2VCLI(
+            LightningModule,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_callback=MLflowSaveConfigCallback,
+            save_config_kwargs={"overwrite": True},
+            args=None if argv == sys.argv[1:] else argv,  # from the shell LightningCLI reads sys.argv itself
+            parser_kwargs={"prog": "e2v"},
+        )
+    except SIGTERMException:  # a SystemExit with code 0: a pre-empted job must not look like a success
+        where = f"saved {preemption.saved}; resume with --ckpt_path {preemption.saved}" if preemption.saved else \
+            "no checkpoint saved"
+        print(f"e2v: stopped by SIGTERM: {where}", file=sys.stderr)
+        raise SystemExit(SIGTERM_EXIT) from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -416,7 +416,8 @@ def _clip(stages: Stages, config: BuildConfig, job: VideoJob, key: str, window: 
                                           float(times[start] - times[0]), out)
     values = {k: round(v, 5) for k, v in values.items()}
     if entry is None:
-        result["rejected_clips"].append({"shot": shot, "start": start, "reason": reason, "values": values})
+        result["rejected_clips"].append({"shot": shot, "start": start, "source_frames": list(source_frames),
+                                         "reason": reason, "values": values})
     else:
         entry.update(start=start, source_frames=list(source_frames), values=values)
         result["clips"].append(entry)
