@@ -131,6 +131,15 @@ def lightning_main(argv: list[str]) -> None:
             parser.__class__ = E2VArgumentParser  # same parser, family-resolving dump
             return parser
 
+        def before_instantiate_classes(self):
+            from e2v.recipe_checks import recipe_problems
+
+            problems = recipe_problems(self.config[self.subcommand])
+            for problem in problems:
+                print(f"e2v {self.subcommand}: error: {problem}", file=sys.stderr)
+            if problems:
+                raise SystemExit(2)
+
         def instantiate_trainer(self, **kwargs):
             trainer = super().instantiate_trainer(**kwargs)
             trainer.callbacks.append(preemption)

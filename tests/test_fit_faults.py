@@ -107,3 +107,27 @@ def test_sigterm_saves_a_resumable_checkpoint_and_exits_non_zero(world, tmp_path
     main(["fit", "--config", str(config), "--ckpt_path", str(last), "--trainer.max_steps", str(step + 1)])
     resumed = torch.load(last, map_location="cpu", weights_only=True)
     assert resumed["global_step"] == step + 1
+
+
+@pytest.mark.parametrize("override, message", [
+    (["--trainer.max_steps", "-5"], "trainer.max_steps must be -1 (no limit) or >= 0, got -5"),
+    (["--data.init_args.batch_size", "0"], "data.init_args.batch_size must be >= 1, got 0"),
+    (["--data.init_args.frames", "16"], "data.init_args.frames must be 4k+1"),
+    (["--data.init_args.val_manifest", "missing.jsonl"], "val_manifest: missing.jsonl does not exist"),
+    (["--data.init_args.cache_dir", "/proc/e2v_cache"], "cache_dir: /proc/e2v_cache holds no cache yet and cannot "
+                                                          "be written"),
+    (["--model.init_args.optimizer", '{"class_path": "torch.optim.AdamW", "init_args": {"lr": .nan}}'],
+     "optimizer.init_args.lr must be a finite number > 0, got nan"),
+])
+def test_bad_recipe_values_fail_at_parse_time_naming_the_key(world, tmp_path, monkeypatch, override, message,
+                                                             capsys):
+    """POOR: these failed with a traceback up to 45 s in (after the model was built)."""
+    from e2v.tasks.e2v_diffusion import E2VDiffusion
+
+    monkeypatch.setattr(E2VDiffusion, "__init__", lambda *a, **k: pytest.fail("the model was built"))
+    config = recipe(world, tmp_path / "run", tmp_path / "ckpt", max_steps=1)
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", "--config", str(config), *override])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert f"e2v fit: error: {message}" in err and "Traceback" not in err

@@ -137,3 +137,19 @@ def test_no_batch_line_may_write_over_the_requests_file(world, tmp_path, monkeyp
     assert "self.jsonl line 1: 'out'" in err and "self.jsonl line 2: 'compare'" in err
     assert err.count("is the same file as --batch") == 2
     assert requests.read_bytes() == before
+
+
+def test_nan_weights_write_no_black_video_and_a_rejected_batch_leaves_no_folder(world, tmp_path, capsys):
+    """POOR: all-NaN weights wrote a black video with exit 0; a rejected batch left an empty ``sub/``."""
+    pipe = tiny_pipeline()
+    for parameter in pipe.dit.parameters():
+        parameter.data.fill_(float("nan"))
+    save_checkpoint(pipe, tmp_path / "nan.ckpt")
+    out = tmp_path / "v.mp4"
+    assert generate_command(["--checkpoint", str(tmp_path / "nan.ckpt"), "--ref", str(world / "ref0.png"),
+                             "--prompt", "p", "--out", str(out), *SMALL]) == 1
+    assert "non-finite values (NaN or inf)" in capsys.readouterr().err and not out.exists()
+    requests = write_requests(tmp_path / "r.jsonl", [{"prompt": "p", "references": ["missing.png"],
+                                                     "out": "sub/deeper/v.mp4"}])
+    assert generate_command(["--checkpoint", str(world / "run.ckpt"), "--batch", str(requests), *SMALL]) == 2
+    assert not (tmp_path / "sub").exists()

@@ -182,7 +182,7 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def check_output(path: str, option: str, inputs: dict[str, Path]) -> Path:
     """``path`` as an output file that can be written and replaces no input; BadInput naming ``option`` if not.
-    Creates missing parent folders (as the writer would)."""
+    Creates nothing: a rejected request leaves no empty folder."""
     if not path or not path.strip():
         raise BadInput(f"{option}: empty file name")
     out = Path(path)
@@ -191,9 +191,11 @@ def check_output(path: str, option: str, inputs: dict[str, Path]) -> Path:
     for name, source in inputs.items():
         if _same_file(out, source):
             raise BadInput(f"{option} {out} is the same file as {name}; writing it would destroy that input")
+    folder = out.parent  # the writer makes missing folders: check the nearest existing one, and make none here
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out.parent):
+        with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as err:
         raise BadInput(f"{option} {out}: cannot write in {out.parent} ({err.strerror or err})") from None
@@ -292,6 +294,9 @@ def generate_one(pipe: E2VPipeline, request: Request, progress: bool, write: boo
                  guidance=request.guidance, image_guidance=request.image_guidance, seed=request.seed,
                  progress=progress, on_step=on_step)
     sampled = time.perf_counter()
+    if not torch.isfinite(video).all():
+        raise ValueError(f"the model produced non-finite values (NaN or inf) for {request.out}: its weights are "
+                         f"broken (a diverged or damaged checkpoint); nothing written")
     if write:
         write_video(request.out, video, fps=request.fps)
         if request.compare:
