@@ -351,7 +351,7 @@ def process_video(job: VideoJob) -> dict:
                     _cut(stages, config, job, key, shots, windows, times, out, result)
         return _finish(result, began, out, key)
     except Exception as err:  # noqa: BLE001  one bad video never stops a build; the report lists these
-        machine = environment_error(err)
+        machine = None if isinstance(err, VideoDecodeError) else environment_error(err)  # reading: a verdict
         if machine is not None:
             result.update(status="failed", reason="environment", message=f"{type(machine).__name__}: {machine}")
             return result
