@@ -13,19 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from test_training_e2e import FRAMES, MODEL, SIZE
+from test_training_e2e import FRAMES, MODEL, SIZE, world  # noqa: F401  (world: the fixture)
 
 from e2v import checkpoint_io
 from e2v.cli import main
-from e2v.synth import synthesize_world
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    out = tmp_path_factory.mktemp("world")
-    synthesize_world(out, num_clips=4, num_heldout=1, frames=FRAMES, height=SIZE, width=SIZE, max_elements=2,
-                     progress=False)
-    return out
 
 
 def recipe(world: Path, root: Path, checkpoints: Path, max_steps: int) -> Path:
