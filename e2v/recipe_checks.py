@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,15 @@ def _get(config: Any, key: str) -> Any:
 
 
 def _writable_folder(path: Path) -> bool:
-    """Whether ``path`` (a folder, made if missing) can be written: it, or its nearest existing ancestor."""
+    """Whether ``path`` (a folder, made if missing) can be written: a file can be made in it, or in its nearest
+    existing ancestor (tried, not inferred from permissions: root passes those on a read-only file system)."""
     while not path.exists() and path != path.parent:
         path = path.parent
-    return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
+    try:
+        with tempfile.TemporaryFile(dir=path):
+            return True
+    except OSError:
+        return False
 
 
 def recipe_problems(config: Any) -> list[str]:
