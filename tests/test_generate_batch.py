@@ -153,3 +153,15 @@ def test_nan_weights_write_no_black_video_and_a_rejected_batch_leaves_no_folder(
                                                      "out": "sub/deeper/v.mp4"}])
     assert generate_command(["--checkpoint", str(world / "run.ckpt"), "--batch", str(requests), *SMALL]) == 2
     assert not (tmp_path / "sub").exists()
+
+
+def test_a_wrong_shaped_checkpoint_tensor_names_the_file(world, tmp_path, capsys):
+    """Issue 29 POOR: a wrong-shaped DiT tensor in ``generate`` gave a size-mismatch error without the file."""
+    checkpoint = torch.load(world / "run.ckpt", weights_only=True)
+    key = next(k for k, v in checkpoint["state_dict"].items() if v.ndim == 2)
+    checkpoint["state_dict"][key] = torch.zeros(3, 3)
+    torch.save(checkpoint, tmp_path / "bent.ckpt")
+    assert generate_command(["--checkpoint", str(tmp_path / "bent.ckpt"), "--ref", str(world / "ref0.png"),
+                             "--prompt", "p", "--out", str(tmp_path / "v.mp4"), *SMALL]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'bent.ckpt'}: DiT weights do not fit" in err and key[len("dit."):] in err
