@@ -265,3 +265,24 @@ def test_datamodule_builds_the_cache_with_the_module_components(world, tmp_path,
     cache = LatentCache(tmp_path / "cache")
     assert [r["id"] for r in cache.records] == ["c0", "c1", "c2"]
     cache.check_components(*components.values())
+
+
+@torch.no_grad()
+def test_a_complete_cache_is_used_without_writing(world, tmp_path, components, monkeypatch):
+    """Issue 29 POOR: a complete cache on a read-only file system failed because index.json was rewritten."""
+    import errno
+
+    from e2v.datamodules import cache as cache_module
+
+    out = tmp_path / "cache"
+    build(world, out, components)
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(cache_module, "write_json_atomic", read_only)
+    monkeypatch.setattr(cache_module, "save_file", read_only)
+    cache = build(world, out, components)
+    assert [r["id"] for r in cache.records] == ["c0", "c1", "c2"]
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
