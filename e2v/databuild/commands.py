@@ -28,7 +28,8 @@ def _finish(out: Path, config, names: list[str] | None, extra: dict) -> int:
 
 
 def build_command(argv: list[str] | None = None) -> int:
-    """``e2v data build --videos DIR_OR_LIST --out DIR``: triplets from raw videos (resumable; exit 2 on bad input)."""
+    """``e2v data build --videos DIR_OR_LIST --out DIR``: triplets from raw videos (resumable; exit 2 on bad input or
+    when no clip is kept, 1 when an error of the machine, such as a full disk, stopped some videos)."""
     from e2v.databuild.build import BuildError, parse_shard, run_videos
     from e2v.databuild.config import load_config
 
