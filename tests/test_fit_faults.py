@@ -84,7 +84,7 @@ def test_sigterm_saves_a_resumable_checkpoint_and_exits_non_zero(world, tmp_path
     process = subprocess.Popen([sys.executable, "-m", "e2v.cli", "fit", "--config", str(config)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 600
-    while not list(checkpoints.glob("step=*.ckpt")) and time.time() < deadline and process.poll() is None:
+    while not list(checkpoints.glob("*step=*.ckpt")) and time.time() < deadline and process.poll() is None:
         time.sleep(0.2)
     assert process.poll() is None, process.stderr.read()[-3000:]
     process.send_signal(signal.SIGTERM)
