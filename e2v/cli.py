@@ -155,13 +155,19 @@ def enforce_run_folder(cfg) -> None:
 
 
 def lightning_main(argv: list[str]) -> None:
-    """Run a LightningCLI subcommand; model and data are chosen by ``class_path`` in the recipe."""
+    """Run a LightningCLI subcommand; model and data are chosen by ``class_path`` in the recipe. Full checkpoints are
+    written atomically; SIGTERM during a fit saves ``last.ckpt`` and exits 143."""
     from lightning.pytorch import LightningDataModule, LightningModule
     from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+    from e2v import checkpoint_io
+    from e2v.callbacks.preemption import SIGTERM_EXIT, SaveOnSigterm
     from e2v.callbacks.progress import ProgressLog
     from e2v.datamodules.cache import CacheError
     from e2v.loggers import MLflowSaveConfigCallback
+
+    preemption = SaveOnSigterm()
 
     class E2VArgumentParser(LightningArgumentParser):
         def dump(self, cfg, *args, **kwargs):
@@ -178,8 +184,21 @@ def lightning_main(argv: list[str]) -> None:
             return parser
 
         def before_instantiate_classes(self):
+            from e2v.recipe_checks import recipe_problems
+
+            problems = recipe_problems(self.config[self.subcommand])
+            for problem in problems:
+                print(f"e2v {self.subcommand}: error: {problem}", file=sys.stderr)
+            if problems:
+                raise SystemExit(2)
             if self.subcommand == "fit":
                 enforce_run_folder(self.config["fit"])
+
+        def instantiate_trainer(self, **kwargs):
+            trainer = super().instantiate_trainer(**kwargs)
+            trainer.callbacks.append(preemption)
+            checkpoint_io.install(trainer)
+            return trainer
 
     try:
         E2VCLI(
@@ -196,6 +215,11 @@ def lightning_main(argv: list[str]) -> None:
     except CacheError as error:  # a stale or damaged latent cache: the message says what to do
         print(f"e2v {argv[0]}: {error}", file=sys.stderr)
         sys.exit(2)
+    except SIGTERMException:  # a SystemExit with code 0: a pre-empted job must not look like a success
+        where = f"saved {preemption.saved}; resume with --ckpt_path {preemption.saved}" if preemption.saved else \
+            "no checkpoint saved"
+        print(f"e2v: stopped by SIGTERM: {where}", file=sys.stderr)
+        raise SystemExit(SIGTERM_EXIT) from None
 
 
 def group_main(group: str, argv: list[str]) -> int:

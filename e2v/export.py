@@ -147,8 +147,9 @@ def export_checkpoint(
         raise BadInput(f"--merge-lora: {checkpoint} is not a LoRA checkpoint (its hyper-parameters have no 'lora')")
     try:
         dit, _ = meta_dit(spec)
-    except CheckpointError as err:
-        raise BadInput(f"cannot rebuild the checkpoint's DiT config: {err}; pass --base ROOT") from None
+    except (CheckpointError, TypeError, ValueError, KeyError) as err:  # a tampered spec: wrong option names or types
+        raise BadInput(f"{checkpoint}: cannot rebuild the checkpoint's DiT from its spec {hparams['dit']!r}: "
+                       f"{type(err).__name__}: {err}; pass --base ROOT") from None
     expected = {k: tuple(v.shape) for k, v in dit.state_dict().items()}
     missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
     wrong = [f"{k}: {tuple(weights[k].shape)} vs {expected[k]}" for k in sorted(set(expected) & set(weights))
@@ -161,7 +162,11 @@ def export_checkpoint(
         raise BadInput(f"{target} already exists; choose another --out or remove it")
     partial = out / ".transformer.partial"
     shutil.rmtree(partial, ignore_errors=True)
-    write_weights(weights, dit.config.to_dict(), partial, max_shard_bytes=max_shard_bytes)
+    try:
+        write_weights(weights, dit.config.to_dict(), partial, max_shard_bytes=max_shard_bytes)
+    except BaseException:  # a full disk or a kill: leave no half-written folder behind
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     os.replace(partial, target)
     sampling = read_saved(checkpoint)
     if sampling is not None:  # the run's sampling settings travel with the weights (generate's defaults)
@@ -196,6 +201,9 @@ def export_command(argv: Optional[Sequence[str]] = None) -> int:
     except (BadInput, CheckpointError) as err:
         print(f"e2v export: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # e.g. a full disk while writing the shards (nothing is left in --out)
+        print(f"e2v export: error: writing {Path(args.out) / 'transformer'} failed: {err}", file=sys.stderr)
+        return 1
     linked = all((Path(args.out) / name).exists() for name in ("vae", "text_encoder", "tokenizer"))
     print(f"wrote {Path(args.out) / 'transformer'} ({kind} weights)"
           + ("" if linked else "; no release root for the frozen components: add vae/, text_encoder/, tokenizer/ "

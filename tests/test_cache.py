@@ -291,3 +291,24 @@ def test_layout_swap_says_what_to_do_and_rebuild_replaces_the_cache(world, cli_c
     with pytest.raises(SystemExit):
         cache_command([*argv[:1], "--out", str(tmp_path / "notes"), *argv[3:], "--rebuild"])
     assert (tmp_path / "notes" / "keep.txt").is_file()
+
+
+@torch.no_grad()
+def test_a_complete_cache_is_used_without_writing(world, tmp_path, components, monkeypatch):
+    """Issue 29 POOR: a complete cache on a read-only file system failed because index.json was rewritten."""
+    import errno
+
+    from e2v.datamodules import cache as cache_module
+
+    out = tmp_path / "cache"
+    build(world, out, components)
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(cache_module, "write_json_atomic", read_only)
+    monkeypatch.setattr(cache_module, "save_file", read_only)
+    cache = build(world, out, components)
+    assert [r["id"] for r in cache.records] == ["c0", "c1", "c2"]
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before

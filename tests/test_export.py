@@ -100,3 +100,29 @@ def test_errors_name_the_problem(trained, tmp_path, capsys):
     assert export_command([str(path), "--out", str(tmp_path / "b"), "--base", str(root)]) == 2
     assert "missing ['blocks.1." in capsys.readouterr().err
     assert not (tmp_path / "b" / "transformer").exists()
+
+
+def test_a_tampered_spec_or_a_full_disk_leaves_one_line_and_no_partial_folder(trained, tmp_path, monkeypatch,
+                                                                                capsys):
+    """Issue 29 POOR: a tampered DiT spec gave a TypeError traceback; a full disk left ``.transformer.partial/``."""
+    import errno
+    import os
+
+    from e2v.modules import weights as weights_module
+
+    module, root, _ = trained
+    path = tmp_path / "run.ckpt"
+    hparams = dict(module.hparams)
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": {**hparams, "dit": {
+        **dict(hparams.get("dit") or {"name": "wan"}), "num_layers": "many"}}}, path)
+    assert export_command([str(path), "--out", str(tmp_path / "a"), "--base", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot rebuild the checkpoint's DiT from its spec" in err and "Traceback" not in err
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": hparams}, path)
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(weights_module, "save_file", full)
+    assert export_command([str(path), "--out", str(tmp_path / "b"), "--base", str(root)]) == 1
+    assert "No space left on device" in capsys.readouterr().err
+    assert not list((tmp_path / "b").glob(".transformer*")) and not (tmp_path / "b" / "transformer").exists()

@@ -271,3 +271,98 @@ def test_component_options_build_or_name_the_bad_key(spec, data):
         assert str(err)
     except (RuntimeError, OverflowError, ZeroDivisionError, MemoryError) as err:
         pytest.fail(f"{kind} {options}: deep failure {type(err).__name__}: {err}")
+
+
+# ---------------------------------------------------------------------------------------------- raw videos
+SLOW_FUZZ = settings(FUZZ, max_examples=max(4, EXAMPLES // 10))  # each example decodes and cuts a video
+BUILD_REASONS = {"corrupt", "too_short", "too_small", "odd_fps", "truncated", "missing", "not_a_file"}
+
+
+@st.composite
+def raw_videos(draw) -> dict:
+    """A raw video's recipe: odd or even size, a phone rotation, a constant or variable frame rate, truncation."""
+    count = draw(st.integers(3, 40))
+    gaps = draw(st.one_of(st.none(), st.lists(st.sampled_from([1 / 32, 1 / 16, 1 / 8, 0.2]), min_size=count,
+                                              max_size=count)))
+    return dict(height=draw(st.integers(17, 70)), width=draw(st.integers(17, 70)), count=count,
+                rotation=draw(st.sampled_from([0, 90, -90, 180])),
+                times=None if gaps is None else np.cumsum([0.0, *gaps[1:]]).tolist(),
+                cut=draw(st.one_of(st.none(), st.floats(0.05, 0.95))))
+
+
+@SLOW_FUZZ
+@given(recipe=raw_videos())
+@example(recipe=dict(height=95, width=97, count=20, rotation=-90, times=None, cut=None))
+@example(recipe=dict(height=40, width=40, count=40, rotation=0, times=[i / 32 for i in range(20)] +
+                     [20 / 32 + i / 8 for i in range(1, 21)], cut=None))
+def test_raw_videos_build_correct_clips_or_a_named_rejection(tmp_path_factory, recipe):
+    """Per video: ``rejected`` with a known reason, or clips that are upright (the displayed size, even sides) and
+    span their labelled time by the frames' timestamps; never an ``error`` verdict."""
+    from test_databuild_faults import write_raw
+
+    from e2v.databuild.config import BuildConfig
+    from e2v.databuild.video import VideoJob, job_config, process_video
+    from e2v.datamodules.video_io import probe_video
+
+    root = tmp_path_factory.mktemp("raw_fuzz")
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 255, (recipe["count"], recipe["height"], recipe["width"], 3), np.uint8)
+    path = write_raw(root / "v.mp4", frames, rotation=recipe["rotation"], times=recipe["times"],
+                     pix_fmt="yuv444p")
+    if recipe["cut"] is not None:
+        data = path.read_bytes()
+        path.write_bytes(data[: int(len(data) * recipe["cut"])])
+    config = BuildConfig(frames=5, fps=8.0, filters=[], min_side=16)
+    result = process_video(VideoJob(str(path), "v.mp4", str(root / "out"), job_config(config)))
+    assert result["status"] in ("ok", "rejected"), result
+    if result["status"] == "rejected":
+        assert result["reason"] in BUILD_REASONS, result["message"]
+        return
+    times = np.asarray(recipe["times"] or np.arange(recipe["count"]) / 16.0)
+    for clip in result["clips"]:
+        info = probe_video(root / "out" / clip["video"])
+        assert (info["height"], info["width"]) == (recipe["height"] // 2 * 2, recipe["width"] // 2 * 2)
+    for clip in result["clips"] + [c for c in result["rejected_clips"] if "source_frames" in c]:
+        span = times[clip["source_frames"][-1]] - times[clip["source_frames"][0]]
+        assert abs(span - 4 / 8.0) <= np.diff(times).max() / 2 + 1e-3
+
+
+# ---------------------------------------------------------------------------------------------- bench cases
+CASE_IDS = st.one_of(st.text(min_size=1, max_size=12), st.sampled_from(["a#1", "a?b", "a|b", "a\nb", "../x", ".",
+                                                                        "<b>", "x" * 300, "ok_1"]))
+
+
+@st.composite
+def bench_cases(draw) -> list:
+    """A cases file's lines: a good case with its id, prompt, references and truth replaced by hostile values."""
+    lines = []
+    for _ in range(draw(st.integers(1, 3))):
+        case = {"id": draw(CASE_IDS), "prompt": draw(st.one_of(st.text(max_size=20), JSON_VALUES)),
+                "references": draw(st.one_of(st.just([{"path": "ref.png"}]),
+                                             st.lists(st.fixed_dictionaries({"path": PATHS}), max_size=2),
+                                             JSON_VALUES))}
+        if draw(st.booleans()):
+            case["video"] = draw(st.one_of(st.sampled_from(["clip.mp4", "ref.png", "missing.mp4"]), PATHS))
+        lines.append(json.dumps(case))
+    return lines
+
+
+@FUZZ
+@given(lines=bench_cases())
+@example(lines=[json.dumps({"id": "a|b", "prompt": "p", "references": [{"path": "ref.png"}]})])
+@example(lines=[json.dumps({"id": "ok", "prompt": "p", "references": [{"path": "ref.png"}], "video": "ref.png"})])
+def test_bench_cases_read_as_safe_cases_or_name_the_line(media, lines):
+    """A cases file gives cases whose ids are safe in file names, links and markdown tables, whose truth is a video,
+    or one CasesError naming ``file:line``."""
+    from e2v.bench.cases import CasesError, read_cases
+
+    path = media / "cases.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    try:
+        cases = read_cases(path)
+    except CasesError as err:
+        assert str(err).startswith(str(path)), err
+        return
+    for case in cases:
+        assert not set(case.id) & set("#?|/\\<>&\"'` \n\r\t%") and not case.id.startswith((".", "-"))
+        assert case.video is None or case.video.suffix == ".mp4"

@@ -113,3 +113,47 @@ def test_preset_defaults_official_for_weights_and_e2v_for_checkpoints():
     assert resolve_preset(build_parser().parse_args([*base, "--checkpoint", "c.ckpt"])).name == "e2v"
     assert resolve_preset(build_parser().parse_args([*base, "--weights", "w", "--preset", "e2v"])).name == "e2v"
     assert build_parser().parse_args([*base, "--weights", "w"]).negative_prompt is None  # the preset's
+
+
+def test_no_batch_line_may_write_over_the_requests_file(world, tmp_path, monkeypatch, capsys):
+    """Issue 29 BAD 6: a line whose 'out' (or 'compare') was the --batch file turned the requests file into an mp4."""
+    ref = str(world / "ref0.png")
+    requests = write_requests(tmp_path / "self.jsonl", [
+        {"prompt": "p", "references": [ref], "out": "self.jsonl"},
+        {"prompt": "p", "references": [ref], "out": "ok.mp4", "compare": str(tmp_path / "self.jsonl")},
+    ])
+    before = requests.read_bytes()
+    monkeypatch.setattr(E2VPipeline, "from_checkpoint", lambda *a, **k: pytest.fail("a model was loaded"))
+    assert generate_command(["--checkpoint", str(world / "run.ckpt"), "--batch", str(requests), *SMALL]) == 2
+    err = capsys.readouterr().err
+    assert "self.jsonl line 1: 'out'" in err and "self.jsonl line 2: 'compare'" in err
+    assert err.count("is the same file as --batch") == 2
+    assert requests.read_bytes() == before
+
+
+def test_nan_weights_write_no_black_video_and_a_rejected_batch_leaves_no_folder(world, tmp_path, capsys):
+    """POOR: all-NaN weights wrote a black video with exit 0; a rejected batch left an empty ``sub/``."""
+    pipe = tiny_pipeline()
+    for parameter in pipe.dit.parameters():
+        parameter.data.fill_(float("nan"))
+    save_checkpoint(pipe, tmp_path / "nan.ckpt")
+    out = tmp_path / "v.mp4"
+    assert generate_command(["--checkpoint", str(tmp_path / "nan.ckpt"), "--ref", str(world / "ref0.png"),
+                             "--prompt", "p", "--out", str(out), *SMALL]) == 1
+    assert "non-finite values (NaN or inf)" in capsys.readouterr().err and not out.exists()
+    requests = write_requests(tmp_path / "r.jsonl", [{"prompt": "p", "references": ["missing.png"],
+                                                     "out": "sub/deeper/v.mp4"}])
+    assert generate_command(["--checkpoint", str(world / "run.ckpt"), "--batch", str(requests), *SMALL]) == 2
+    assert not (tmp_path / "sub").exists()
+
+
+def test_a_wrong_shaped_checkpoint_tensor_names_the_file(world, tmp_path, capsys):
+    """Issue 29 POOR: a wrong-shaped DiT tensor in ``generate`` gave a size-mismatch error without the file."""
+    checkpoint = torch.load(world / "run.ckpt", weights_only=True)
+    key = next(k for k, v in checkpoint["state_dict"].items() if v.ndim == 2)
+    checkpoint["state_dict"][key] = torch.zeros(3, 3)
+    torch.save(checkpoint, tmp_path / "bent.ckpt")
+    assert generate_command(["--checkpoint", str(tmp_path / "bent.ckpt"), "--ref", str(world / "ref0.png"),
+                             "--prompt", "p", "--out", str(tmp_path / "v.mp4"), *SMALL]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'bent.ckpt'}: DiT weights do not fit" in err and key[len("dit."):] in err

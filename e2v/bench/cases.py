@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from e2v.datamodules.references import check_kind
 
 CASE_KEYS = ("id", "prompt", "references", "video")
+MAX_ID = 200  # ID.mp4 / ID.json stay under the usual 255-byte file name limit
+ID_PATTERN = re.compile(rf"\w[\w.+=@,-]{{0,{MAX_ID - 1}}}")
 REFERENCE_KEYS = ("path", "kind")
 
 
@@ -50,6 +53,20 @@ def _path(value: object, root: Path, where: str, key: str) -> Path:
     return path
 
 
+def _video(path: Path, where: str) -> Path:
+    """``path`` if it opens as a video (not an image FFmpeg would read as a one-frame video)."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            image = container.format.name == "image2" or container.format.name.endswith("_pipe")
+            if not container.streams.video or image:
+                raise CasesError(f"{where}: video {path} is not a video file ({container.format.long_name})")
+    except av.error.FFmpegError as err:
+        raise CasesError(f"{where}: video {path} cannot be opened as a video ({err})") from None
+    return path
+
+
 def parse_case(obj: object, root: Path, where: str, line: int = 0) -> Case:
     """One case from its decoded JSON ``obj``; ``where`` (``file:line``) prefixes every error."""
     if not isinstance(obj, dict):
@@ -61,8 +78,9 @@ def parse_case(obj: object, root: Path, where: str, line: int = 0) -> Case:
         if key not in obj:
             raise CasesError(f"{where}: missing {key!r}")
     case_id = obj["id"]
-    if not isinstance(case_id, str) or not case_id.strip() or "/" in case_id or "\\" in case_id or case_id in (".", ".."):
-        raise CasesError(f"{where}: 'id' must be a non-empty string usable as a file name, got {case_id!r}")
+    if not isinstance(case_id, str) or not ID_PATTERN.fullmatch(case_id):
+        raise CasesError(f"{where}: 'id' must be 1-{MAX_ID} letters, digits and _ . - + = @ , starting with a "
+                         f"letter, digit or _ (usable as a file name and in the report's links); got {case_id!r}")
     if not isinstance(obj["prompt"], str):
         raise CasesError(f"{where}: 'prompt' must be a string, got {obj['prompt']!r}")
     refs = obj["references"]
@@ -85,7 +103,7 @@ def parse_case(obj: object, root: Path, where: str, line: int = 0) -> Case:
             raise CasesError(str(err)) from None
         references.append(CaseReference(_path(ref["path"], root, at, "path"), kind))
     video = obj.get("video")
-    video = None if video is None else _path(video, root, where, "video")
+    video = None if video is None else _video(_path(video, root, where, "video"), where)
     return Case(case_id, obj["prompt"], tuple(references), video, line)
 
 

@@ -126,7 +126,7 @@ def run_command(argv: Optional[Sequence[str]] = None) -> int:
     add_common(parser)
     add_generation_options(parser)
     args = parser.parse_args(argv)
-    from e2v.bench.runner import VIDEOS_DIR, BenchError, generate_cases, missing_videos
+    from e2v.bench.runner import BenchError, generate_cases, videos_to_generate
     from e2v.modules.weights import CheckpointError
     from e2v.pipeline.generate import apply_sampling, build_pipeline
 
@@ -141,12 +141,12 @@ def run_command(argv: Optional[Sequence[str]] = None) -> int:
                        image_guidance=args.image_guidance, seed=args.seed)
         check_generation_settings(Path(args.out), args, options)
         scorers = scorers_from(args)
-        todo = set(missing_videos(cases, Path(args.out) / VIDEOS_DIR))
+        todo = videos_to_generate(cases, args.out, options, args.fps)
         try:  # a resumed run with every video made loads no model
             pipe = build_pipeline(args, None) if todo else None
         except CheckpointError as err:
             raise BadInput(str(err)) from None
-        for case in (c for c in cases if c.id in todo):
+        for case in todo:
             try:
                 count = len(case.references)
                 pipe.check_request(count, args.height, args.width, pipe.sampled_frames(count, args.frames))

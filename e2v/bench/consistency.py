@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from e2v.bench.embedders import build_embedder, cosine
+from e2v.bench.embedders import WHITE_LEVEL, build_embedder, cosine
 from e2v.bench.pixel_metrics import moving_foreground
 from e2v.bench.scorer import (BACKGROUND_KINDS, DEFAULT_SAMPLED_FRAMES, FACE_KINDS, SUBJECT_KINDS_EXCLUDED, Sample,
                               Scorer, to_signed_video)
@@ -79,6 +79,7 @@ class ElementConsistency(Scorer):
 
     kinds: tuple[str, ...] = ()
     exclude_kinds = False
+    on_white = False  # references are subjects on white (a blank one is skipped)
     default_region = "whole"
 
     def __init__(self, embedder: Any = "colour_histogram", region: Optional[str] = None,
@@ -92,6 +93,8 @@ class ElementConsistency(Scorer):
 
     def score(self, sample: Sample) -> Optional[float]:
         refs = sample.references_of(self.kinds, exclude=self.exclude_kinds)
+        if self.on_white:  # a subject reference with nothing but white shows no subject: it does not apply
+            refs = [ref for ref in refs if (ref.reshape(-1, 3) <= WHITE_LEVEL).any()]
         if not refs:
             return None
         crops = self.region(sample.sampled(self.frames))
@@ -106,6 +109,7 @@ class ObjectConsistency(ElementConsistency):
     version = "1"
     kinds = SUBJECT_KINDS_EXCLUDED
     exclude_kinds = True
+    on_white = True
     default_region = "moving"
 
 

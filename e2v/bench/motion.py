@@ -24,6 +24,7 @@ from e2v.bench.scorer import Sample, Scorer
 from e2v.registry import register
 
 FLOW_SIDE = 256
+MAX_FLOW_ASPECT = 8  # the longer side is at most this many FLOW_SIDEs (OpenCV's remap takes under 32767 px)
 MAX_FRAMES = 64
 TOP_FRACTION = 0.05
 VBENCH_THRESHOLD = 6.0
@@ -33,11 +34,12 @@ FLOW_MODEL = f"OpenCV Farneback optical flow at a {FLOW_SIDE}-px shorter side"
 
 
 def grey_frames(sample: Sample) -> list[np.ndarray]:
-    """The sample's frames (at most MAX_FRAMES) as grey uint8 images at a FLOW_SIDE shorter side; cached."""
+    """The sample's frames (at most MAX_FRAMES) as grey uint8 images at a FLOW_SIDE shorter side (less for a frame
+    longer than MAX_FLOW_ASPECT times that); cached."""
     if "grey" not in sample.cache:
         frames = sample.sampled(MAX_FRAMES)
         height, width = frames.shape[1:3]
-        scale = FLOW_SIDE / min(height, width)
+        scale = min(FLOW_SIDE / min(height, width), MAX_FLOW_ASPECT * FLOW_SIDE / max(height, width))
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
         interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
         sample.cache["grey"] = [cv2.resize(cv2.cvtColor(f, cv2.COLOR_RGB2GRAY), size, interpolation=interpolation)

@@ -17,10 +17,14 @@ as one run.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import multiprocessing
 import os
 import shutil
+import signal
+import sys
+import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +55,11 @@ def list_videos(source: str | os.PathLike) -> list[tuple[str, str]]:
         videos = [(str(p), p.relative_to(source).as_posix()) for p in found]
     elif source.is_file():
         videos = []
-        for line in source.read_text(encoding="utf-8").splitlines():
+        try:
+            text = source.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise BuildError(f"--videos {source}: a list file must be UTF-8 text ({err})") from None
+        for line in text.splitlines():
             line = line.strip()
             if line and not line.startswith("#"):
                 path = Path(line).expanduser()
@@ -67,6 +75,17 @@ def list_videos(source: str | os.PathLike) -> list[tuple[str, str]]:
     return sorted(videos, key=lambda item: item[1])
 
 
+def check_out(videos: str | os.PathLike, out: str | os.PathLike) -> None:
+    """BuildError unless ``out`` can be the build folder of ``videos``: not a file, not inside a ``--videos``
+    folder (every rerun would list its own clips as raw videos)."""
+    videos, out = Path(videos), Path(out)
+    if out.exists() and not out.is_dir():
+        raise BuildError(f"--out {out} is a file; give a folder")
+    if videos.is_dir() and out.resolve().is_relative_to(videos.resolve()):
+        raise BuildError(f"--out {out} is inside --videos {videos}: every rerun would build clips of its own clips; "
+                         f"give a folder outside it")
+
+
 def parse_shard(text: str | None) -> tuple[int, int]:
     """``"I/N"`` -> ``(I, N)`` with 0 <= I < N; None -> ``(0, 1)``."""
     if text is None:
@@ -80,14 +99,43 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     return index, count
 
 
+def read_result(path: Path) -> dict:
+    """A per-video result file, checked: a JSON object whose media paths stay inside its build folder (BuildError
+    naming the file otherwise; a crafted shard must not reach outside OUT)."""
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise BuildError(f"{path}: not a per-video result ({err})") from None
+    if not isinstance(result, dict) or not isinstance(result.get("clips", []), list):
+        raise BuildError(f"{path}: not a per-video result (expected an object with a list of clips)")
+    for name in media_names(result, path):
+        parts = Path(name).parts if isinstance(name, str) else ()
+        if len(parts) < 2 or parts[0] not in MEDIA_FOLDERS or ".." in parts:
+            raise BuildError(f"{path}: media path {name!r} leaves the build folder (expected clips/, plates/ or "
+                             f"crops/ inside it)")
+    return result
+
+
+def media_names(result: dict, where: Path) -> list:
+    """Every media file (relative to the build folder) a per-video result names."""
+    try:
+        names = []
+        for clip in result.get("clips", []):
+            names += [clip["video"], clip["plate"]]
+            names += [e[k] for e in clip["elements"] for k in ("crop", "crop_same_clip", "crop_turned") if k in e]
+        return names
+    except (KeyError, TypeError) as err:
+        raise BuildError(f"{where}: malformed clip entry ({type(err).__name__}: {err})") from None
+
+
 def load_result(out: Path, key: str, digest: str) -> dict | None:
     """A finished video's result made with the same settings, else None."""
     path = result_path(out, key)
     if not path.is_file():
         return None
     try:
-        result = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        result = read_result(path)
+    except BuildError:
         return None
     return result if result.get("config") == digest else None
 
@@ -107,16 +155,29 @@ def run_jobs(jobs: list[VideoJob], workers: int, engine: str, progress: bool) ->
 
         yield from tqdm(run_with_ray(jobs, workers), **bar)
     elif workers > 1:
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        with multiprocessing.get_context("spawn").Pool(workers, initializer=die_with_parent,
+                                                        initargs=(os.getpid(),)) as pool:
             yield from tqdm(pool.imap_unordered(process_video, jobs), **bar)
     else:
         yield from tqdm(map(process_video, jobs), **bar)
 
 
+def die_with_parent(parent: int) -> None:
+    """Worker initializer: the kernel kills this process when the build process dies (Linux ``PR_SET_PDEATHSIG``), so
+    a killed build leaves no workers running on."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # died before the call above
+        os._exit(1)
+
+
 def run_videos(videos: str | os.PathLike, out: str | os.PathLike, config: BuildConfig, workers: int = 1,
                shard: tuple[int, int] = (0, 1), engine: str = "local", progress: bool = True,
-               on_result: Callable[[dict], None] | None = None) -> dict:
-    """The per-video stages for this shard's videos not done yet; returns counts (listed, shard, done, resumed)."""
+               on_result: Callable[[dict], None] | None = None, retries: int = 2, retry_wait: float = 1.0) -> dict:
+    """The per-video stages for this shard's videos not done yet; returns counts (listed, shard, processed,
+    resumed) and ``failed``: ``{name: message}`` of the videos an error of the machine (disk full, ...) stopped
+    after ``retries`` more tries, ``retry_wait`` seconds apart; they are not recorded, a rerun does them."""
+    check_out(videos, out)
     listed = list_videos(videos)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -126,27 +187,49 @@ def run_videos(videos: str | os.PathLike, out: str | os.PathLike, config: BuildC
     digest, settings = config.digest(), job_config(config)
     todo = [VideoJob(path, name, str(out), settings) for path, name in mine
             if load_result(out, video_key(name), digest) is None]
-    for result in run_jobs(todo, workers, engine, progress):
-        if on_result is not None:
-            on_result(result)
-    return {"listed": len(listed), "shard": len(mine), "processed": len(todo), "resumed": len(mine) - len(todo)}
+    jobs, failed = todo, {}
+    for attempt in range(retries + 1):
+        if attempt:
+            time.sleep(retry_wait)
+        by_name = {job.name: job for job in jobs}
+        failed = {}
+        for result in run_jobs(jobs, workers, engine, progress):
+            if result["status"] == "failed":
+                failed[result["name"]] = result["message"]
+            elif on_result is not None:
+                on_result(result)
+        jobs = [by_name[name] for name in sorted(failed)]
+        if not jobs:
+            break
+    return {"listed": len(listed), "shard": len(mine), "processed": len(todo) - len(failed),
+            "resumed": len(mine) - len(todo), "failed": failed}
 
 
-def copy_shard(source: Path, out: Path) -> int:
-    """Copy a shard folder's per-video results and the media they name into ``out``; returns results copied."""
-    copied = 0
-    for path in sorted((source / WORK).glob("*.json")):
-        result = json.loads(path.read_text(encoding="utf-8"))
-        for clip in result.get("clips", []):
-            names = [clip["video"], clip["plate"]]
-            names += [e[k] for e in clip["elements"] for k in ("crop", "crop_same_clip", "crop_turned") if k in e]
-            for name in names:
-                (out / name).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(source / name, out / name)
+def check_shard(source: Path, digest: str) -> list[tuple[Path, dict]]:
+    """A shard folder's per-video results, each read with :func:`read_result`; BuildError when it is no build
+    folder or when results were made with other settings than ``digest`` (merging them would drop them)."""
+    if not (source / WORK).is_dir():
+        raise BuildError(f"--from {source} is not a build folder (no work/)")
+    results = [(path, read_result(path)) for path in sorted((source / WORK).glob("*.json"))]
+    other = [path for path, result in results if result.get("config") != digest]
+    if other:
+        raise BuildError(f"--from {source}: {len(other)} of {len(results)} results (e.g. {other[0].name}) were built "
+                         f"with other settings than --config; merge with the --config they were built with")
+    return results
+
+
+def copy_shard(source: Path, out: Path, results: list[tuple[Path, dict]]) -> int:
+    """Copy a shard folder's checked per-video results (:func:`check_shard`) and the media they name into ``out``;
+    returns results copied."""
+    for path, result in results:
+        for name in media_names(result, path):
+            if not (source / name).resolve().is_relative_to(source.resolve()):
+                raise BuildError(f"{path}: media file {name} links outside {source}")
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source / name, out / name)
         (out / WORK).mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, out / WORK / path.name)
-        copied += 1
-    return copied
+    return len(results)
 
 
 @dataclass
@@ -204,8 +287,13 @@ def merge(out: str | os.PathLike, config: BuildConfig, names: list[str] | None =
     out = Path(out)
     digest = config.digest()
     if names is None:
-        results = [json.loads(p.read_text(encoding="utf-8")) for p in sorted((out / WORK).glob("*.json"))]
-        results = [r for r in results if r.get("config") == digest]
+        found = [(p, read_result(p)) for p in sorted((out / WORK).glob("*.json"))]
+        results = [r for _, r in found if r.get("config") == digest]
+        if len(results) < len(found):
+            other = next(p for p, r in found if r.get("config") != digest)
+            raise BuildError(f"{len(found) - len(results)} of {len(found)} per-video results in {out / WORK} (e.g. "
+                             f"{other.name}) were built with other settings than --config; merge with the --config "
+                             f"they were built with, or with --videos to merge only the listed videos")
     else:
         results = [load_result(out, video_key(name), digest) for name in names]
         missing = [name for name, r in zip(names, results) if r is None]

@@ -11,7 +11,7 @@ from e2v.argtypes import HelpFormatter, nonnegative_int, positive_int
 
 
 def _finish(out: Path, config, names: list[str] | None, extra: dict) -> int:
-    from e2v.databuild.build import merge
+    from e2v.databuild.build import BuildError, merge
     from e2v.databuild.report import write_report
     from e2v.databuild.video import job_config
 
@@ -22,6 +22,11 @@ def _finish(out: Path, config, names: list[str] | None, extra: dict) -> int:
     print(json.dumps({"manifest": str(out / "train.jsonl"), **heldout, **report["counts"], **report["throughput"]},
                      indent=2))
     print(f"report: {out / 'report.html'}")
+    if not merged.counts["clips_kept"]:
+        reasons = {**merged.counts["videos_rejected"], **merged.counts["clips_rejected"]}
+        shown = ", ".join(f"{reason} {count}" for reason, count in sorted(reasons.items()) if count) or "no shots"
+        raise BuildError(f"no clip was kept from the {merged.counts['videos']} video(s) in {out} ({shown}); the "
+                         f"manifest is empty, see {out / 'report.html'}")
     return 0
 
 
@@ -32,7 +37,8 @@ def add_heldout_option(parser: argparse.ArgumentParser) -> None:
 
 
 def build_command(argv: list[str] | None = None) -> int:
-    """``e2v data build --videos DIR_OR_LIST --out DIR``: triplets from raw videos (resumable; exit 2 on bad input)."""
+    """``e2v data build --videos DIR_OR_LIST --out DIR``: triplets from raw videos (resumable; exit 2 on bad input or
+    when no clip is kept, 1 when an error of the machine, such as a full disk, stopped some videos)."""
     from e2v.databuild.build import BuildError, parse_shard, run_videos
     from e2v.databuild.config import load_config
 
@@ -57,18 +63,28 @@ def build_command(argv: list[str] | None = None) -> int:
         print(f"e2v data build: error: {err}", file=sys.stderr)
         return 2
     print(f"videos: {counts['shard']} in this run ({counts['processed']} processed, {counts['resumed']} already done)")
+    if counts["failed"]:
+        for name, message in counts["failed"].items():
+            print(f"e2v data build: error: {name}: {message}", file=sys.stderr)
+        print(f"e2v data build: error: {len(counts['failed'])} video(s) stopped by an error of the machine, not "
+              f"recorded; free the resource and rerun the same command to build them", file=sys.stderr)
+        return 1
     if shard[1] > 1:
         print(f"shard {shard[0]}/{shard[1]} done; when every shard is done: e2v data merge {args.out}")
         return 0
     from e2v.databuild.build import list_videos
 
-    return _finish(args.out, config, [name for _, name in list_videos(args.videos)], counts)
+    try:
+        return _finish(args.out, config, [name for _, name in list_videos(args.videos)], counts)
+    except BuildError as err:
+        print(f"e2v data build: error: {err}", file=sys.stderr)
+        return 2
 
 
 def merge_command(argv: list[str] | None = None) -> int:
     """``e2v data merge OUT [--from SHARD_DIR ...]``: the global stage (identities, references, duplicates, manifest,
     report) over the per-video results of every shard."""
-    from e2v.databuild.build import BuildError, copy_shard, list_videos
+    from e2v.databuild.build import BuildError, check_shard, copy_shard, list_videos
     from e2v.databuild.config import load_config
 
     parser = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="e2v data merge", description=merge_command.__doc__)
@@ -82,10 +98,8 @@ def merge_command(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config, heldout_every=args.heldout_every)
-        for source in args.sources:
-            if not (source / "work").is_dir():
-                raise BuildError(f"--from {source} is not a build folder (no work/)")
-        copied = sum(copy_shard(source, args.out) for source in args.sources)
+        shards = [(source, check_shard(source, config.digest())) for source in args.sources]  # all, before copying
+        copied = sum(copy_shard(source, args.out, results) for source, results in shards)
         names = [name for _, name in list_videos(args.videos)] if args.videos else None
         return _finish(args.out, config, names, {"copied_from_shards": copied})
     except (BuildError, ValueError, OSError) as err:

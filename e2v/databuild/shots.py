@@ -14,19 +14,19 @@ import av
 import cv2
 import numpy as np
 
-from e2v.datamodules.video_io import VideoDecodeError
+from e2v.datamodules.video_io import VideoDecodeError, upright
 from e2v.registry import register
 
 
 def iter_frames(path: str, max_side: int | None = None) -> Iterator[np.ndarray]:
-    """Every frame of ``path`` in decode order as ``uint8 [H, W, 3]`` RGB, downscaled so its longest side is at
+    """Every frame of ``path`` in decode order as ``uint8 [H, W, 3]`` RGB (upright, see ``upright``), downscaled so its longest side is at
     most ``max_side``; VideoDecodeError when the file is corrupt or truncated."""
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             for frame in container.decode(stream):
-                image = frame.to_ndarray(format="rgb24")
+                image = upright(frame)
                 side = max(image.shape[:2])
                 if max_side and side > max_side:
                     scale = max_side / side

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import errno
 import functools
 import hashlib
 import json
@@ -30,10 +31,14 @@ from e2v.databuild.config import BuildConfig
 from e2v.databuild.elements import Track, link_tracks
 from e2v.databuild.shots import iter_frames
 from e2v.databuild.stages import ClipContext
-from e2v.datamodules.video_io import VideoDecodeError, probe_video, save_image, write_video
+from e2v.datamodules.video_io import VideoDecodeError, frame_times, probe_video, save_image, write_video
 
 WORK = "work"
 WHITE = 255
+TIME_EPS = 1e-4  # seconds: timestamps this close are equal
+# errors of the machine, not verdicts on a video: the video is retried and never recorded as done
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.ENOMEM, errno.EMFILE, errno.ENFILE, errno.EAGAIN,
+                      errno.EROFS, errno.ESTALE, errno.EACCES, errno.EPERM}
 
 
 @dataclass(frozen=True)
@@ -167,23 +172,47 @@ def _resize(frames: np.ndarray, size: list[int] | None) -> np.ndarray:
     return np.stack([cv2.resize(f, (size[1], size[0]), interpolation=cv2.INTER_AREA) for f in frames])
 
 
-def _windows(shots: list[tuple[int, int]], span: int, shortest: int,
-             config: BuildConfig) -> tuple[list[tuple[int, int, int, float]], list[int]]:
-    """Clip windows ``(shot, n, first native frame, native frames between clip frames)`` cut from each shot's start
-    (``span`` native frames each), and the shots too short for one. A shot shorter than ``span`` but at least
-    ``shortest`` native frames gives one window whose ``config.frames`` frames spread over the whole shot."""
-    step = (span - 1) / (config.frames - 1)
+def _nearest(times: np.ndarray, targets: np.ndarray, first: int, end: int) -> np.ndarray:
+    """Index in ``[first, end)`` of the frame nearest in time to each target (a tie goes to the earlier frame)."""
+    after = np.clip(np.searchsorted(times[first:end], targets), 1, end - first - 1) + first
+    before = after - 1
+    return np.where(targets - times[before] <= times[after] - targets, before, after)
+
+
+def _windows(shots: list[tuple[int, int]], times: np.ndarray, config: BuildConfig) -> tuple[list[tuple], list[int]]:
+    """Clip windows ``(shot, n, source frames, speed)`` cut from each shot's start, and the shots too short for one.
+    A clip's frame i is the shot's frame nearest in time to its first frame's time + i / fps (``times``: each native
+    frame's presentation time), so a clip of a variable-frame-rate video spans the time its frame count says. A shot
+    shorter than one clip but of at least ``config.min_shot`` seconds (and ``config.frames`` frames) gives one window
+    whose frames spread over the whole shot, played at ``speed`` (< 1) of its real pace."""
     windows, short = [], []
+    offsets = np.arange(config.frames) / config.fps
     for index, (first, end) in enumerate(shots):
+        end = min(end, len(times))
         start, count = first + config.trim, 0
-        while count < config.max_clips_per_shot and start + span <= end:
-            windows.append((index, count, start, step))
-            start, count = start + span, count + 1
-        if count == 0 and end - start >= max(shortest, config.frames):
-            windows.append((index, 0, start, (end - start - 1) / (config.frames - 1)))
-        elif count == 0:
+        while count < config.max_clips_per_shot and start < end - 1 and \
+                times[start] + offsets[-1] <= times[end - 1] + TIME_EPS:
+            frames = tuple(int(i) for i in _nearest(times, times[start] + offsets, start, end))
+            windows.append((index, count, frames, 1.0))
+            start, count = frames[-1] + 1, count + 1
+        frames_left = end - start
+        if count == 0 and frames_left >= max(config.frames, 2):
+            spread = float(times[end - 1] - times[start])
+            duration = spread * frames_left / (frames_left - 1)  # the shot's own length, its last frame included
+            if duration >= config.min_shot - TIME_EPS:
+                targets = times[start] + np.linspace(0.0, spread, config.frames)
+                frames = tuple(int(i) for i in _nearest(times, targets, start, end))
+                windows.append((index, 0, frames, round(spread / offsets[-1], 4)))
+                count = 1
+        if count == 0:
             short.append(index)
     return windows, short
+
+
+def _even(frames: np.ndarray) -> np.ndarray:
+    """``[F, H, W, 3]`` cropped by a row and/or column to even sides (yuv420p clips need them)."""
+    height, width = frames.shape[1:3]
+    return frames[:, : height - height % 2, : width - width % 2]
 
 
 def _crop(track: Track, clip: np.ndarray, frame: int, config: BuildConfig) -> np.ndarray:
@@ -264,8 +293,30 @@ def _process_clip(stages: Stages, config: BuildConfig, job: VideoJob, clip: np.n
     return entry, None, values
 
 
+def environment_error(err: BaseException) -> BaseException | None:
+    """The error of the machine (disk full, quota, I/O, memory, permissions) behind ``err``, if any."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, MemoryError) or (isinstance(err, OSError) and err.errno in ENVIRONMENT_ERRNOS):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def _not_a_file(path: str) -> str | None:
+    """Why ``path`` is no video file to read (missing, a folder, a device), else None."""
+    target = Path(path)
+    if target.is_file():
+        return None
+    if target.is_dir():
+        return f"{path} is a folder, not a video file"
+    return f"{path} is not a regular file" if target.exists() else f"{path} does not exist"
+
+
 def process_video(job: VideoJob) -> dict:
-    """Run the per-video stages on ``job`` and write its result; see the module docstring."""
+    """Run the per-video stages on ``job`` and write its result; see the module docstring. An error of the machine
+    (see :func:`environment_error`) gives ``status: failed`` and writes no result: the video is not done."""
     began = time.perf_counter()
     cv2.setNumThreads(1)
     config = BuildConfig(**job.config)
@@ -279,33 +330,54 @@ def process_video(job: VideoJob) -> dict:
         result.update(status="rejected", reason=reason, message=message)
         return result
 
-    if not Path(job.path).is_file():
-        return _finish(reject("missing", f"{job.path} does not exist"), began, out, key)
     try:
+        missing = _not_a_file(job.path)
+        if missing:
+            return _finish(reject("missing" if "does not exist" in missing else "not_a_file", missing), began,
+                           out, key)
         info = probe_video(job.path)
         result["info"] = info
-        span = int(round((config.frames - 1) * info["fps"] / config.fps)) + 1
-        shortest = int(np.ceil(config.min_shot * info["fps"] - 1e-6))
+        times = frame_times(job.path)
+        needed = (config.frames - 1) / config.fps
+        shortest = min(needed, max(config.min_shot - 1 / info["fps"], (config.frames - 1) / info["fps"]))
+        length = float(times[-1] - times[0]) if len(times) else 0.0
         if min(info["width"], info["height"]) < config.min_side:
             reject("too_small", f"{info['width']}x{info['height']} is below min_side {config.min_side}")
         elif not config.fps - 1e-6 <= info["fps"] <= config.max_fps:
             reject("odd_fps", f"{info['fps']:g} fps is outside [{config.fps:g}, {config.max_fps:g}]")
-        elif info["frames"] < min(span, max(shortest, config.frames)):
-            reject("too_short", f"{info['frames']} frames, one {config.frames}-frame clip needs "
-                                f"{min(span, max(shortest, config.frames))} (min_shot {config.min_shot:g} s)")
+        elif len(times) < info["frames"] - max(2, info["frames"] // 50):
+            reject("truncated", f"only {len(times)} of the {info['frames']} frames its header declares are there")
+        elif length < shortest - TIME_EPS:
+            reject("too_short", f"{info['frames']} frames over {length:.2f} s, one {config.frames}-frame clip at "
+                                f"{config.fps:g} fps needs {needed:.2f} s (a shot of min_shot "
+                                f"{config.min_shot:g} s gives one, slowed)")
         else:
             result["shots"] = shots = stages.shots.detect(job.path)
-            windows, short = _windows(shots, span, shortest, config)
-            result["rejected_clips"] += [{"shot": s, "reason": "too_short", "values": {}} for s in short]
-            if windows:
-                _cut(stages, config, job, key, shots, windows, info["fps"], out, result)
-    except VideoDecodeError as err:
-        reject("corrupt", str(err))
+            decoded = shots[-1][1] if shots else 0
+            if decoded < info["frames"] - max(2, info["frames"] // 50):
+                reject("truncated", f"only {decoded} of the {info['frames']} frames its header declares decode")
+            else:
+                windows, short = _windows(shots, times, config)
+                result["rejected_clips"] += [{"shot": s, "reason": "too_short", "values": {}} for s in short]
+                if windows:
+                    _cut(stages, config, job, key, shots, windows, times, out, result)
+        return _finish(result, began, out, key)
     except Exception as err:  # noqa: BLE001  one bad video never stops a build; the report lists these
-        frame = traceback.extract_tb(err.__traceback__)[-1]
-        reject("error", f"{type(err).__name__}: {err} (at {Path(frame.filename).name}:{frame.lineno}); delete "
-                        f"{result_path(out, key)} to retry")
-    return _finish(result, began, out, key)
+        machine = None if isinstance(err, VideoDecodeError) else environment_error(err)  # reading: a verdict
+        if machine is not None:
+            result.update(status="failed", reason="environment", message=f"{type(machine).__name__}: {machine}")
+            return result
+        if isinstance(err, VideoDecodeError):
+            reject("corrupt", str(err))
+        else:
+            frame = traceback.extract_tb(err.__traceback__)[-1]
+            reject("error", f"{type(err).__name__}: {err} (at {Path(frame.filename).name}:{frame.lineno}); delete "
+                            f"{result_path(out, key)} to retry")
+    try:
+        return _finish(result, began, out, key)
+    except OSError as err:
+        result.update(status="failed", reason="environment", message=f"{type(err).__name__}: {err}")
+        return result
 
 
 def _finish(result: dict, began: float, out: Path, key: str) -> dict:
@@ -315,12 +387,12 @@ def _finish(result: dict, began: float, out: Path, key: str) -> dict:
     return result
 
 
-def _cut(stages: Stages, config: BuildConfig, job: VideoJob, key: str, shots: list, windows: list, native: float,
+def _cut(stages: Stages, config: BuildConfig, job: VideoJob, key: str, shots: list, windows: list, times: np.ndarray,
          out: Path, result: dict) -> None:
     """Decode the video once, keeping only the frames the shot at hand needs (its clips' frames and up to
     ``plate_frames`` for its plate), and process each shot's clips as soon as its last needed frame is decoded:
     memory holds one shot's frames, however long the video."""
-    clip_frames = {w: [w[2] + int(round(i * w[3])) for i in range(config.frames)] for w in windows}
+    clip_frames = {w: list(w[2]) for w in windows}
     plate_frames, needed = {}, {}
     for shot in sorted({w[0] for w in windows}):
         first, end = shots[shot]
@@ -333,13 +405,13 @@ def _cut(stages: Stages, config: BuildConfig, job: VideoJob, key: str, shots: li
     frames: dict[int, np.ndarray] = {}
     for index, image in enumerate(iter_frames(job.path)):
         if index in wanted:
-            frames[index] = _resize(image[None], config.resize)[0]
+            frames[index] = _even(_resize(image[None], config.resize))[0]
         while pending and last[pending[0]] <= index:
             shot = pending.pop(0)
             shot_stack = np.stack([frames[i] for i in plate_frames[shot]])
             for window in (w for w in windows if w[0] == shot):
                 _clip(stages, config, job, key, window, np.stack([frames[i] for i in clip_frames[window]]),
-                      shot_stack, clip_frames[window], native, out, result)
+                      shot_stack, times, out, result)
             for i in needed[shot]:
                 frames.pop(i, None)
         if not pending:
@@ -348,17 +420,18 @@ def _cut(stages: Stages, config: BuildConfig, job: VideoJob, key: str, shots: li
 
 
 def _clip(stages: Stages, config: BuildConfig, job: VideoJob, key: str, window: tuple, clip: np.ndarray,
-          shot_frames: np.ndarray, source_frames: list[int], native: float, out: Path, result: dict) -> None:
+          shot_frames: np.ndarray, times: np.ndarray, out: Path, result: dict) -> None:
     """One clip window through the clip stages, recorded in ``result`` as kept or rejected."""
-    shot, n, start, step = window
+    shot, n, source_frames, speed = window
+    start = source_frames[0]
     entry, reason, values = _process_clip(stages, config, job, clip, shot_frames, f"{key}_s{shot:03d}_{n}", shot,
-                                          start / native, out)
+                                          float(times[start] - times[0]), out)
     values = {k: round(v, 5) for k, v in values.items()}
     if entry is None:
-        result["rejected_clips"].append({"shot": shot, "start": start, "reason": reason, "values": values})
+        result["rejected_clips"].append({"shot": shot, "start": start, "source_frames": list(source_frames),
+                                         "reason": reason, "values": values})
     else:
-        entry.update(start=start, source_frames=source_frames, values=values,
-                     speed=round(step * config.fps / native, 4))
+        entry.update(start=start, source_frames=list(source_frames), values=values, speed=speed)
         result["clips"].append(entry)
 
 

@@ -287,7 +287,8 @@ def build_cache(
     wait_for(lambda: len(_collect_shards(out_dir, index, range(num_shards))) == num_shards,
              lambda: f"shards {sorted(set(map(str, range(num_shards))) - index['shards'].keys(), key=int)} of {out_dir}",
              poll_seconds)
-    write_json_atomic(index_path, index, indent=1, sort_keys=True)
+    if not index_path.is_file() or _read_index(index_path) != json.loads(json.dumps(index)):
+        write_json_atomic(index_path, index, indent=1, sort_keys=True)  # a complete cache stays untouched (read-only)
     return LatentCache(out_dir)
 
 

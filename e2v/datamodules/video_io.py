@@ -1,6 +1,7 @@
 """Video and image file I/O: PyAV decoding with seeking and an fps stride, atomic mp4/PNG writers.
 
-Decoded videos are ``uint8 [F, H, W, 3]`` RGB tensors; the datamodule converts them to ``[3, F, H, W]`` in [-1, 1].
+Decoded videos are ``uint8 [F, H, W, 3]`` RGB tensors, turned upright by the stream's display matrix (a phone
+video stores landscape pixels and a rotation); the datamodule converts them to ``[3, F, H, W]`` in [-1, 1].
 Every failure to read a file (missing, corrupt, truncated, too short) raises :class:`VideoDecodeError` naming the
 file and the reason, so a bad manifest entry can be reported and skipped.
 """
@@ -57,8 +58,50 @@ def _native_fps(stream: av.video.stream.VideoStream, path: str | os.PathLike) ->
     return float(rate)
 
 
+def upright(frame: av.VideoFrame, reformatter: VideoReformatter | None = None) -> np.ndarray:
+    """A decoded frame as ``uint8 [H, W, 3]`` RGB, turned as its display matrix says (``frame.rotation``: degrees
+    counterclockwise; a portrait phone video reads -90). ``reformatter``: one conversion context reused over a clip."""
+    if reformatter is None:
+        image = frame.to_ndarray(format="rgb24")
+    else:
+        image = reformatter.reformat(frame, format="rgb24").to_ndarray()
+    turns = round((frame.rotation or 0) / 90) % 4
+    return np.ascontiguousarray(np.rot90(image, turns)) if turns else image
+
+
+def _rotation(path: str | os.PathLike) -> int:
+    """The display rotation of the video's first frame: 0, 90, 180 or 270 degrees counterclockwise (0 when no frame
+    decodes)."""
+    container = _open(path)
+    try:
+        for frame in container.decode(container.streams.video[0]):
+            return round((frame.rotation or 0) / 90) % 4 * 90
+        return 0
+    finally:
+        container.close()
+
+
+def frame_times(path: str | os.PathLike) -> np.ndarray:
+    """Presentation times (seconds, ascending, ``float64 [N]``) of every frame, from the demuxed packets' timestamps
+    (no decoding): a variable-frame-rate video is sampled by these, not by its average rate."""
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        base, fps = stream.time_base, _native_fps(stream, path)
+        stamps = [packet.pts if packet.pts is not None else packet.dts for packet in container.demux(stream)
+                  if packet.size]
+    except av.error.FFmpegError as err:
+        raise VideoDecodeError(f"{path}: corrupt or truncated video ({err})") from err
+    finally:
+        container.close()
+    if stamps and None not in stamps and base is not None:
+        return np.sort(np.asarray(stamps, np.float64)) * float(base)
+    return np.arange(len(stamps), dtype=np.float64) / fps
+
+
 def probe_video(path: str | os.PathLike) -> dict:
-    """Container metadata: ``dict(frames, fps, width, height, duration)`` (duration in seconds).
+    """Container metadata: ``dict(frames, fps, width, height, duration, rotation)`` (duration in seconds; width and
+    height as displayed, i.e. after the ``rotation``, degrees counterclockwise, of the display matrix).
 
     ``frames`` comes from the stream header when it has one, otherwise from counting the demuxed packets.
     """
@@ -75,7 +118,11 @@ def probe_video(path: str | os.PathLike) -> dict:
             duration = container.duration / av.time_base
         else:
             duration = frames / fps
-        return dict(frames=int(frames), fps=fps, width=stream.width, height=stream.height, duration=duration)
+        width, height = stream.width, stream.height
+        rotation = _rotation(path)
+        if rotation % 180:
+            width, height = height, width
+        return dict(frames=int(frames), fps=fps, width=width, height=height, duration=duration, rotation=rotation)
     except av.error.FFmpegError as err:
         raise VideoDecodeError(f"{path}: corrupt video ({err})") from err
     finally:
@@ -120,7 +167,7 @@ def read_video(
                 break
             if time < target - _TIME_EPS:
                 continue
-            image = reformatter.reformat(frame, format="rgb24").to_ndarray()
+            image = upright(frame, reformatter)
             while time >= target - _TIME_EPS and (num_frames is None or len(frames) < num_frames):
                 frames.append(image)
                 target += step

@@ -192,7 +192,7 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def check_output(path: str, option: str, inputs: dict[str, Path]) -> Path:
     """``path`` as an output file that can be written and replaces no input; BadInput naming ``option`` if not.
-    Creates missing parent folders (as the writer would)."""
+    Creates nothing: a rejected request leaves no empty folder."""
     if not path or not path.strip():
         raise BadInput(f"{option}: empty file name")
     out = Path(path)
@@ -201,9 +201,11 @@ def check_output(path: str, option: str, inputs: dict[str, Path]) -> Path:
     for name, source in inputs.items():
         if _same_file(out, source):
             raise BadInput(f"{option} {out} is the same file as {name}; writing it would destroy that input")
+    folder = out.parent  # the writer makes missing folders: check the nearest existing one, and make none here
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out.parent):
+        with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as err:
         raise BadInput(f"{option} {out}: cannot write in {out.parent} ({err.strerror or err})") from None
@@ -302,6 +304,7 @@ def read_command_requests(parser: argparse.ArgumentParser, args: argparse.Namesp
     apply_sampling(args, parser.prog)
     defaults = {key: getattr(args, key) for key in SETTINGS}
     if args.batch is not None:
+        sources["--batch"] = Path(args.batch)  # the requests file is an input too: no line's output may replace it
         return read_requests(args.batch, defaults, RequestChecker(sources, ("reference", "'out'", "'compare'")))
     refs = [parse_reference(value) for value in args.ref]
     try:
@@ -326,6 +329,9 @@ def generate_one(pipe: E2VPipeline, request: Request, progress: bool, write: boo
                  guidance=request.guidance, image_guidance=request.image_guidance, seed=request.seed,
                  progress=progress, on_step=on_step)
     sampled = time.perf_counter()
+    if not torch.isfinite(video).all():
+        raise ValueError(f"the model produced non-finite values (NaN or inf) for {request.out}: its weights are "
+                         f"broken (a diverged or damaged checkpoint); nothing written")
     if write:
         write_video(request.out, video, fps=request.fps)
         if request.compare:

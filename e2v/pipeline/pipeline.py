@@ -216,7 +216,11 @@ class E2VPipeline:
         state = {k[len("dit.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("dit.")}
         if ema:
             state.update(_ema_weights(checkpoint))
-        result = dit.load_state_dict(state, strict=False)
+        try:
+            result = dit.load_state_dict(state, strict=False)
+        except RuntimeError as err:  # a tensor of the wrong shape
+            raise CheckpointError(f"{path}: DiT weights do not fit the DiT built from its spec {hparams['dit']}: "
+                                  f"{str(err).strip().splitlines()[-1].strip()}") from None
         if result.missing_keys or result.unexpected_keys:
             raise CheckpointError(
                 f"{path}: DiT weights do not match the DiT built from its spec {hparams['dit']}: "
