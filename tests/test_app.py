@@ -52,7 +52,7 @@ def test_a_job_is_the_e2v_generate_command_it_shows(app, tmp_path):
     steps = []
     result = runner.run(form(root), progress=lambda done, total, left: steps.append((done, total, left)))
     assert [s[:2] for s in steps] == [(1, 2), (2, 2)] and steps[-1][2] == 0
-    assert probe_video(result.video)["frames"] == 13 - runner.pipe.layout.prefix_frames(3)
+    assert probe_video(result.video)["frames"] == 13  # --frames is the written video's length (28.2)
     strip = load_image(result.strip)
     assert strip.shape[0] == 96 and strip.shape[1] > 96 * 3  # three references, a gap, then frames
     saved = json.loads((result.folder / "settings.json").read_text())
@@ -83,7 +83,7 @@ def hostile_uploads(root):
     (dict(height=40.0), "--height: expected a positive multiple of 16, got '40'"),
     (dict(steps=math.nan), "--steps: expected an integer >= 1, got 'nan'"),
     (dict(guidance=None), "--guidance: expected a finite number >= 0, got ''"),
-    (dict(frames=10.0), "--frames: frames must be"),
+    (dict(frames=10.0), "frame count must be 4k\\+1"),
     (dict(frames=5.0), "3 references need at least 13 frames"),
     (dict(prompt="  "), "the prompt is empty"),
 ])
@@ -132,7 +132,8 @@ def test_evaluate_a_result_beside_the_anchors_then_compare(app):
     row = next(r for r in rows if r[0].startswith("object_consistency"))
     assert row[-1] == "0.809" and float(row[1]) == pytest.approx(report["summary"]["object_consistency"], abs=1e-3)
     assert str(folder) in report_folders([runner.out])
-    text, charts, compared = compare_reports([str(folder), str(folder)], runner.out)
+    _, _, second = evaluate(result.video, refs, "a dog", ["object_consistency", "dynamic_degree"], runner.out)
+    text, charts, compared = compare_reports([str(folder), str(second)], runner.out)
     assert "object_consistency" in text and compared.parent == runner.out / "compares"
     with pytest.raises(ValueError, match="no report.json"):
         compare_reports([str(root)], runner.out)

@@ -144,6 +144,8 @@ def build_pipeline(args: argparse.Namespace, parallel) -> E2VPipeline:
     if args.teacache is not None and args.step_cache is None:
         raise BadInput("--teacache needs --step-cache THRESH")
     preset = resolve_preset(args)
+    if getattr(args, "sampling", None) is None:  # parsed elsewhere (e2v app): the model's own settings first
+        apply_sampling(args, "e2v generate")
     solver = args.sampling.solver_spec(preset.schedule)
     offload = args.offload or args.offload_blocks is not None
     options = dict(device=args.device, offload=offload, tile=args.tile, parallel=parallel, preset=preset)
