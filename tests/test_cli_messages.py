@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -19,7 +20,7 @@ TINY = Path(__file__).resolve().parents[1] / "recipes" / "tiny" / "e2v.yaml"
 def cat(tmp_path):
     path = tmp_path / "cat.png"
     Image.fromarray(np.full((16, 16, 3), 200, np.uint8)).save(path)
-    (tmp_path / "fake.ckpt").write_bytes(b"")
+    torch.save({}, tmp_path / "fake.ckpt")  # readable, no weights and no saved sampling settings (the defaults)
     return path
 
 

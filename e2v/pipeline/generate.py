@@ -303,16 +303,18 @@ def read_command_requests(parser: argparse.ArgumentParser, args: argparse.Namesp
         if missing:
             parser.error(f"the following arguments are required: {', '.join(missing)} (or --batch)")
     sources = check_source(args)
+    refs = []
+    if args.batch is None:  # the command line's own references first: no model file is read for a typo
+        refs = [parse_reference(value) for value in args.ref]
+        try:
+            refs = [(path, kind and check_kind(kind, f"--ref {path}:{kind}")) for path, kind in refs]
+        except ValueError as err:
+            parser.error(str(err))
     apply_sampling(args, parser.prog)
     defaults = {key: getattr(args, key) for key in SETTINGS}
     if args.batch is not None:
         sources["--batch"] = Path(args.batch)  # the requests file is an input too: no line's output may replace it
         return read_requests(args.batch, defaults, RequestChecker(sources, ("reference", "'out'", "'compare'")))
-    refs = [parse_reference(value) for value in args.ref]
-    try:
-        refs = [(path, kind and check_kind(kind, f"--ref {path}:{kind}")) for path, kind in refs]
-    except ValueError as err:
-        parser.error(str(err))
     request = Request([(Path(path), kind) for path, kind in refs], args.prompt, args.out, args.compare, **defaults)
     RequestChecker(sources, ("--ref", "--out", "--compare"))(request)
     return [request]
