@@ -26,12 +26,13 @@ def _plan(kind: str = "normal", seed: int = 0, **change) -> raw_synth.ShotPlan:
 
 def test_short_shots_give_one_clip_spread_over_them_and_shorter_ones_none():
     config = BuildConfig()  # 17 frames at 8 fps; min_shot 1 s
-    span, shortest = 51, 25  # native 25 fps
-    windows, short = _windows([(0, 30), (30, 90), (90, 98)], span, shortest, config)
+    times = np.arange(98) / 25.0  # native 25 fps
+    windows, short = _windows([(0, 30), (30, 90), (90, 98)], times, config)
     assert short == [2]  # 8 frames (0.32 s)
-    (s0, n0, start0, step0), (s1, n1, start1, step1) = windows
-    assert (s0, start0, s1, start1) == (0, 0, 1, 30)
-    assert start0 + round(16 * step0) == 29 and step0 < step1 == 50 / 16  # spread over the whole 1.2 s shot
+    (s0, n0, frames0, speed0), (s1, n1, frames1, speed1) = windows
+    assert (s0, frames0[0], frames0[-1], s1, frames1[0]) == (0, 0, 29, 1, 30)  # spread over the whole 1.2 s shot
+    assert len(frames0) == len(frames1) == 17 and speed0 == pytest.approx(29 / 25 / 2, abs=1e-3) and speed1 == 1.0
+    assert frames1[-1] == 80  # 2 s at the native rate from frame 30
 
 
 def test_frame_shifts_recover_a_pan():

@@ -81,7 +81,7 @@ def test_inline_component_spec_on_the_command_line(capsys):
         main(["fit", "--config", str(TINY), "--model.init_args.sample_solver", "{name: unipc, shift: 5.0}",
               "--print_config"])
     solver = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]["sample_solver"]
-    assert solver == {"name": "unipc", "num_steps": 50, "shift": 5.0, "order": 2, "schedule": "current"}
+    assert solver == {"name": "unipc", "num_steps": 50, "shift": 5.0, "order": 2, "schedule": "current", "timesteps": None}
 
 
 def test_printed_config_rebuilds_the_same_components(tmp_path, capsys):
