@@ -302,17 +302,17 @@ def read_command_requests(parser: argparse.ArgumentParser, args: argparse.Namesp
         missing = [name for name, value in single.items() if value is None and name != "--compare"]
         if missing:
             parser.error(f"the following arguments are required: {', '.join(missing)} (or --batch)")
+        try:  # a mistyped kind is refused before any checkpoint is read
+            refs = [(path, kind and check_kind(kind, f"--ref {path}:{kind}"))
+                    for path, kind in map(parse_reference, args.ref)]
+        except ValueError as err:
+            parser.error(str(err))
     sources = check_source(args)
     apply_sampling(args, parser.prog)
     defaults = {key: getattr(args, key) for key in SETTINGS}
     if args.batch is not None:
         sources["--batch"] = Path(args.batch)  # the requests file is an input too: no line's output may replace it
         return read_requests(args.batch, defaults, RequestChecker(sources, ("reference", "'out'", "'compare'")))
-    refs = [parse_reference(value) for value in args.ref]
-    try:
-        refs = [(path, kind and check_kind(kind, f"--ref {path}:{kind}")) for path, kind in refs]
-    except ValueError as err:
-        parser.error(str(err))
     request = Request([(Path(path), kind) for path, kind in refs], args.prompt, args.out, args.compare, **defaults)
     RequestChecker(sources, ("--ref", "--out", "--compare"))(request)
     return [request]
