@@ -37,13 +37,15 @@ def test_generate_refuses_an_unknown_reference_kind(cat, capsys, kind):
 def test_batch_line_and_bench_case_refuse_an_unknown_kind(cat, capsys):
     from e2v.bench.cases import CasesError, read_cases
 
+    from e2v.argtypes import BadInput
+    from e2v.pipeline.batch import read_requests
+
     requests = cat.parent / "requests.jsonl"
     line = {"prompt": "a cat", "references": [{"path": "cat.png", "kind": "backgorund"}], "out": "a.mp4"}
     requests.write_text(json.dumps(line) + "\n")
-    code = main(["generate", "--batch", str(requests), "--checkpoint", str(cat.parent / "fake.ckpt")])
-    err = capsys.readouterr().err
-    assert code == 2 or "unknown reference kind 'backgorund'" in err
-    assert "line 1" in err and "unknown reference kind 'backgorund'" in err
+    defaults = dict(seed=0, height=16, width=16, frames=9, steps=1, guidance=1.0, image_guidance=None, fps=8.0)
+    with pytest.raises(BadInput, match=r"line 1: references\[0\]: unknown reference kind 'backgorund'"):
+        read_requests(requests, defaults, lambda request: None)
 
     cases = cat.parent / "cases.jsonl"
     cases.write_text(json.dumps({"id": "a", "prompt": "x", "references": [{"path": "cat.png", "kind": "alien"}]}))

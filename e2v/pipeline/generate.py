@@ -302,6 +302,11 @@ def read_command_requests(parser: argparse.ArgumentParser, args: argparse.Namesp
         missing = [name for name, value in single.items() if value is None and name != "--compare"]
         if missing:
             parser.error(f"the following arguments are required: {', '.join(missing)} (or --batch)")
+        try:  # a mistyped kind is refused before any checkpoint is read
+            refs = [(path, kind and check_kind(kind, f"--ref {path}:{kind}"))
+                    for path, kind in map(parse_reference, args.ref)]
+        except ValueError as err:
+            parser.error(str(err))
     sources = check_source(args)
     refs = []
     if args.batch is None:  # the command line's own references first: no model file is read for a typo
