@@ -27,6 +27,7 @@ rm -rf "$world/cache"  # the E2V fit encodes the fresh world with this run's com
 fit_args=()
 check=(--check)
 if $from_scratch; then
+  rm -rf runs/tiny/vae runs/tiny/refenc runs/tiny/base
   base_world=data/tiny_base_world
   stage "base world" e2v data synth --out "$base_world" --clips 3000 --heldout 0 --zeroshot 0 --frames 17 \
     --height 32 --width 32 --background-ref-prob 1.0 --prediction --seed 1 --workers 2
@@ -42,6 +43,7 @@ if $from_scratch; then
             --model.init_args.dit '{"name": "wan", "weights": "runs/tiny/base/export/transformer"}')
   check=()
 fi
+rm -rf runs/tiny/e2v  # this run's E2V fit starts fresh (a run folder holding another run is refused)
 stage "E2V fit" e2v fit --config recipes/tiny/e2v.yaml "${fit_args[@]}"
 # one video from zero-shot references (elements from a part of the space training never draws)
 first='import json, sys; r = json.loads(open(sys.argv[1]).readline())'
