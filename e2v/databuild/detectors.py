@@ -243,6 +243,7 @@ class PackagedDetector:
             labels[int(cy - ry): int(cy + ry) + 1, int(cx - rx): int(cx + rx) + 1] = cv2.GC_FGD
         if (labels == cv2.GC_BGD).sum() < 16:  # GrabCut needs background samples: the frame's rim
             labels[[0, -1]], labels[:, [0, -1]] = cv2.GC_PR_BGD, cv2.GC_PR_BGD
+        cv2.setRNGSeed(0)  # GrabCut's k-means draws from OpenCV's process-wide RNG: the same mask in any worker
         try:
             cv2.grabCut(np.ascontiguousarray(frame[..., ::-1]), labels, None, np.zeros((1, 65)), np.zeros((1, 65)),
                         self.grabcut, cv2.GC_INIT_WITH_MASK)
