@@ -169,6 +169,12 @@ def compare_command(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     from e2v.bench.compare import write_compare
 
+    seen: dict[Path, str] = {}
+    for report in args.reports:
+        if Path(report).resolve() in seen:
+            return _error("compare", CompareError(f"{report} is given twice (as {seen[Path(report).resolve()]}); "
+                                                  f"compare different reports"), 2)
+        seen[Path(report).resolve()] = report
     try:
         payload = write_compare(args.reports, args.out, charts=not args.no_charts)
     except CompareError as err:

@@ -50,11 +50,6 @@ def model_names(folders: Sequence[Path]) -> list[str]:
 def compare(folders: Sequence[str | Path]) -> dict[str, Any]:
     """The comparison payload of several report folders."""
     folders = [Path(f) for f in folders]
-    seen = {}
-    for folder in folders:
-        if folder.resolve() in seen:
-            raise CompareError(f"{folder} is given twice (as {seen[folder.resolve()]}); compare different reports")
-        seen[folder.resolve()] = folder
     reports = [read_report(f) for f in folders]
     names = model_names(folders)
     scorers: dict[str, Any] = {}
