@@ -15,6 +15,8 @@ case "${1:-}" in
 esac
 world=data/tiny_world
 times=()
+print_times() { [ ${#times[@]} -eq 0 ] || { echo "stage times:"; printf '  %s\n' "${times[@]}"; }; }
+trap print_times EXIT  # also when a stage fails (a missed margin exits 1)
 stage() {  # stage NAME COMMAND...: run it, remember its wall time
   local name=$1 start=$SECONDS
   shift
@@ -58,7 +60,5 @@ stage "generate one video" e2v generate --checkpoint runs/tiny/e2v/checkpoints/l
 stage "learning benchmark" python benchmarks/bench_learning.py --checkpoint runs/tiny/e2v/checkpoints/last.ckpt \
   --split heldout="$world/heldout.jsonl" --split zeroshot="$world/zeroshot.jsonl" --frames 17 --size 32 \
   --out runs/tiny/learning --json runs/tiny/learning/margins.json "${check[@]}"
-echo "stage times:"
-printf '  %s\n' "${times[@]}"
 echo "done: sample video runs/tiny/sample.mp4, previews runs/tiny/learning/{heldout,zeroshot}_preview.png;"
 echo "MLflow (every recipe's runs): mlflow ui --backend-store-uri sqlite:///runs/mlflow.db --default-artifact-root runs/mlartifacts"
