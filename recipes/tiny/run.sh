@@ -18,10 +18,11 @@ times=()
 print_times() { [ ${#times[@]} -eq 0 ] || { echo "stage times:"; printf '  %s\n' "${times[@]}"; }; }
 trap print_times EXIT  # also when a stage fails (a missed margin exits 1)
 stage() {  # stage NAME COMMAND...: run it, remember its wall time
-  local name=$1 start=$SECONDS
+  local name=$1 start=$SECONDS status=0
   shift
-  "$@"
+  "$@" || status=$?
   times+=("$(printf '%-28s %4d s' "$name" $((SECONDS - start)))")
+  return $status
 }
 stage "synthetic world" e2v data synth --out "$world" --clips 400 --heldout 24 --zeroshot 24 --frames 17 \
   --height 32 --width 32 --background-ref-prob 1.0
