@@ -41,7 +41,7 @@ from tqdm import tqdm
 from e2v import open_elements
 from e2v.atomic import write_json_atomic, write_text_atomic
 from e2v.datamodules.video_io import save_image, write_video
-from e2v.drawing import Pose, draw, ellipse_alpha, lerp, prescaled, resize_longest, tint, to_rgb, window  # noqa: F401 (Pose, draw, prescaled, window: used by raw_synth)
+from e2v.drawing import Pose, draw, ellipse_alpha, lerp, prescaled, resize_longest, tint, to_rgb, window
 
 SPRITE_SIZE = 160  # longest side of library sprites, pixels
 BACKGROUND_SIZE = 384  # side of library background textures, pixels

@@ -44,6 +44,7 @@ from tqdm import tqdm
 from e2v import synth
 from e2v.atomic import write_json_atomic, write_text_atomic
 from e2v.datamodules.video_io import save_image, write_video
+from e2v.drawing import Pose, draw, prescaled, window
 
 RAW_FPS = 16.0
 CLIP_FPS = 8.0
@@ -114,14 +115,14 @@ def plan_shot(rng: np.random.Generator, kind: str, cast: list[int], banned: set,
         tuple(bool(v) for v in rng.integers(0, 2, size=len(subjects))), tuple(float(v) for v in window), caption)
 
 
-def _pose(plan: ShotPlan, i: int, frame: int, fps: float) -> synth.Pose:
+def _pose(plan: ShotPlan, i: int, frame: int, fps: float) -> Pose:
     dx, dy = synth.DIRECTIONS[plan.direction]
     raw = frame * RAW_FPS / fps - (SPAN - 1)  # raw frames past the clip window
     travel = TRAVEL * plan.travel
     moved = travel * (1 + raw / (SPAN - 1)) if raw <= 0 else travel + EXIT * min(raw, EXIT_FRAMES) / EXIT_FRAMES
     moved = 0.0 if plan.kind == "static" else moved
     x, y = plan.starts[i]
-    return synth.Pose(x + dx * moved, y + dy * moved, plan.sizes[i], plan.angles[i], plan.flips[i])
+    return Pose(x + dx * moved, y + dy * moved, plan.sizes[i], plan.angles[i], plan.flips[i])
 
 
 def render_shot(plan: ShotPlan, height: int, width: int, fps: float = RAW_FPS, frames: int | None = None) -> tuple[np.ndarray, list[list[list[int] | None]], np.ndarray]:
@@ -132,7 +133,7 @@ def render_shot(plan: ShotPlan, height: int, width: int, fps: float = RAW_FPS, f
     scale = max(height, width) / 64  # blurs are set at 64 px and scale with the frame
     background = (photo_canvas(plan.photo, height, width, 1.0 * scale) if plan.photo else
                   synth.background_canvas(plan.background, height, width, 1.0 * scale))
-    sprites = [synth.prescaled(synth.element_library()[s].rgba, size * min(height, width))
+    sprites = [prescaled(synth.element_library()[s].rgba, size * min(height, width))
                for s, size in zip(plan.subjects, plan.sizes)]
     video = np.empty((count, height, width, 3), np.uint8)
     boxes: list[list] = [[] for _ in plan.subjects]
@@ -141,15 +142,15 @@ def render_shot(plan: ShotPlan, height: int, width: int, fps: float = RAW_FPS, f
     for f in range(count):
         t = f / max(1, count - 1) if plan.kind == "pan" else 0.0
         jx, jy = _wander(plan, f * RAW_FPS / fps)
-        frame = synth.window(background, float(np.clip(x0 + (x1 - x0) * t + jx, 0, 1)),
+        frame = window(background, float(np.clip(x0 + (x1 - x0) * t + jx, 0, 1)),
                              float(np.clip(y0 + (y1 - y0) * t + jy, 0, 1)), height, width)
         if plate is None:
             plate = frame.copy()
         for i, sprite in enumerate(sprites):
             alpha = np.zeros((height, width, 3), np.float32)
             pose = _pose(plan, i, f, fps)
-            synth.draw(frame, sprite, pose)
-            synth.draw(alpha, np.concatenate([sprite[..., 3:]] * 4, axis=2), pose)
+            draw(frame, sprite, pose)
+            draw(alpha, np.concatenate([sprite[..., 3:]] * 4, axis=2), pose)
             ys, xs = np.nonzero(alpha[..., 0] > 0.5)
             boxes[i].append([int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1] if len(xs) else None)
         video[f] = np.clip(frame * 255 + 0.5, 0, 255).astype(np.uint8)
@@ -220,8 +221,8 @@ def _reference(element: int, rng: np.random.Generator, height: int, width: int) 
     """A true subject reference: the sprite on white, bigger, tilted and mirrored (as in the synthetic world)."""
     canvas = np.ones((height, width, 3), np.float32)
     size = rng.uniform(0.7, 0.85)
-    pose = synth.Pose(rng.uniform(0.4, 0.6), rng.uniform(0.4, 0.6), size, float(rng.uniform(-30, 30)), bool(rng.integers(2)))
-    synth.draw(canvas, synth.prescaled(synth.element_library()[element].rgba, size * min(height, width)), pose)
+    pose = Pose(rng.uniform(0.4, 0.6), rng.uniform(0.4, 0.6), size, float(rng.uniform(-30, 30)), bool(rng.integers(2)))
+    draw(canvas, prescaled(synth.element_library()[element].rgba, size * min(height, width)), pose)
     return np.clip(canvas * 255 + 0.5, 0, 255).astype(np.uint8)
 
 
