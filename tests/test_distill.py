@@ -169,3 +169,43 @@ def test_schedule_round_trips_through_checkpoint_export_and_generate(teacher, tm
     out, err = capsys.readouterr()
     assert "steps 8 (flag)" in out and "timesteps" not in out
     assert "--steps 8 leaves the trained schedule" in err
+
+
+class CachedBatches(L.LightningDataModule):
+    """The teacher fixture's cached batch, repeated (a datamodule the ``e2v fit`` command can build)."""
+
+    batch = None
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(Batches(CachedBatches.batch, 1000), batch_size=None)
+
+
+@pytest.mark.parametrize("task", ["ODEDistillation", "DMDDistillation"])
+def test_distillation_through_the_fit_command_saves_the_students_schedule(teacher, tmp_path, monkeypatch, task):
+    """LightningCLI saves only the task's own arguments as hyper-parameters: those the distillation tasks fix for
+    E2VDiffusion (the student's solver, the dropouts) must still be there when a checkpoint is written."""
+    import yaml
+
+    from e2v.cli import main
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    path, batch = teacher
+    CachedBatches.batch = batch
+    recipe = {
+        "seed_everything": 0,
+        "trainer": {"accelerator": "cpu", "max_steps": 2, "logger": False, "enable_progress_bar": False,
+                    "default_root_dir": str(tmp_path / "run"), "limit_val_batches": 0,
+                    "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                                   "init_args": {"save_last": True}}]},
+        "model": {"class_path": f"e2v.tasks.distill.{task}",
+                  "init_args": {"teacher": str(path), **SCHEDULE, "teacher_steps": 4}},
+        "data": {"class_path": f"{__name__}.CachedBatches"},
+    }
+    config = tmp_path / "recipe.yaml"
+    config.write_text(yaml.safe_dump(recipe))
+    main(["fit", "--config", str(config)])
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    saved = read_saved(checkpoint)
+    assert saved["solver"] == "euler" and saved["steps"] == 4 and saved["guidance"] == 1.0
+    hparams = torch.load(checkpoint, weights_only=True)["hyper_parameters"]
+    assert hparams["sample_solver"]["num_steps"] == 4 and hparams["text_dropout"] == 0.0

@@ -96,8 +96,12 @@ class E2VDiffusion(LightningModule):
                 meta device and ``configure_model`` loads each rank's shards only (no rank holds the whole DiT);
                 left out, the DiT is built in full and sharded without mixed precision.
         """
+        arguments = {k: v for k, v in locals().items() if k not in ("self", "__class__", *self.unsaved_arguments)}
         super().__init__()
         self.save_hyperparameters(ignore=list(self.unsaved_arguments))
+        # LightningCLI saves the instantiated class's own arguments only: those a subclass fixes (the distillation
+        # tasks' sample_solver, dropouts) are added from here
+        self.hparams.update({k: v for k, v in arguments.items() if k not in self.hparams})
         # the hyper-parameters hold the resolved specs: a checkpoint rebuilds its components without the family
         specs = resolve_family(family, dict(dit=dit, vae=vae, text_encoder=text_encoder, image_encoder=image_encoder,
                                             layout=layout))
