@@ -147,11 +147,12 @@ def evaluate(split: str, manifest: str, trained: E2VPipeline, untrained: E2VPipe
         background = [j for j in range(n) if j not in subjects(item)]
         donor = partner(items, i, lambda o: len(subjects(o)) == len(subjects(item)), names)
         if donor is not None:
-            swap = references(item, [(donor, j) for j in subjects(donor)] + [(item, j) for j in background])
+            donated = iter((donor, j) for j in subjects(donor))  # the donor's subjects where the clip's were
+            swap = references(item, [(item, j) if j in background else next(donated) for j in range(n)])
             swapped = generate(trained, item, swap, args, seed)
             metrics["subj_swapped"].append(subject_match(swapped, subject_refs))
             metrics["shape_swapped"].append(shape_match(swapped, subject_refs))
-            metrics["shape_truth_swapped"].append(shape_match(truth, swap["refs"][: len(subjects(donor))]))
+            metrics["shape_truth_swapped"].append(shape_match(truth, swap["refs"][subjects(item)]))
         if args.per_clip:
             tqdm.write(f"  {item['id'][0]}: refs {'+'.join(own_refs['kinds'])}  PSNR own {metrics['own'][-1]:.2f} "
                        f"flat {metrics['flat'][-1]:.2f}  colour own {metrics['subj_own'][-1]:.3f}  "
