@@ -12,7 +12,9 @@ Rows (one sampler each, the same clips, seeds and references, measured in the sa
     every other of its timesteps (a 4-step student at 2 steps).
 
 Columns: DiT forwards per video (samples through the first block: CFG counts twice, skipped steps not at all), the
-end-to-end time ratio (baseline seconds / row seconds, encoders and VAE included), and the margins of
+end-to-end time ratio (baseline seconds / row seconds, encoders and VAE included), the mean PSNR of the row's video
+against the teacher's own (same seed and references: how faithfully a fast sampler reproduces it; PSNR against the
+truth alone rewards blur, which few-step samplers give), and the margins of
 ``benchmarks/bench_learning.py``: (a) PSNR own - flat, (b) PSNR own - shuffled references, (c) subject match own -
 swapped subjects, then the student's share of the teacher's margins. One table per ``--manifest`` (held-out,
 zero-shot, ...) and a preview PNG per manifest: per clip, references | one strip per row | truth.
@@ -35,7 +37,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_learning import held_out_items, partner, preview_row, references, subject_names, subjects  # noqa: E402
+from bench_learning import (held_out_items, partner, preview_row, references, subject_names, subjects,  # noqa: E402
+                            swapped_references)
 
 from e2v.bench.pixel_metrics import flat_video, psnr, subject_match  # noqa: E402
 from e2v.callbacks.samples import enlarged  # noqa: E402
@@ -57,7 +60,7 @@ class Row:
     forwards: list = dataclasses.field(default_factory=list)
     seconds: list = dataclasses.field(default_factory=list)
     metrics: dict = dataclasses.field(default_factory=lambda: {k: [] for k in ("own", "flat", "shuffled", "subj_own",
-                                                                               "subj_swapped")})
+                                                                               "subj_swapped", "vs_teacher")})
 
     def generate(self, item: dict, refs: dict, frames: int, seed: int, timed: bool = False) -> torch.Tensor:
         counter = [0]
@@ -122,7 +125,6 @@ def evaluate(rows: list[Row], items: list[dict], args: argparse.Namespace, manif
         subject_refs = own_refs["refs"][subjects(item)]
         other = partner(items, i, lambda o: o["refs"].shape[1] == n, names)
         donor = partner(items, i, lambda o: len(subjects(o)) == len(subjects(item)), names)
-        background = [j for j in range(n) if j not in subjects(item)]
         videos = []
         for row in rows:
             seed = args.seed + i
@@ -135,9 +137,10 @@ def evaluate(rows: list[Row], items: list[dict], args: argparse.Namespace, manif
                 shuffled = row.generate(item, references(other, [(other, j) for j in range(n)]), args.frames, seed)
                 row.metrics["shuffled"].append(psnr(shuffled, truth))
             if donor is not None:
-                swap = references(item, [(donor, j) for j in subjects(donor)] + [(item, j) for j in background])
-                row.metrics["subj_swapped"].append(subject_match(row.generate(item, swap, args.frames, seed),
-                                                                 subject_refs))
+                swap = row.generate(item, swapped_references(item, donor), args.frames, seed)
+                row.metrics["subj_swapped"].append(subject_match(swap, subject_refs))
+        for row, video in zip(rows, videos):  # fidelity to the teacher's own video (same seed and references)
+            row.metrics["vs_teacher"].append(psnr(video, videos[1]))
         print(f"  clip {i + 1}/{len(items)} {item['id'][0]}: " + ", ".join(
             f"{row.name.split(',')[0]} {row.metrics['own'][-1]:.2f} dB" for row in rows), flush=True)
         if i < args.preview:
@@ -150,13 +153,15 @@ def report(rows: list[Row], manifest: str, clips: int) -> None:
     teacher = rows[1].margins()
     naive = rows[2].margins()
     print(f"\n{manifest}: {clips} clips, end-to-end seconds of the baseline {base_seconds:.1f}")
-    print("| sampler | DiT forwards | end-to-end time ratio | margins (a) / (b) / (c) | share of the teacher's |")
-    print("|---|---|---|---|---|")
+    print("| sampler | DiT forwards | end-to-end time ratio | PSNR vs the teacher's video | margins (a) / (b) / (c) | "
+          "share of the teacher's |")
+    print("|---|---|---|---|---|---|")
     for row in rows:
         m = row.margins()
         share = " / ".join(f"{100 * m[k] / teacher[k]:.0f}%" if teacher[k] > 0 else "n/a" for k in "abc")
-        print(f"| {row.name} | {sum(row.forwards) / len(row.forwards):.0f} | "
-              f"{base_seconds / sum(row.seconds):.1f}x | {m['a']:+.2f} / {m['b']:+.2f} / {m['c']:+.3f} | {share} |")
+        fidelity = "(itself)" if row is rows[1] else f"{row.mean('vs_teacher'):.2f} dB"
+        print(f"| {row.name} | {sum(row.forwards) / len(row.forwards):.0f} | {base_seconds / sum(row.seconds):.1f}x | "
+              f"{fidelity} | {m['a']:+.2f} / {m['b']:+.2f} / {m['c']:+.3f} | {share} |")
     print(f"(teacher 4 steps margins: {naive['a']:+.2f} / {naive['b']:+.2f} / {naive['c']:+.3f})")
 
 
@@ -198,7 +203,7 @@ def main() -> None:
             image = torch.cat([F.pad(r, (0, width - r.shape[-1]), value=1.0) for r in preview], dim=-2)
             path = Path(args.out) / f"{Path(manifest).stem}_preview.png"
             save_image(path, enlarged(image, 512))
-            print(f"preview: {path} (per clip: references | " + " | ".join(r.name.split(",")[0] for r in rows)
+            print(f"preview: {path} (per clip: references | " + " | ".join(r.name for r in rows)
                   + " | truth)")
 
 

@@ -80,6 +80,13 @@ def references(item: dict, order: list[tuple[dict, int]]) -> dict:
     }
 
 
+def swapped_references(item: dict, donor: dict) -> dict:
+    """The clip's references with the donor's subjects in its subjects' places (the background stays)."""
+    donated = iter((donor, j) for j in subjects(donor))
+    return references(item, [next(donated) if j in subjects(item) else (item, j)
+                             for j in range(item["refs"].shape[1])])
+
+
 def subject_names(manifest: str) -> dict[str, frozenset]:
     """Clip id -> the names of its subject elements (reference paths when the manifest names no element)."""
     records = [json.loads(line) for line in open(manifest) if line.strip()]
@@ -144,11 +151,9 @@ def evaluate(split: str, manifest: str, trained: E2VPipeline, untrained: E2VPipe
         if other is not None:
             shuffled = generate(trained, item, references(other, [(other, j) for j in range(n)]), args, seed)
             metrics["shuffled"].append(psnr(shuffled, truth))
-        background = [j for j in range(n) if j not in subjects(item)]
         donor = partner(items, i, lambda o: len(subjects(o)) == len(subjects(item)), names)
         if donor is not None:
-            donated = iter((donor, j) for j in subjects(donor))  # the donor's subjects where the clip's were
-            swap = references(item, [(item, j) if j in background else next(donated) for j in range(n)])
+            swap = swapped_references(item, donor)
             swapped = generate(trained, item, swap, args, seed)
             metrics["subj_swapped"].append(subject_match(swapped, subject_refs))
             metrics["shape_swapped"].append(shape_match(swapped, subject_refs))
