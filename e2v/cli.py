@@ -1,6 +1,7 @@
 """The ``e2v`` command: LightningCLI subcommands (fit, validate, test, predict) plus e2v's own.
 
     e2v fit --config recipes/tiny/e2v.yaml [--trainer.max_steps 100 ...]
+    e2v distill [--config recipes/tiny/distill.yaml]   # a few-step, guidance-free student (e2v fit, checked)
     e2v registry                      # every registered component, by kind
     e2v registry dit wan              # one component's options, types and defaults (what a recipe may set)
     e2v data synth --out data/world   # the synthetic E2V world
@@ -23,6 +24,7 @@ import sys
 from typing import Callable
 
 USAGE = """usage: e2v {fit,validate,test,predict} --config RECIPE.yaml [overrides]
+       e2v distill [--config RECIPE.yaml] [overrides]
        e2v registry [KIND [NAME]]
        e2v data {synth,check,build,merge} ...
        e2v cache ...
@@ -41,6 +43,7 @@ COMMANDS: dict[str, str] = {
     "export": "e2v.export:export_command",
     "plan": "e2v.plan:plan_command",
     "app": "e2v.app.command:app_command",
+    "distill": "e2v.distill_command:distill_command",
 }
 DATA_COMMANDS: dict[str, str] = {
     "synth": "e2v.world_commands:synth_command",

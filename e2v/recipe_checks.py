@@ -53,6 +53,11 @@ def recipe_problems(config: Any) -> list[str]:
         value = _get(config, f"{data}.{key}")
         if isinstance(value, (str, os.PathLike)) and not Path(value).is_file():
             problems.append(f"{data}.{key}: {value} does not exist or is not a file")
+    for key in ("teacher", "student"):  # the distillation tasks' checkpoints (E2VDiffusion runs)
+        value = _get(config, f"model.init_args.{key}")
+        if isinstance(value, (str, os.PathLike)) and not Path(value).is_file():
+            problems.append(f"model.init_args.{key}: {value} does not exist or is not a file (an E2VDiffusion "
+                            "checkpoint: the tiny recipes distill the main job's, bash recipes/tiny/run.sh)")
     cache = _get(config, f"{data}.cache_dir")
     if isinstance(cache, (str, os.PathLike)) and not (Path(cache) / "index.json").is_file() \
             and not _writable_folder(Path(cache)):

@@ -181,7 +181,7 @@ class CachedBatches(L.LightningDataModule):
 
 
 @pytest.mark.parametrize("task", ["ODEDistillation", "DMDDistillation"])
-def test_distillation_through_the_fit_command_saves_the_students_schedule(teacher, tmp_path, monkeypatch, task):
+def test_distillation_through_the_command_saves_the_students_schedule(teacher, tmp_path, monkeypatch, task):
     """LightningCLI saves only the task's own arguments as hyper-parameters: those the distillation tasks fix for
     E2VDiffusion (the student's solver, the dropouts) must still be there when a checkpoint is written."""
     import yaml
@@ -203,9 +203,36 @@ def test_distillation_through_the_fit_command_saves_the_students_schedule(teache
     }
     config = tmp_path / "recipe.yaml"
     config.write_text(yaml.safe_dump(recipe))
-    main(["fit", "--config", str(config)])
+    assert main(["distill", "--config", str(config)]) == 0  # e2v fit, with the recipe checked first
     checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
     saved = read_saved(checkpoint)
     assert saved["solver"] == "euler" and saved["steps"] == 4 and saved["guidance"] == 1.0
     hparams = torch.load(checkpoint, weights_only=True)["hyper_parameters"]
     assert hparams["sample_solver"]["num_steps"] == 4 and hparams["text_dropout"] == 0.0
+
+
+def test_distill_command_refuses_what_is_not_a_distillation_before_building_anything(teacher, tmp_path, capsys):
+    import yaml
+
+    from e2v.cli import main
+
+    path, _ = teacher
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(yaml.safe_dump({"model": {"class_path": "e2v.tasks.e2v_diffusion.E2VDiffusion"}}))
+    assert main(["distill", "--config", str(plain)]) == 2
+    assert "model.class_path is 'e2v.tasks.e2v_diffusion.E2VDiffusion', not a distillation task" in \
+        capsys.readouterr().err
+    assert main(["distill", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "missing.yaml: no such recipe file" in capsys.readouterr().err
+    missing_teacher = tmp_path / "distill.yaml"
+    missing_teacher.write_text(yaml.safe_dump({
+        "trainer": {"accelerator": "cpu", "logger": False, "default_root_dir": str(tmp_path / "run")},
+        "model": {"class_path": "e2v.tasks.distill.ODEDistillation",
+                  "init_args": {"teacher": str(tmp_path / "none.ckpt")}},
+        "data": {"class_path": f"{__name__}.CachedBatches"}}))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["distill", "--config", str(missing_teacher)])
+    assert exit_info.value.code == 2
+    assert f"model.init_args.teacher: {tmp_path / 'none.ckpt'} does not exist" in capsys.readouterr().err
+    assert main(["distill", "--help"]) == 0
+    assert "usage: e2v distill [--config RECIPE.yaml]" in capsys.readouterr().out
