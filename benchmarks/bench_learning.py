@@ -87,6 +87,17 @@ def swapped_references(item: dict, donor: dict) -> dict:
                              for j in range(item["refs"].shape[1])])
 
 
+def error_split(video: torch.Tensor, truth: torch.Tensor, plate: torch.Tensor, near: int = 4) -> dict[str, float]:
+    """Where a video's squared error (``[3,F,H,W]`` in [-1, 1], summed per region, divided by all pixels) lies:
+    ``subjects`` (truth pixels > 0.15 from the plate), ``near`` (background within ``near`` px of them: a subject
+    drawn too big or in the wrong place) and ``far`` (the rest of the background)."""
+    subject = ((truth - plate).abs().amax(0) > 0.15).float()  # [F, H, W]
+    around = (F.max_pool2d(subject[None], 2 * near + 1, 1, near)[0] > 0).float() - subject
+    error = (video.float() - truth).pow(2).mean(0)
+    return {key: (error * mask).mean().item() for key, mask in
+            (("subjects", subject), ("near", around), ("far", 1 - subject - around))}
+
+
 def subject_names(manifest: str) -> dict[str, frozenset]:
     """Clip id -> the names of its subject elements (reference paths when the manifest names no element)."""
     records = [json.loads(line) for line in open(manifest) if line.strip()]
@@ -126,7 +137,8 @@ def evaluate(split: str, manifest: str, trained: E2VPipeline, untrained: E2VPipe
     names = subject_names(manifest)
     rows, metrics = [], {k: [] for k in ("own", "flat", "plate", "plate_own", "shuffled", "untrained", "subj_own",
                                          "subj_swapped", "subj_truth", "shape_own", "shape_swapped",
-                                         "shape_truth", "shape_truth_swapped")}
+                                         "shape_truth", "shape_truth_swapped", "err_subjects", "err_near",
+                                         "err_far", "plate_err_subjects")}
     for i, item in enumerate(tqdm(items, desc=f"{split} clips")):
         n = item["refs"].shape[1]
         prefix = trained.layout.prefix_frames(n)
@@ -138,8 +150,12 @@ def evaluate(split: str, manifest: str, trained: E2VPipeline, untrained: E2VPipe
         metrics["own"].append(psnr(own, truth))
         metrics["flat"].append(psnr(flat_video(truth), truth))
         for j in (j for j, kind in enumerate(own_refs["kinds"]) if kind == "background"):
-            metrics["plate"].append(psnr(own_refs["refs"][j][:, None].expand_as(truth), truth))
+            plate = own_refs["refs"][j][:, None].expand_as(truth).float()
+            metrics["plate"].append(psnr(plate, truth))
             metrics["plate_own"].append(metrics["own"][-1])  # own PSNR of the clips that have a plate
+            for key, value in error_split(own, truth, plate).items():
+                metrics[f"err_{key}"].append(value)
+            metrics["plate_err_subjects"].append(error_split(plate, truth, plate)["subjects"])
         metrics["subj_own"].append(subject_match(own, subject_refs))
         metrics["subj_truth"].append(subject_match(truth, subject_refs))
         metrics["shape_own"].append(shape_match(own, subject_refs))
@@ -195,6 +211,9 @@ def report(split: str, m: dict) -> dict:
     print(f"  shape match (vs own subject refs):  own {m['shape_own']:.3f} | swapped subjects, own background "
           f"{m['shape_swapped']:.3f} | truth clip {m['shape_truth']:.3f} (vs the swapped subjects' refs "
           f"{m['shape_truth_swapped']:.3f}: truth margin {truth_margin:+.3f})")
+    print(f"  where own's error lies (MSE share of all pixels): subjects {m['err_subjects']:.4f} (the plate's there "
+          f"{m['plate_err_subjects']:.4f}) | background within 4 px of them {m['err_near']:.4f} | rest of the "
+          f"background {m['err_far']:.4f}")
     result = {}
     for key, value in margins_of(m).items():
         need = required.get(key)
