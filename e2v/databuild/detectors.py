@@ -22,7 +22,7 @@ import numpy as np
 
 from e2v import registry
 from e2v.databuild.camera import frame_shifts, shifts_against, translate
-from e2v.databuild.elements import MotionSegmenter, Track, box_iou, fill_holes, link_tracks
+from e2v.databuild.elements import MotionSegmenter, Track, box_iou, link_tracks, whole_parts
 from e2v.databuild.stages import Box, Detection
 from e2v.registry import register
 
@@ -74,6 +74,26 @@ class HaarFaces:
                     x = view.shape[1] - x - w if mirrored else x
                     found.append(((x / scale, y / scale, (x + w) / scale, (y + h) / scale), float(w * h)))
         return [box for box, _ in _nms(found)]
+
+
+Seeds = tuple[list[Box], list[Box]]  # boxes surely on a subject, boxes surely beside it (GrabCut's sure labels)
+
+
+def face_seeds(face: Box) -> Seeds:
+    """For the person of a face box: on them, the face's middle and, below it, the neck and chest; beside them, what
+    lies level with the face more than 0.9 face widths either side of its middle (shoulders start lower)."""
+    x0, y0, x1, y1 = face
+    cx, cy, w, h = (x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0
+    inside = [(cx - w / 4, cy - h / 4, cx + w / 4, cy + h / 4), (cx - w / 4, y1 + 0.2 * h, cx + w / 4, y1 + 1.2 * h)]
+    return inside, [(-np.inf, -np.inf, cx - 0.9 * w, y1), (cx + 0.9 * w, -np.inf, np.inf, y1)]
+
+
+def body_seeds(box: Box) -> Seeds:
+    """For a HOG person box: on them, the middle of the torso; beside them, the box's top corners beside the head."""
+    x0, y0, x1, y1 = box
+    w, h = x1 - x0, y1 - y0
+    return [(x0 + 0.4 * w, y0 + 0.25 * h, x1 - 0.4 * w, y0 + 0.55 * h)], \
+        [(x0, y0, x0 + 0.25 * w, y0 + 0.15 * h), (x1 - 0.25 * w, y0, x1, y0 + 0.15 * h)]
 
 
 def person_from_face(face: Box, height: int, width: int) -> Box:
@@ -189,16 +209,17 @@ class PackagedDetector:
             masks.append(mask)
         return np.stack(masks)
 
-    def _proposals(self, frame: np.ndarray, moving: np.ndarray | None) -> list[tuple[Detection, Box | None]]:
-        """One key frame's candidate elements (resized-frame pixels) with the face box that made a person, if any."""
+    def _proposals(self, frame: np.ndarray, moving: np.ndarray | None) -> list[tuple[Detection, Seeds]]:
+        """One key frame's candidate elements (resized-frame pixels), each with its GrabCut seeds (a person's face
+        and chest, a walker's torso; beside their heads)."""
         height, width = frame.shape[:2]
         area = float(height * width)
-        people: list[tuple[Detection, Box | None]] = []
+        people: list[tuple[Detection, Seeds]] = []
         for face in self.faces.detect(frame) if self.faces is not None else []:
-            people.append((Detection(person_from_face(face, height, width), None, "human", 2.0), face))
+            people.append((Detection(person_from_face(face, height, width), None, "human", 2.0), face_seeds(face)))
         for box, weight in self.people.detect(frame) if self.people is not None else []:
             if all(_inside(box, p.box) < 0.6 and _inside(p.box, box) < 0.6 for p, _ in people):
-                people.append((Detection(box, None, "human", 1.0 + weight), None))
+                people.append((Detection(box, None, "human", 1.0 + weight), body_seeds(box)))
         found = list(people)
         if moving is not None:
             grow = 2 * round(self.join * max(height, width)) + 1  # fragments of one element join
@@ -210,20 +231,23 @@ class PackagedDetector:
                     continue
                 box = (float(x), float(y), float(x + w), float(y + h))
                 if all(_inside(box, p.box) < 0.5 for p, _ in people):
-                    found.append((Detection(box, None, "object", 1.0), None))
+                    found.append((Detection(box, None, "object", 1.0), ([], [])))
         if not found and self.saliency:
             box = salient_box(frame, min_area=self.min_area)
-            found += [(Detection(box, None, "object", 0.5), None)] if box is not None else []
-        sized = [(d, face) for d, face in found if self.min_area <= (d.box[2] - d.box[0]) * (d.box[3] - d.box[1])
+            found += [(Detection(box, None, "object", 0.5), ([], []))] if box is not None else []
+        sized = [(d, seeds) for d, seeds in found if self.min_area <= (d.box[2] - d.box[0]) * (d.box[3] - d.box[1])
                  / area <= (1.0 if d.kind == "human" else self.max_area)]  # a close-up person may fill the frame
         for d, _ in sized:
             d.score = (d.box[2] - d.box[0]) * (d.box[3] - d.box[1]) / area * (self.person_weight
                                                                                if d.kind == "human" else 1.0)
         return sized
 
-    def _mask(self, frame: np.ndarray, box: Box, moving: np.ndarray | None, face: Box | None) -> np.ndarray:
-        """``bool [h, w]``: GrabCut inside ``box`` (moving pixels and the face as foreground hints), its largest part
-        with holes filled; the box (or its moving pixels) when GrabCut keeps under a tenth of it."""
+    def _mask(self, frame: np.ndarray, box: Box, moving: np.ndarray | None, seeds: Seeds) -> np.ndarray:
+        """``bool [h, w]``: GrabCut seeded by the box (probable foreground inside, probable background in a rim a tenth
+        of its size around it, sure background beyond), the ``seeds`` and, when the subject moves (still camera),
+        its moving core as sure foreground and its still pixels as probable background; the largest part and the
+        parts holding a seed or half its size kept, holes filled. The box (or its moving pixels) when GrabCut keeps
+        under a tenth of it."""
         height, width = frame.shape[:2]
         x0, y0, x1, y1 = (int(round(v)) for v in box)
         x0, y0, x1, y1 = max(0, x0), max(0, y0), min(width, max(x1, x0 + 2)), min(height, max(y1, y0 + 2))
@@ -233,14 +257,20 @@ class PackagedDetector:
         fallback = hint if hint is not None and hint.sum() > 0.1 * region.sum() else region
         if not self.grabcut:
             return fallback
+        gx, gy = max(2, (x1 - x0) // 10), max(2, (y1 - y0) // 10)
         labels = np.full((height, width), cv2.GC_BGD, np.uint8)
+        labels[max(0, y0 - gy): y1 + gy, max(0, x0 - gx): x1 + gx] = cv2.GC_PR_BGD
         labels[region] = cv2.GC_PR_FGD
-        if hint is not None and 0.1 < hint.sum() / region.sum() < 0.9:  # the subject moves: still pixels lean back
+        sure = np.zeros((height, width), bool)
+        if hint is not None and 0.1 < hint.sum() / region.sum() < 0.9:  # the subject moves
             labels[region & ~hint] = cv2.GC_PR_BGD
-        if face is not None:
-            fx0, fy0, fx1, fy1 = face
-            cx, cy, rx, ry = (fx0 + fx1) / 2, (fy0 + fy1) / 2, (fx1 - fx0) / 4, (fy1 - fy0) / 4
-            labels[int(cy - ry): int(cy + ry) + 1, int(cx - rx): int(cx + rx) + 1] = cv2.GC_FGD
+            sure |= cv2.erode(hint.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        on, beside = seeds
+        for seed, label in [(b, cv2.GC_BGD) for b in beside] + [(b, cv2.GC_FGD) for b in on]:
+            sx0, sy0, sx1, sy1 = (int(np.clip(v, 0, side)) for v, side in zip(seed, (width, height) * 2))
+            labels[max(y0, sy0): min(y1, sy1), max(x0, sx0): min(x1, sx1)] = label
+            sure[max(y0, sy0): min(y1, sy1), max(x0, sx0): min(x1, sx1)] = label == cv2.GC_FGD
+        labels[sure] = cv2.GC_FGD
         if (labels == cv2.GC_BGD).sum() < 16:  # GrabCut needs background samples: the frame's rim
             labels[[0, -1]], labels[:, [0, -1]] = cv2.GC_PR_BGD, cv2.GC_PR_BGD
         cv2.setRNGSeed(0)  # GrabCut's k-means draws from OpenCV's process-wide RNG: the same mask in any worker
@@ -249,11 +279,7 @@ class PackagedDetector:
                         self.grabcut, cv2.GC_INIT_WITH_MASK)
         except cv2.error:
             return fallback
-        mask = (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
-        count, parts, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-        if count < 2:
-            return fallback
-        mask = fill_holes(parts == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA])))
+        mask = whole_parts((labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD), sure)
         return mask if mask.sum() >= 0.1 * region.sum() else fallback
 
     def detect(self, frames: np.ndarray, plate: np.ndarray | None) -> list[list[Detection]]:
@@ -262,19 +288,18 @@ class PackagedDetector:
         moving = self._moving(small, plate)
         keys = sorted(set(range(0, len(frames), self.key_every)) | {len(frames) - 1})
         proposals = {k: self._proposals(small[k], None if moving is None else moving[k]) for k in keys}
-        faces = {id(d): face for found in proposals.values() for d, face in found}
+        seeds = {id(d): found_seeds for found in proposals.values() for d, found_seeds in found}
         tracks = link_tracks([[d for d, _ in proposals[k]] for k in keys], max(small.shape[1:3]), min_coverage=0.25)
         tracks = sorted(tracks, key=lambda t: -t.mean_area)[: self.max_elements]
         for track in tracks:
             carry_track(track, small[keys])
         out: list[list[Detection]] = [[] for _ in frames]
         for track in tracks:
-            kinds = [track.detections[i].kind for i in track.frames]
-            kind = max(set(kinds), key=kinds.count)
             masks, boxes = {}, {}
             for i in track.frames:
                 found, k = track.detections[i], keys[i]
-                masks[k] = self._mask(small[k], found.box, None if moving is None else moving[k], faces.get(id(found)))
+                masks[k] = self._mask(small[k], found.box, None if moving is None else moving[k],
+                                      seeds.get(id(found), ([], [])))
                 boxes[k] = np.array(found.box)
             for f in range(len(frames)):
                 near = min(masks, key=lambda k: (abs(k - f), k))
@@ -291,5 +316,5 @@ class PackagedDetector:
                 ys, xs = np.nonzero(full)
                 found_box = (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
                 share = float(full.mean()) * (1.0 if f in masks else 0.99)  # key frames are the best frames
-                out[f].append(Detection(found_box, full, kind, share))
+                out[f].append(Detection(found_box, full, track.kind, share))
         return out

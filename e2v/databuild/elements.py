@@ -27,6 +27,28 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     return (padded.astype(bool) | ~flood.astype(bool))[1:-1, 1:-1]
 
 
+def whole_parts(mask: np.ndarray, sure: np.ndarray | None = None, share: float = 0.5) -> np.ndarray:
+    """``bool [H, W]``: the connected parts of ``mask`` that are its largest, at least ``share`` of its size, or hold
+    a ``sure`` pixel, with their holes filled (a subject whole, without the specks a segmenter strays into)."""
+    count, parts, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    if count < 2:
+        return mask.astype(bool)
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    keep = areas >= share * areas.max()
+    if sure is not None:
+        keep[np.unique(parts[sure & (parts > 0)]) - 1] = True
+    return fill_holes(np.isin(parts, 1 + np.flatnonzero(keep)))
+
+
+def completeness(mask: np.ndarray) -> float:
+    """Solidity of ``mask``: its area over its convex hull's (1 for a whole convex subject, low for fragments)."""
+    points = cv2.findNonZero(mask.astype(np.uint8))
+    if points is None:
+        return 0.0
+    hull = cv2.contourArea(cv2.convexHull(points))
+    return float(min(1.0, mask.sum() / hull)) if hull > 0 else 0.0
+
+
 @register("element_detector", "motion")
 class MotionSegmenter:
     """Moving regions against the background plate (still camera): threshold, clean, connected components."""
@@ -105,7 +127,8 @@ def link_tracks(per_frame: list[list[Detection]], frame_side: int, min_iou: floa
                 min_coverage: float = 0.5) -> list[Track]:
     """Greedy frame-to-frame linking: a detection joins the track whose latest box overlaps it most (IoU >=
     ``min_iou``), else the nearest track centre within ``max_jump`` of ``frame_side``; tracks present in fewer than
-    ``min_coverage`` of the frames are dropped. Tracks are returned ordered by their first box's centre x."""
+    ``min_coverage`` of the frames are dropped. A track's kind is the one its detections name most often. Tracks are
+    returned ordered by their first box's centre x."""
     count = len(per_frame)
     tracks: list[Track] = []
     for f, detections in enumerate(per_frame):
@@ -132,4 +155,7 @@ def link_tracks(per_frame: list[list[Detection]], frame_side: int, min_iou: floa
                 free.remove(best)
             tracks[best].detections[f] = det
     kept = [t for t in tracks if len(t.frames) >= min_coverage * count]
+    for track in kept:  # the kind its detections name most often (the earliest named on ties)
+        kinds = [track.detections[f].kind for f in track.frames]
+        track.kind = max(kinds, key=lambda k: (kinds.count(k), -kinds.index(k)))
     return sorted(kept, key=lambda t: t.centre(t.frames[0])[0])

@@ -15,15 +15,19 @@ from e2v.registry import register
 @register("plate_estimator", "median")
 class MedianPlate:
     """Per-pixel temporal median of the frames with the element pixels (grown by ``grow`` of the frame's longest
-    side, their blended rims) left out; pixels covered in every frame are filled by OpenCV inpainting (``fill:
-    inpaint``, Telea) or left as the plain median (``fill: none``). With ``align`` (off by default: phase correlation
+    side, their blended rims) left out; pixels shown in under ``min_seen`` of the frames (the background there is
+    unseen, or only where a mask missed part of a subject) are filled by OpenCV inpainting (``fill: inpaint``,
+    Telea) or left as the plain median (``fill: none``). With ``align`` (off by default: phase correlation
     can lock onto large moving subjects instead of the background) a panning camera's frames are first moved onto
     the middle frame (:mod:`e2v.databuild.camera`), so the plate is the middle frame's view."""
 
-    def __init__(self, fill: str = "inpaint", radius: int = 3, grow: float = 0.01, align: bool = False) -> None:
+    def __init__(self, fill: str = "inpaint", radius: int = 3, grow: float = 0.02, align: bool = False,
+                 min_seen: float = 0.2) -> None:
         if fill not in ("inpaint", "none"):
             raise ValueError(f"plate_estimator median: fill must be 'inpaint' or 'none', got {fill!r}")
-        self.fill, self.radius, self.grow, self.align = fill, radius, grow, align
+        if not 0 <= min_seen < 1:
+            raise ValueError(f"plate_estimator median: min_seen must be in [0, 1), got {min_seen!r}")
+        self.fill, self.radius, self.grow, self.align, self.min_seen = fill, radius, grow, align, min_seen
 
     def _aligned(self, frames: np.ndarray, masks: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
         """Frames (and masks) moved onto the middle frame when the camera pans; pixels no frame saw are masked."""
@@ -47,9 +51,9 @@ class MedianPlate:
         if size > 1:
             kernel = np.ones((size, size), np.uint8)
             masks = np.stack([cv2.dilate(m.astype(np.uint8), kernel).astype(bool) for m in masks])
+        never = masks.all(axis=0) | (1 - masks.mean(axis=0) < self.min_seen)
         values = frames.astype(np.float32)
-        values[masks] = np.nan
-        never = masks.all(axis=0)
+        values[masks | never] = np.nan
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels: replaced just below
             plate = np.where(never[..., None], plain, np.nanmedian(values, axis=0))

@@ -28,7 +28,7 @@ from e2v import registry
 from e2v.atomic import write_json_atomic
 from e2v.databuild.captions import colour_name
 from e2v.databuild.config import BuildConfig
-from e2v.databuild.elements import Track, link_tracks
+from e2v.databuild.elements import Track, completeness, link_tracks
 from e2v.databuild.shots import iter_frames
 from e2v.databuild.stages import ClipContext
 from e2v.datamodules.video_io import VideoDecodeError, frame_times, probe_video, save_image, write_video
@@ -141,14 +141,18 @@ def augmented(crop: np.ndarray, angle: float = 10.0, scale: float = 0.9, mirror:
 
 
 def _best_frame(track: Track, height: int, width: int) -> int:
-    """The frame where the element is largest without touching the frame border (else simply largest)."""
+    """The frame where the element is largest and most complete (its score times its mask's solidity), without
+    touching the frame border (else the best of all frames)."""
     def inside(f: int) -> bool:
         x0, y0, x1, y1 = track.detections[f].box
         return x0 > 0 and y0 > 0 and x1 < width and y1 < height
 
+    def whole(f: int) -> float:
+        found = track.detections[f]
+        return found.score * (1.0 if found.mask is None else completeness(found.mask))
+
     frames = track.frames
-    whole = [f for f in frames if inside(f)] or frames
-    return max(whole, key=lambda f: (track.detections[f].score, -f))
+    return max([f for f in frames if inside(f)] or frames, key=lambda f: (whole(f), -f))
 
 
 def motion_direction(tracks: list[Track], side: int, min_travel: float = 0.05) -> str:
