@@ -32,7 +32,7 @@ class BuildConfig:
     min_side: int = 32  # videos with a smaller side are rejected (too_small)
     max_fps: float = 120.0  # videos above this rate (or below ``fps``) are rejected (odd_fps)
     resize: list[int] | None = None  # [height, width] of written clips (None: native size)
-    shot_detector: Any = "content"
+    shot_detector: Any = "cuts"  # e2v.databuild.shots: sees grey and same-location cuts; "content": PySceneDetect's
     filters: list[Any] = field(default_factory=lambda: list(DEFAULT_FILTERS))
     plate_frames: int = 48  # shot frames (evenly spread) the plate is estimated from
     plate: Any = "median"

@@ -74,21 +74,34 @@ def adaptive_shots(adaptive_threshold: float = 3.0, min_scene_len: int = 15, win
                             analysis_side)
 
 
+def _change(a: np.ndarray, b: np.ndarray, window: np.ndarray) -> float:
+    """Mean absolute colour change from ``float32 [h, w, 3]`` ``a`` to ``b``, as they are or, when less, once ``b`` is
+    moved back by the camera's translation between them (phase correlation of luma; a hand-held camera's shake is no
+    change) over the pixels both show: the largest of the RGB channels' means, so a change between two grey
+    pictures counts in full."""
+    (dx, dy), _ = cv2.phaseCorrelate(cv2.cvtColor(a, cv2.COLOR_RGB2GRAY), cv2.cvtColor(b, cv2.COLOR_RGB2GRAY), window)
+    dx, dy = (float(np.clip(v, -side / 4, side / 4)) for v, side in ((dx, a.shape[1]), (dy, a.shape[0])))
+    back = cv2.warpAffine(b, np.float32([[1, 0, -dx], [0, 1, -dy]]), b.shape[1::-1], borderMode=cv2.BORDER_REPLICATE)
+    bx, by = int(abs(dx)) + 1, int(abs(dy)) + 1
+    return float(min(np.abs(b - a).mean(axis=(0, 1)).max(), np.abs(back - a)[by:-by, bx:-bx].mean(axis=(0, 1)).max()))
+
+
 def _signals(path: str, side: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """Per frame ``f`` (0 for the first): the mean absolute colour change from frame ``f - 1`` (the largest of the
-    RGB channels' means, so a cut between two grey shots counts in full), the luma-histogram distance (half the L1
-    distance of 32-bin histograms, 0..1) from ``f - 1``, and the colour change from ``f - 1`` to ``f + 1`` (a flash
-    frame changes a lot from both neighbours, which are alike; 0 for the first and last frames); and the count."""
+    """Per frame ``f`` (0 for the first): the colour change from frame ``f - 1`` (:func:`_change`), the
+    luma-histogram distance (half the L1 distance of 32-bin histograms, 0..1) from ``f - 1``, and the colour change
+    from ``f - 1`` to ``f + 1`` (a flash frame changes a lot from both neighbours, which are alike; 0 for the first
+    and last frames); and the count."""
     change, histogram, bridge = [], [], [0.0]
     frames: deque[np.ndarray] = deque(maxlen=2)
-    last_hist = None
+    last_hist, window = None, None
     for image in iter_frames(path, side):
         frame = image.astype(np.float32)
+        window = cv2.createHanningWindow(image.shape[1::-1], cv2.CV_32F) if window is None else window
         hist = np.histogram(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), 32, (0, 256))[0] / (image.shape[0] * image.shape[1])
-        change.append(float(np.abs(frame - frames[-1]).mean(axis=(0, 1)).max()) if frames else 0.0)
+        change.append(_change(frames[-1], frame, window) if frames else 0.0)
         histogram.append(0.5 * float(np.abs(hist - last_hist).sum()) if last_hist is not None else 0.0)
         if len(frames) == 2:
-            bridge.append(float(np.abs(frame - frames[0]).mean(axis=(0, 1)).max()))
+            bridge.append(_change(frames[0], frame, window))
         frames.append(frame)
         last_hist = hist
     bridge = (bridge + [0.0])[: len(change)]
@@ -97,12 +110,13 @@ def _signals(path: str, side: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
 
 @register("shot_detector", "cuts")
 class CutDetector:
-    """Hard cuts, frame-exact, on frames at ``analysis_side`` px. A frame starts a shot when its colour change from
-    the previous frame (largest RGB channel mean, 0..255) is at least ``threshold``, or its luma histogram moved by at
-    least ``histogram`` (0..1), or the change stands out ``ratio`` times over the median changes of the ``window``
-    frames before it and of those after it and is at least ``min_change`` (a cut inside one location: the background
+    """Hard cuts, frame-exact, on frames at ``analysis_side`` px. A frame starts a shot when its luma histogram moved
+    by at least ``histogram`` (0..1) from the previous frame's, or its colour change from it (largest RGB channel
+    mean, 0..255, the camera's shake taken out: :func:`_change`) is at least ``threshold`` and twice the median
+    changes of the ``window`` frames before it and of those after it, or the change is at least ``min_change``, stands
+    out ``ratio`` times over those medians and twice over each neighbour's (a cut inside one location: the background
     stays, the subjects jump); but not into or out of a flash: when the frames either side of it, or of the frame
-    before it, differ by under half its change. Shots shorter than ``min_scene_len`` frames are joined to a neighbour. Gradual transitions (dissolves,
+    before it, differ by under half its change. A cut within ``min_scene_len`` frames after another is not taken. Gradual transitions (dissolves,
     fades) are not found."""
 
     def __init__(self, threshold: float = 20.0, histogram: float = 0.35, ratio: float = 4.0, min_change: float = 4.0,
@@ -110,12 +124,16 @@ class CutDetector:
         self.threshold, self.histogram, self.ratio, self.min_change = threshold, histogram, ratio, min_change
         self.window, self.min_scene_len, self.analysis_side = window, min_scene_len, analysis_side
 
-    def _stands_out(self, values: np.ndarray, f: int) -> bool:
+    def _stands_out(self, values: np.ndarray, f: int, ratio: float) -> bool:
         """Whether ``values[f]`` is ``ratio`` times over the median of the ``window`` values before it and of those
-        after it, each (a spike, not the start or end of a faster stretch)."""
+        after it, each (not the start or end of a faster stretch, nor part of a shaking camera's)."""
         sides = [values[max(1, f - self.window): f], values[f + 1: f + 1 + self.window]]
         level = max([float(np.median(side)) for side in sides if len(side)], default=np.inf)
-        return values[f] >= self.ratio * max(level, 0.5)
+        return values[f] >= ratio * max(level, 0.5)
+
+    def _spike(self, values: np.ndarray, f: int) -> bool:
+        """Whether ``values[f]`` is twice each of its neighbours' (one frame's jump, not a burst of fast motion)."""
+        return all(values[f] >= 2 * values[g] for g in (f - 1, f + 1) if 1 <= g < len(values))
 
     def cut_frames(self, change: np.ndarray, histogram: np.ndarray, bridge: np.ndarray) -> list[int]:
         """Frames that start a shot (sorted, without 0), from the per-frame signals of ``_signals``."""
@@ -123,9 +141,11 @@ class CutDetector:
         for f in range(1, len(change)):
             spans = [bridge[g] for g in (f, f - 1) if 1 <= g < len(change) - 1]  # over the frame, or the one before
             flash = bool(spans) and min(spans) < change[f] / 2
-            if not flash and (change[f] >= self.threshold or histogram[f] >= self.histogram
-                              or (change[f] >= self.min_change and self._stands_out(change, f))):
-                if f - last >= self.min_scene_len and len(change) - f >= self.min_scene_len:
+            if not flash and (histogram[f] >= self.histogram
+                              or (change[f] >= self.threshold and self._stands_out(change, f, 2.0))
+                              or (change[f] >= self.min_change and self._stands_out(change, f, self.ratio)
+                                  and self._spike(change, f))):
+                if f - last >= self.min_scene_len:  # a short last shot stays one (rejected too short, not joined)
                     cuts.append(f)
                     last = f
         return cuts

@@ -140,9 +140,10 @@ def augmented(crop: np.ndarray, angle: float = 10.0, scale: float = 0.9, mirror:
     return turned
 
 
-def _best_frame(track: Track, height: int, width: int) -> int:
+def _best_frame(track: Track, height: int, width: int, away_from: int | None = None) -> int:
     """The frame where the element is largest and most complete (its score times its mask's solidity), without
-    touching the frame border (else the best of all frames)."""
+    touching the frame border (else the best of all frames); with ``away_from``, among the frames at least a third
+    of the clip away from that frame (the farthest frame when none is)."""
     def inside(f: int) -> bool:
         x0, y0, x1, y1 = track.detections[f].box
         return x0 > 0 and y0 > 0 and x1 < width and y1 < height
@@ -152,6 +153,9 @@ def _best_frame(track: Track, height: int, width: int) -> int:
         return found.score * (1.0 if found.mask is None else completeness(found.mask))
 
     frames = track.frames
+    if away_from is not None:
+        far = [f for f in frames if abs(f - away_from) >= len(track.detections) / 3]
+        frames = far or [max(frames, key=lambda f: (abs(f - away_from), f))]
     return max([f for f in frames if inside(f)] or frames, key=lambda f: (whole(f), -f))
 
 
@@ -228,11 +232,11 @@ def _crop(track: Track, clip: np.ndarray, frame: int, config: BuildConfig) -> np
 
 def _element(track: Track, clip: np.ndarray, clip_id: str, index: int, out: Path,
              config: BuildConfig) -> tuple[dict, np.ndarray]:
-    """Save the element's crops (best frame; the farthest frame, augmented; the best frame turned when
+    """Save the element's crops (best frame; the best frame far from it, augmented; the best frame turned when
     ``config.reference_turn``) and describe it; returns the crop."""
     best = _best_frame(track, *clip.shape[1:3])
     crop = _crop(track, clip, best, config)
-    far_crop = augmented(_crop(track, clip, max(track.frames, key=lambda f: (abs(f - best), f)), config))
+    far_crop = augmented(_crop(track, clip, _best_frame(track, *clip.shape[1:3], away_from=best), config))
     names = {"crop": f"crops/{clip_id}_e{index}.png", "crop_same_clip": f"crops/{clip_id}_e{index}_aug.png"}
     save_image(out / names["crop"], crop)
     save_image(out / names["crop_same_clip"], far_crop)
@@ -246,6 +250,22 @@ def _element(track: Track, clip: np.ndarray, clip_id: str, index: int, out: Path
     return element, crop
 
 
+def clean_plate(estimator: Any, detector: Any, frames: np.ndarray) -> np.ndarray:
+    """A shot's background with its elements removed: a first plate of every pixel, the elements ``detector`` finds
+    against it, then the plate of ``frames`` without their pixels (``estimator``: a ``plate_estimator``)."""
+    masks = np.stack([np.any([_box_mask(d.box, frames.shape[1:3]) if d.mask is None else d.mask for d in found],
+                             axis=0) if found else np.zeros(frames.shape[1:3], bool)
+                      for found in detector.detect(frames, estimator.estimate(frames, None))])
+    return estimator.estimate(frames, masks)
+
+
+def _box_mask(box: tuple, shape: tuple[int, int]) -> np.ndarray:
+    mask = np.zeros(shape, bool)
+    x0, y0, x1, y1 = (int(round(v)) for v in box)
+    mask[max(0, y0):y1, max(0, x0):x1] = True
+    return mask
+
+
 def _process_clip(stages: Stages, config: BuildConfig, job: VideoJob, clip: np.ndarray, shot_frames: np.ndarray,
                   clip_id: str, shot: int, time_s: float, out: Path) -> tuple[dict | None, str | None, dict]:
     """``(clip entry, None, values)`` for a kept clip or ``(None, reason, values)`` for a rejected one."""
@@ -254,10 +274,7 @@ def _process_clip(stages: Stages, config: BuildConfig, job: VideoJob, clip: np.n
         passes, values[check.name] = check.check(clip)
         if not passes:
             return None, check.name, values
-    rough = stages.plate.estimate(shot_frames, None)
-    masks = np.stack([np.any([d.mask for d in found], axis=0) if found else np.zeros(shot_frames.shape[1:3], bool)
-                      for found in stages.detector.detect(shot_frames, rough)])
-    plate = stages.plate.estimate(shot_frames, masks)
+    plate = clean_plate(stages.plate, stages.detector, shot_frames)
     height, width = clip.shape[1:3]
     tracks = link_tracks(stages.detector.detect(clip, plate), max(height, width), min_coverage=config.min_track)
     if not tracks:
