@@ -138,7 +138,7 @@ class CutDetector:
     def cut_frames(self, change: np.ndarray, histogram: np.ndarray, bridge: np.ndarray) -> list[int]:
         """Frames that start a shot (sorted, without 0), from the per-frame signals of ``_signals``."""
         cuts, last = [], 0
-        for f in range(1, len(change)):
+        for f in range(1, len(change) - 1):  # the last frame starts none: no frame after it tells a cut from a flash
             spans = [bridge[g] for g in (f, f - 1) if 1 <= g < len(change) - 1]  # over the frame, or the one before
             flash = bool(spans) and min(spans) < change[f] / 2
             if not flash and (histogram[f] >= self.histogram
