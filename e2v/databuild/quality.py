@@ -59,17 +59,19 @@ class Black(_Filter):
 @register("quality_filter", "static")
 class Static(_Filter):
     """Rejects clips where nothing moves: the share of pixels whose luma changes by more than ``change`` (0..255)
-    between consecutive frames, averaged over frame pairs, below ``min_moving`` (compression noise stays under
+    between frames ``span`` of the clip apart (a quarter: a subject that barely moves from frame to frame still
+    moves over the clip), averaged over those pairs, below ``min_moving`` (compression noise stays under
     ``change``)."""
 
     name = "static"
 
-    def __init__(self, min_moving: float = 0.001, change: float = 10.0) -> None:
-        self.min_moving, self.change = min_moving, change
+    def __init__(self, min_moving: float = 0.001, change: float = 10.0, span: float = 0.25) -> None:
+        self.min_moving, self.change, self.span = min_moving, change, span
 
     def measure(self, frames: np.ndarray) -> float:
         y = luma(frames)
-        return (np.abs(np.diff(y, axis=0)) > self.change).mean() if len(y) > 1 else 0.0
+        step = max(1, round(self.span * (len(y) - 1)))
+        return float((np.abs(y[step:] - y[:-step]) > self.change).mean()) if len(y) > 1 else 0.0
 
     def passes(self, value: float) -> bool:
         return value >= self.min_moving
