@@ -5,8 +5,9 @@
 - ``element_detector`` ``packaged`` (the default): on key frames, people from faces (dlib or Haar; a face grows
   into a head-and-shoulders box) and OpenCV's HOG people detector, moving regions against the plate (aligned to
   the camera's pan, :mod:`e2v.databuild.camera`) and, where nothing else is found, the most salient region
-  (spectral residual); linked through the clip, masked by GrabCut seeded with the box (the moving pixels and the
-  face as foreground hints), and carried to the frames between key frames by the box's motion.
+  (spectral residual); linked through the clip, masked by GrabCut seeded with the box (a face's middle and the chest
+  below it, a walker's torso and the moving core as sure foreground, what is level with a face beside it as sure
+  background), its whole parts kept, and carried to the frames between key frames by the box's motion.
 
 The GroundingDINO/OWL-ViT + SAM plug-in (``grounded``, :mod:`e2v.databuild.plugins`) is the way for users with those
 weights.
