@@ -179,3 +179,22 @@ def test_plate_inpaints_what_no_frame_shows_and_keeps_masked_rims_out():
     blue = (plate[..., 2].astype(int) - plate[..., 0].astype(int) > 100) & sat
     assert blue.mean() < 0.01 * sat.mean()
     assert np.abs(plate.astype(int) - background.astype(int))[~truth.any(axis=0)].mean() < 2
+
+
+def test_a_track_keeps_the_kind_its_detector_named():
+    from e2v.databuild.elements import link_tracks
+    from e2v.databuild.stages import Detection
+
+    found = [[Detection((10 + f, 10, 40 + f, 60), None, "object" if f == 1 else "human", 0.2)] for f in range(5)]
+    (track,) = link_tracks(found, 100)
+    assert track.kind == "human"
+
+
+def test_cut_detector_takes_no_cut_inside_a_shaking_shot(tmp_path):
+    """Two hand-held shots (the photo wanders under the camera) joined by one cut: that cut, and none inside."""
+    first = _plan(seed=5, handheld=0.08)
+    second = _plan(seed=6, handheld=0.08, saturation=0.0)
+    raw_synth._write_video_and_truth(tmp_path, "shaky", [first, second], 96, 96, raw_synth.RAW_FPS)
+    truth = json.loads((tmp_path / "truth" / "shaky.json").read_text())
+    shots = registry.build("shot_detector", "cuts").detect(str(tmp_path / "videos" / "shaky.mp4"))
+    assert [a for a, _ in shots[1:]] == [truth["shots"][1]["start"]], shots
