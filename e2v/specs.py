@@ -73,13 +73,20 @@ FamilySpec = spec_type("family", "FamilySpec")
 
 
 def spec_kinds(cls: type) -> dict[str, str]:
-    """``{argument: kind}`` of the spec-typed ``__init__`` arguments of ``cls`` (e.g. ``{"dit": "dit", ...}``)."""
+    """``{argument: kind}`` of the spec-typed ``__init__`` arguments of ``cls`` (e.g. ``{"dit": "dit", ...}``),
+    also those a ``**kwargs`` passes on to the parent classes' ``__init__``."""
+    import inspect
     import typing
 
-    hints = typing.get_type_hints(cls.__init__)
     found = {}
-    for name, hint in hints.items():
-        for candidate in (hint, *typing.get_args(hint)):
-            if isinstance(candidate, type) and issubclass(candidate, ComponentSpec):
-                found[name] = candidate.kind
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        for name, hint in typing.get_type_hints(klass.__init__).items():
+            for candidate in (hint, *typing.get_args(hint)):
+                if isinstance(candidate, type) and issubclass(candidate, ComponentSpec):
+                    found.setdefault(name, candidate.kind)
+        parameters = inspect.signature(klass.__init__).parameters.values()
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+            break
     return found

@@ -274,40 +274,24 @@ class DMDDistillation(Distillation):
 
     def __init__(
         self,
-        teacher: str | None = None,
-        family: FamilySpec = "tiny",
-        dit: DiTSpec | None = None,
-        vae: VAESpec | None = None,
-        text_encoder: TextEncoderSpec | None = None,
-        image_encoder: ImageEncoderSpec | None = None,
-        layout: LayoutSpec | None = None,
-        timesteps: list[float] = [1000.0, 750.0, 500.0, 250.0],
-        shift: float = 5.0,
-        teacher_guidance: float = 3.0,
-        teacher_steps: int = 20,
-        teacher_shift: float = 3.0,
-        student: str | None = None,
-        optimizer: OptimizerCallable = torch.optim.AdamW,
         critic_optimizer: OptimizerCallable | None = None,
-        lr_scheduler: LRSchedulerCallable | None = None,
         critic_steps: int = 5,
         gradient_clip: float | None = 1.0,
         min_time: float = 0.02,
         max_time: float = 0.98,
-        lora: LoRAOptions | None = None,
-        seed: int = 0,
-        fsdp: FSDPOptions | None = None,
-        max_nonfinite_steps: int = 0,
+        **kwargs: Any,
     ):
-        if lora is not None:
+        """``kwargs``: the arguments of :class:`Distillation` (recipes set them as for ``ode``)."""
+        if kwargs.get("lora") is not None:
             raise ValueError("dmd trains a full fake-score DiT beside the student: a LoRA student is distilled with "
                              "the ode task (recipes/a2-14b-distill-lora.yaml)")
+        if kwargs.get("steps_per_batch") is not None:
+            raise ValueError("dmd: steps_per_batch is an ode setting (the student generates with all its steps)")
         if critic_steps < 1 or not 0 <= min_time < max_time <= 1:
             raise ValueError(f"dmd: need critic_steps >= 1 and 0 <= min_time < max_time <= 1, got {critic_steps}, "
                              f"{min_time}, {max_time}")
-        super().__init__(teacher, family, dit, vae, text_encoder, image_encoder, layout, timesteps, shift,
-                         teacher_guidance, teacher_steps, teacher_shift, student, optimizer, lr_scheduler, lora, seed,
-                         fsdp, max_nonfinite_steps)
+        super().__init__(**kwargs)
+        optimizer = kwargs.get("optimizer", torch.optim.AdamW)
         self.critic_optimizer_factory = critic_optimizer or optimizer
         self.automatic_optimization = False
         self.critic = registry.build("dit", self.hparams["dit"])  # the fake score, trained, from the teacher
