@@ -198,3 +198,34 @@ def test_cut_detector_takes_no_cut_inside_a_shaking_shot(tmp_path):
     truth = json.loads((tmp_path / "truth" / "shaky.json").read_text())
     shots = registry.build("shot_detector", "cuts").detect(str(tmp_path / "videos" / "shaky.mp4"))
     assert [a for a, _ in shots[1:]] == [truth["shots"][1]["start"]], shots
+
+
+def test_cut_detector_finds_dissolves_grey_and_hand_held(tmp_path):
+    """Three 8-frame dissolves (colour; grey; into a hand-held shot with near-still subjects on a photo) and a
+    hard cut: each transition is cut within 2 frames of its middle (the truth's start), and nothing else."""
+    shots = [_plan(seed=1), _plan(seed=2, dissolve=8), _plan(seed=3, dissolve=8, saturation=0.0),
+             _plan(seed=4, dissolve=8, handheld=0.04, travel=0.15, photo="coffee"), _plan(seed=5)]
+    raw_synth._write_video_and_truth(tmp_path, "dissolves", shots, 96, 96, raw_synth.RAW_FPS)
+    truth = json.loads((tmp_path / "truth" / "dissolves.json").read_text())
+    cuts = [s["start"] for s in truth["shots"][1:]]
+    found = [a for a, _ in registry.build("shot_detector", "cuts").detect(str(tmp_path / "videos" / "dissolves.mp4"))[1:]]
+    assert len(found) == len(cuts) and all(abs(a - b) <= 2 for a, b in zip(found, cuts)), (found, cuts)
+
+
+def test_cut_detector_takes_no_gradual_cut_in_pans_shake_or_moving_subjects(tmp_path):
+    """A fast pan over a photo, a raw-world pan, a strongly shaking shot and subjects crossing a still camera, joined
+    by hard cuts: no frame fits a blend of its neighbours, so only the true cuts are found."""
+    import skimage.data
+
+    from e2v.datamodules.video_io import write_video
+
+    image = skimage.data.astronaut()  # the camera pans 4 px right and 1 px down a frame for 3 s
+    pan = np.stack([image[40 + i: 136 + i, 20 + 4 * i: 116 + 4 * i] for i in range(48)])
+    shots = [_plan("pan", seed=7), _plan(seed=8, handheld=0.12), _plan(seed=9, travel=3.0)]
+    raw_synth._write_video_and_truth(tmp_path, "moving", shots, 96, 96, raw_synth.RAW_FPS)
+    truth = json.loads((tmp_path / "truth" / "moving.json").read_text())
+    detector = registry.build("shot_detector", "cuts")
+    write_video(tmp_path / "pan.mp4", pan, fps=raw_synth.RAW_FPS, threads=1)
+    assert detector.detect(str(tmp_path / "pan.mp4")) == [(0, 48)]
+    found = [a for a, _ in detector.detect(str(tmp_path / "videos" / "moving.mp4"))[1:]]
+    assert found == [s["start"] for s in truth["shots"][1:]], found

@@ -20,9 +20,9 @@ video's cast (3-4 identities) recurs across its shots, and the library's 18 iden
 references can come from other clips.
 
 Shot kinds besides ``normal``: ``static`` (nothing moves), ``black``, ``flash`` (strobe frames), ``blur``, ``pan``
-(fast camera motion), ``short`` (shorter than one clip) and ``duplicate`` (an exact copy of an earlier video's
+(camera motion across the background), ``short`` (shorter than one clip) and ``duplicate`` (an exact copy of an earlier video's
 shot, as a re-upload); the truth names the rejection each should get (a ``short`` shot, 1.25-1.9 s, is kept: one clip
-spread over it). ``hard=True`` (``--hard``) makes the harder world (``harden``): greyscale videos, low-saturation
+spread over it; so is a ``pan``: camera motion is measured and logged, not rejected). ``hard=True`` (``--hard``) makes the harder world (``harden``): greyscale videos, low-saturation
 shots, same-location cuts (the previous shot's background and view, other subjects), dissolves, hand-held cameras,
 near-still subjects and scikit-image photo backgrounds; the truth marks each shot's transition and traits. Broken videos: a truncated file, one too
 short, one too small and one at an odd frame rate.
@@ -58,8 +58,9 @@ SHOT_FRAMES = (112, 128)  # frames of a shot (7-8 s): after the subjects leave, 
 SLOTS = {1: (0.5,), 2: (0.24, 0.76)}  # x of the subjects' clip-window centres (main world: 1/3, 2/3)
 SHOT_KINDS = {"normal": 0.8, "static": 0.04, "black": 0.03, "flash": 0.03, "blur": 0.03, "pan": 0.04, "short": 0.03}
 EXPECT = {"normal": "keep", "static": "static", "black": "black", "flash": "flashing", "blur": "blurred",
-          "pan": "camera_motion", "short": "keep", "duplicate": "near_duplicate"}  # short shots (1.25-1.9 s) give one
-# clip spread over the shot (``min_shot``)
+          "pan": "keep", "short": "keep", "duplicate": "near_duplicate"}  # short shots (1.25-1.9 s) give one
+# clip spread over the shot (``min_shot``); pans are kept too: camera motion is measured and logged, not rejected
+# (the plate is aligned before its median)
 
 
 @dataclass(frozen=True)

@@ -86,13 +86,44 @@ def _change(a: np.ndarray, b: np.ndarray, window: np.ndarray) -> float:
     return float(min(np.abs(b - a).mean(axis=(0, 1)).max(), np.abs(back - a)[by:-by, bx:-bx].mean(axis=(0, 1)).max()))
 
 
-def _signals(path: str, side: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+def _aligned(a: np.ndarray, m: np.ndarray, window: np.ndarray) -> np.ndarray:
+    """``a`` moved onto ``m`` by the translation phase correlation of their luma finds (a hand-held camera)."""
+    (dx, dy), _ = cv2.phaseCorrelate(cv2.cvtColor(m, cv2.COLOR_RGB2GRAY), cv2.cvtColor(a, cv2.COLOR_RGB2GRAY), window)
+    dx, dy = (float(np.clip(v, -side / 4, side / 4)) for v, side in ((dx, a.shape[1]), (dy, a.shape[0])))
+    return cv2.warpAffine(a, np.float32([[1, 0, -dx], [0, 1, -dy]]), a.shape[1::-1], borderMode=cv2.BORDER_REPLICATE)
+
+
+def _blend_fit(a: np.ndarray, m: np.ndarray, b: np.ndarray, window: np.ndarray) -> tuple[float, float, float, float]:
+    """How well ``m`` is a blend of ``a`` and ``b`` (frames a few steps before and after it, ``float32 [h, w, 3]``),
+    as they are or each moved onto ``m`` (the camera's translation), the better: ``(change, fit, correlation, t)``: the colour change
+    from ``a`` to ``b`` (:func:`_change`, translation taken out, so a pan or shake changes little); the residual of
+    the best blend ``(1 - t) a + t b`` (``t`` by least squares, 0..1) over the smaller of ``m``'s differences from
+    ``a`` and from ``b`` (largest RGB channel means; small: the blend explains ``m`` far better than either end,
+    as inside a dissolve; about 1 next to a hard cut or for motion); the correlation of ``a``'s and ``b``'s luma
+    (near 1: one picture, brighter or darker; 0 when either is flat, as a black frame); and ``t``."""
+    change = _change(a, b, window)
+    fits = []
+    for x, y in ((a, b), (_aligned(a, m, window), _aligned(b, m, window))):  # as they are, and moved onto m
+        d = (y - x).ravel()
+        t = float(np.clip(np.dot((m - x).ravel(), d) / max(float(np.dot(d, d)), 1e-6), 0, 1))
+        residual = float(np.abs(m - (x + t * (y - x))).mean(axis=(0, 1)).max())
+        ends = min(float(np.abs(m - e).mean(axis=(0, 1)).max()) for e in (x, y))
+        fits.append((residual / max(ends, 1.0), t))
+    fit, t = min(fits)
+    ya, yb = (cv2.cvtColor(x, cv2.COLOR_RGB2GRAY).ravel() for x in (a, b))
+    sa, sb = float(ya.std()), float(yb.std())
+    correlation = float(np.mean((ya - ya.mean()) * (yb - yb.mean())) / (sa * sb)) if min(sa, sb) > 2 else 0.0
+    return change, fit, correlation, t
+
+
+def _signals(path: str, side: int, span: int = 4) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
     """Per frame ``f`` (0 for the first): the colour change from frame ``f - 1`` (:func:`_change`), the
     luma-histogram distance (half the L1 distance of 32-bin histograms, 0..1) from ``f - 1``, and the colour change
     from ``f - 1`` to ``f + 1`` (a flash frame changes a lot from both neighbours, which are alike; 0 for the first
-    and last frames); and the count."""
-    change, histogram, bridge = [], [], [0.0]
-    frames: deque[np.ndarray] = deque(maxlen=2)
+    and last frames); ``float [N, 4]`` :func:`_blend_fit` of frame ``f`` between frames ``f - span`` and
+    ``f + span`` (zeros where those are outside the video); and the count."""
+    change, histogram, bridge, blend = [], [], [0.0], []
+    frames: deque[np.ndarray] = deque(maxlen=2 * span)
     last_hist, window = None, None
     for image in iter_frames(path, side):
         frame = image.astype(np.float32)
@@ -100,12 +131,17 @@ def _signals(path: str, side: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
         hist = np.histogram(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), 32, (0, 256))[0] / (image.shape[0] * image.shape[1])
         change.append(_change(frames[-1], frame, window) if frames else 0.0)
         histogram.append(0.5 * float(np.abs(hist - last_hist).sum()) if last_hist is not None else 0.0)
-        if len(frames) == 2:
-            bridge.append(_change(frames[0], frame, window))
+        if len(frames) >= 2:
+            bridge.append(_change(frames[-2], frame, window))
+        if len(frames) == 2 * span:
+            blend.append(_blend_fit(frames[0], frames[span], frame, window))
         frames.append(frame)
         last_hist = hist
     bridge = (bridge + [0.0])[: len(change)]
-    return np.array(change), np.array(histogram), np.array(bridge), len(change)
+    fits = np.zeros((len(change), 4))
+    if blend:
+        fits[span: span + len(blend)] = blend
+    return np.array(change), np.array(histogram), np.array(bridge), fits, len(change)
 
 
 @register("shot_detector", "cuts")
@@ -116,13 +152,45 @@ class CutDetector:
     changes of the ``window`` frames before it and of those after it, or the change is at least ``min_change``, stands
     out ``ratio`` times over those medians and twice over each neighbour's (a cut inside one location: the background
     stays, the subjects jump); but not into or out of a flash: when the frames either side of it, or of the frame
-    before it, differ by under half its change. A cut within ``min_scene_len`` frames after another is not taken. Gradual transitions (dissolves,
-    fades) are not found."""
+    before it, differ by under half its change. A cut within ``min_scene_len`` frames after another is not taken.
+
+    Gradual transitions (dissolves, fades to or from black) are cut at their middle, the first frame of their run
+    that is at least half the incoming picture; inside the run each frame is a blend ``(1 - t) a + t b`` of the frames ``span`` before and after it (:func:`_blend_fit`), ``t``
+    between ``0.2`` and ``0.8`` (not one of them: that is a hard cut or no change), the blend's residual under
+    ``blend_fit`` of the frame's difference from the nearer of ``a`` and ``b`` (the blend explains it several times
+    better than either end), a total change from ``a`` to ``b`` of at least ``gradual_change`` with the camera's
+    translation taken out (a pan or shake is no change; half the hard cut's ``threshold``: the blend is the
+    evidence here, a hard cut has none), between two different pictures (luma correlation under
+    ``max_correlation``: one picture brightening or darkening is exposure, not a transition). Camera motion and
+    moving subjects fit no blend that well: a blend of two shifted pictures shows the moving edges twice at half
+    strength where the middle frame shows them once, a residual about half the difference from either end."""
 
     def __init__(self, threshold: float = 20.0, histogram: float = 0.35, ratio: float = 4.0, min_change: float = 4.0,
-                 window: int = 8, min_scene_len: int = 12, analysis_side: int = 128) -> None:
+                 window: int = 8, min_scene_len: int = 12, analysis_side: int = 128, span: int = 4,
+                 blend_fit: float = 0.35, gradual_change: float = 10.0, max_correlation: float = 0.8) -> None:
         self.threshold, self.histogram, self.ratio, self.min_change = threshold, histogram, ratio, min_change
         self.window, self.min_scene_len, self.analysis_side = window, min_scene_len, analysis_side
+        self.span, self.blend_fit, self.gradual_change = span, blend_fit, gradual_change
+        self.max_correlation = max_correlation
+
+    def gradual_frames(self, blend: np.ndarray) -> list[int]:
+        """Per run of frames inside a gradual transition (``_signals``' blend fits), the frame that starts the next
+        shot: the run's first whose blend is at least half the incoming picture (its middle if none is)."""
+        change, fit, correlation, t = blend.T if len(blend) else np.zeros((4, 0))
+        inside = ((change >= self.gradual_change) & (fit <= self.blend_fit)
+                  & (correlation < self.max_correlation) & (t >= 0.2) & (t <= 0.8))
+        middles, f = [], 0
+        while f < len(inside):
+            if inside[f]:
+                end = f
+                while end + 1 < len(inside) and inside[end + 1]:
+                    end += 1
+                over = [g for g in range(f, end + 1) if t[g] >= 0.5]  # where the incoming picture dominates
+                middles.append(over[0] if over else (f + end + 1) // 2)
+                f = end + 1
+            else:
+                f += 1
+        return middles
 
     def _stands_out(self, values: np.ndarray, f: int, ratio: float) -> bool:
         """Whether ``values[f]`` is ``ratio`` times over the median of the ``window`` values before it and of those
@@ -135,13 +203,15 @@ class CutDetector:
         """Whether ``values[f]`` is twice each of its neighbours' (one frame's jump, not a burst of fast motion)."""
         return all(values[f] >= 2 * values[g] for g in (f - 1, f + 1) if 1 <= g < len(values))
 
-    def cut_frames(self, change: np.ndarray, histogram: np.ndarray, bridge: np.ndarray) -> list[int]:
+    def cut_frames(self, change: np.ndarray, histogram: np.ndarray, bridge: np.ndarray,
+                   blend: np.ndarray | None = None) -> list[int]:
         """Frames that start a shot (sorted, without 0), from the per-frame signals of ``_signals``."""
         cuts, last = [], 0
+        gradual = set(self.gradual_frames(blend)) if blend is not None else set()
         for f in range(1, len(change) - 1):  # the last frame starts none: no frame after it tells a cut from a flash
             spans = [bridge[g] for g in (f, f - 1) if 1 <= g < len(change) - 1]  # over the frame, or the one before
             flash = bool(spans) and min(spans) < change[f] / 2
-            if not flash and (histogram[f] >= self.histogram
+            if f in gradual or not flash and (histogram[f] >= self.histogram
                               or (change[f] >= self.threshold and self._stands_out(change, f, 2.0))
                               or (change[f] >= self.min_change and self._stands_out(change, f, self.ratio)
                                   and self._spike(change, f))):
@@ -151,6 +221,6 @@ class CutDetector:
         return cuts
 
     def detect(self, path: str) -> list[tuple[int, int]]:
-        change, histogram, bridge, count = _signals(path, self.analysis_side)
-        bounds = [0, *self.cut_frames(change, histogram, bridge), count]
+        change, histogram, bridge, blend, count = _signals(path, self.analysis_side, self.span)
+        bounds = [0, *self.cut_frames(change, histogram, bridge, blend), count]
         return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
