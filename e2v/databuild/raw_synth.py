@@ -60,7 +60,7 @@ SHOT_KINDS = {"normal": 0.8, "static": 0.04, "black": 0.03, "flash": 0.03, "blur
 EXPECT = {"normal": "keep", "static": "static", "black": "black", "flash": "flashing", "blur": "blurred",
           "pan": "keep", "short": "keep", "duplicate": "near_duplicate"}  # short shots (1.25-1.9 s) give one
 # clip spread over the shot (``min_shot``); pans are kept too: camera motion is measured and logged, not rejected
-# (the plate is aligned before its median)
+# (issue 24; a recipe may still reject it with ``camera_motion``'s ``max_motion``)
 
 
 @dataclass(frozen=True)
