@@ -18,7 +18,7 @@ def _grey(frame: np.ndarray, side: int) -> np.ndarray:
     return cv2.resize(cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY), size, interpolation=cv2.INTER_AREA).astype(np.float32)
 
 
-def _shift(a: np.ndarray, b: np.ndarray, window: np.ndarray) -> np.ndarray:
+def phase_shift(a: np.ndarray, b: np.ndarray, window: np.ndarray) -> np.ndarray:
     """Translation of ``b``'s content against ``a``'s (both ``float32 [h, w]``)."""
     (dx, dy), _ = cv2.phaseCorrelate(a, b, window)
     return np.array([dx, dy])
@@ -30,7 +30,7 @@ def frame_shifts(frames: np.ndarray, reference: int | None = None, side: int = 2
     reference = len(frames) // 2 if reference is None else reference
     grey = [_grey(f, side) for f in frames]
     window = cv2.createHanningWindow(grey[0].shape[::-1], cv2.CV_32F)
-    steps = np.array([[0.0, 0.0]] + [_shift(a, b, window) for a, b in zip(grey[:-1], grey[1:])])
+    steps = np.array([[0.0, 0.0]] + [phase_shift(a, b, window) for a, b in zip(grey[:-1], grey[1:])])
     chained = np.cumsum(steps, axis=0)
     scale = max(frames.shape[1:3]) / side
     return (chained - chained[reference]) * scale
@@ -41,7 +41,7 @@ def shifts_against(picture: np.ndarray, frames: np.ndarray, side: int = 256) -> 
     reference = _grey(picture, side)
     window = cv2.createHanningWindow(reference.shape[::-1], cv2.CV_32F)
     scale = max(frames.shape[1:3]) / side
-    return np.stack([_shift(reference, _grey(f, side), window) for f in frames]) * scale
+    return np.stack([phase_shift(reference, _grey(f, side), window) for f in frames]) * scale
 
 
 def translate(image: np.ndarray, shift: np.ndarray, border: int = cv2.BORDER_REPLICATE,

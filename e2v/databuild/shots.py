@@ -7,6 +7,7 @@ Frames are decoded once, streamed (never held), downscaled to ``analysis_side`` 
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from typing import Iterator
 
@@ -14,6 +15,7 @@ import av
 import cv2
 import numpy as np
 
+from e2v.databuild.camera import phase_shift, translate
 from e2v.datamodules.video_io import VideoDecodeError, upright
 from e2v.registry import register
 
@@ -74,23 +76,27 @@ def adaptive_shots(adaptive_threshold: float = 3.0, min_scene_len: int = 15, win
                             analysis_side)
 
 
+def _translation(onto: np.ndarray, x: np.ndarray, window: np.ndarray) -> np.ndarray:
+    """``(dx, dy)``: the camera's translation of ``x``'s content against ``onto``'s (``float32 [h, w, 3]``; phase
+    correlation of luma), at most a quarter of the frame each way."""
+    reach = np.array(x.shape[1::-1]) / 4
+    return np.clip(phase_shift(cv2.cvtColor(onto, cv2.COLOR_RGB2GRAY), cv2.cvtColor(x, cv2.COLOR_RGB2GRAY), window),
+                   -reach, reach)
+
+
 def _change(a: np.ndarray, b: np.ndarray, window: np.ndarray) -> float:
     """Mean absolute colour change from ``float32 [h, w, 3]`` ``a`` to ``b``, as they are or, when less, once ``b`` is
-    moved back by the camera's translation between them (phase correlation of luma; a hand-held camera's shake is no
-    change) over the pixels both show: the largest of the RGB channels' means, so a change between two grey
-    pictures counts in full."""
-    (dx, dy), _ = cv2.phaseCorrelate(cv2.cvtColor(a, cv2.COLOR_RGB2GRAY), cv2.cvtColor(b, cv2.COLOR_RGB2GRAY), window)
-    dx, dy = (float(np.clip(v, -side / 4, side / 4)) for v, side in ((dx, a.shape[1]), (dy, a.shape[0])))
-    back = cv2.warpAffine(b, np.float32([[1, 0, -dx], [0, 1, -dy]]), b.shape[1::-1], borderMode=cv2.BORDER_REPLICATE)
-    bx, by = int(abs(dx)) + 1, int(abs(dy)) + 1
+    moved back by the camera's translation between them (a hand-held camera's shake is no change) over the pixels
+    both show: the largest of the RGB channels' means, so a change between two grey pictures counts in full."""
+    shift = _translation(a, b, window)
+    back = translate(b, -shift)
+    bx, by = (int(abs(v)) + 1 for v in shift)
     return float(min(np.abs(b - a).mean(axis=(0, 1)).max(), np.abs(back - a)[by:-by, bx:-bx].mean(axis=(0, 1)).max()))
 
 
 def _aligned(a: np.ndarray, m: np.ndarray, window: np.ndarray) -> np.ndarray:
-    """``a`` moved onto ``m`` by the translation phase correlation of their luma finds (a hand-held camera)."""
-    (dx, dy), _ = cv2.phaseCorrelate(cv2.cvtColor(m, cv2.COLOR_RGB2GRAY), cv2.cvtColor(a, cv2.COLOR_RGB2GRAY), window)
-    dx, dy = (float(np.clip(v, -side / 4, side / 4)) for v, side in ((dx, a.shape[1]), (dy, a.shape[0])))
-    return cv2.warpAffine(a, np.float32([[1, 0, -dx], [0, 1, -dy]]), a.shape[1::-1], borderMode=cv2.BORDER_REPLICATE)
+    """``a`` moved onto ``m`` by the camera's translation between them (a hand-held camera)."""
+    return translate(a, -_translation(m, a, window))
 
 
 def _blend_fit(a: np.ndarray, m: np.ndarray, b: np.ndarray, window: np.ndarray) -> tuple[float, float, float, float]:
@@ -179,17 +185,12 @@ class CutDetector:
         change, fit, correlation, t = blend.T if len(blend) else np.zeros((4, 0))
         inside = ((change >= self.gradual_change) & (fit <= self.blend_fit)
                   & (correlation < self.max_correlation) & (t >= 0.2) & (t <= 0.8))
-        middles, f = [], 0
-        while f < len(inside):
-            if inside[f]:
-                end = f
-                while end + 1 < len(inside) and inside[end + 1]:
-                    end += 1
-                over = [g for g in range(f, end + 1) if t[g] >= 0.5]  # where the incoming picture dominates
-                middles.append(over[0] if over else (f + end + 1) // 2)
-                f = end + 1
-            else:
-                f += 1
+        middles = []
+        for is_inside, run in itertools.groupby(range(len(inside)), key=lambda f: inside[f]):
+            if is_inside:
+                run = list(run)
+                over = [g for g in run if t[g] >= 0.5]  # where the incoming picture dominates
+                middles.append(over[0] if over else (run[0] + run[-1] + 1) // 2)
         return middles
 
     def _stands_out(self, values: np.ndarray, f: int, ratio: float) -> bool:
