@@ -82,9 +82,8 @@ def references(item: dict, order: list[tuple[dict, int]]) -> dict:
 
 def swapped_references(item: dict, donor: dict) -> dict:
     """The clip's references with the donor's subjects in its subjects' places (the background stays)."""
-    donated = iter((donor, j) for j in subjects(donor))
-    return references(item, [next(donated) if j in subjects(item) else (item, j)
-                             for j in range(item["refs"].shape[1])])
+    donated, own = iter((donor, j) for j in subjects(donor)), subjects(item)
+    return references(item, [next(donated) if j in own else (item, j) for j in range(item["refs"].shape[1])])
 
 
 def error_split(video: torch.Tensor, truth: torch.Tensor, plate: torch.Tensor, near: int = 4) -> dict[str, float]:
