@@ -9,6 +9,7 @@ Every ``e2v fit`` option and override works the same (this is ``e2v fit`` with a
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 
@@ -41,7 +42,7 @@ def recipe_problem(path: str) -> str | None:
         return None  # another --config (e.g. trainer settings only) may name the model
     module, _, name = class_path.rpartition(".")
     try:
-        task = getattr(__import__(module, fromlist=[name]), name)
+        task = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError):
         return f"{path}: model.class_path {class_path!r} cannot be imported"
     if not (isinstance(task, type) and issubclass(task, Distillation)):
