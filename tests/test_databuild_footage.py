@@ -14,6 +14,7 @@ from e2v.databuild.camera import frame_shifts, translate
 from e2v.databuild.config import BuildConfig
 from e2v.databuild.detectors import person_from_face
 from e2v.databuild.elements import box_iou
+from e2v.databuild.shots import cut_positions
 from e2v.databuild.video import _windows
 
 
@@ -45,8 +46,8 @@ def test_frame_shifts_recover_a_pan():
 
 
 def test_aligned_plate_of_a_pan_is_the_middle_view_without_the_subject():
-    """A camera panning over a photo while a dark square (masked) walks across: with ``align`` the plate is the
-    middle frame's view without the square; the unaligned median is a smear."""
+    """A camera panning over a photo while a dark square (masked) walks across: with ``align`` (the default) the
+    plate is the middle frame's view without the square; the unaligned median is a smear."""
     import skimage.data
 
     image = skimage.data.coffee()
@@ -56,8 +57,8 @@ def test_aligned_plate_of_a_pan_is_the_middle_view_without_the_subject():
         frame[80:130, 20 + 12 * i: 60 + 12 * i] = 20
         masks[i, 80:130, 20 + 12 * i: 60 + 12 * i] = True
     middle = image[47:239, 128:384].astype(float)
-    aligned = registry.build("plate_estimator", {"name": "median", "align": True}).estimate(frames, masks)
-    plain = registry.build("plate_estimator", "median").estimate(frames, masks)
+    aligned = registry.build("plate_estimator", "median").estimate(frames, masks)  # align is the default
+    plain = registry.build("plate_estimator", {"name": "median", "align": False}).estimate(frames, masks)
     error = np.abs(aligned - middle)[20:-20, 40:-40].mean()
     assert error < 6 and error < 0.5 * np.abs(plain - middle)[20:-20, 40:-40].mean(), error
 
@@ -70,7 +71,7 @@ def test_cut_detector_sees_grey_and_same_place_cuts_but_no_flash(tmp_path):
     truth = json.loads((tmp_path / "truth" / "grey.json").read_text())
     cuts = [s["start"] for s in truth["shots"][1:]]
     shots = registry.build("shot_detector", "cuts").detect(str(tmp_path / "videos" / "grey.mp4"))
-    found = [a for a, _ in shots[1:]]
+    found = cut_positions(shots)
     assert len(found) == len(cuts) and all(abs(a - b) <= 2 for a, b in zip(found, cuts)), (found, cuts)
     content = registry.build("shot_detector", "content").detect(str(tmp_path / "videos" / "grey.mp4"))
     assert len(content) < len(shots)  # PySceneDetect's content score misses at least one of them
@@ -197,7 +198,7 @@ def test_cut_detector_takes_no_cut_inside_a_shaking_shot(tmp_path):
     raw_synth._write_video_and_truth(tmp_path, "shaky", [first, second], 96, 96, raw_synth.RAW_FPS)
     truth = json.loads((tmp_path / "truth" / "shaky.json").read_text())
     shots = registry.build("shot_detector", "cuts").detect(str(tmp_path / "videos" / "shaky.mp4"))
-    assert [a for a, _ in shots[1:]] == [truth["shots"][1]["start"]], shots
+    assert cut_positions(shots) == [truth["shots"][1]["start"]], shots
 
 
 def test_cut_detector_finds_dissolves_grey_and_hand_held(tmp_path):
@@ -208,8 +209,11 @@ def test_cut_detector_finds_dissolves_grey_and_hand_held(tmp_path):
     raw_synth._write_video_and_truth(tmp_path, "dissolves", shots, 96, 96, raw_synth.RAW_FPS)
     truth = json.loads((tmp_path / "truth" / "dissolves.json").read_text())
     cuts = [s["start"] for s in truth["shots"][1:]]
-    found = [a for a, _ in registry.build("shot_detector", "cuts").detect(str(tmp_path / "videos" / "dissolves.mp4"))[1:]]
+    detected = registry.build("shot_detector", "cuts").detect(str(tmp_path / "videos" / "dissolves.mp4"))
+    found = cut_positions(detected)
     assert len(found) == len(cuts) and all(abs(a - b) <= 2 for a, b in zip(found, cuts)), (found, cuts)
+    gaps = [start - end for (_, end), (start, _) in zip(detected, detected[1:])]
+    assert all(4 <= gap <= 10 for gap in gaps[:3]) and gaps[3] == 0, detected  # no shot holds a blended frame
 
 
 def test_cut_detector_takes_no_gradual_cut_in_pans_shake_or_moving_subjects(tmp_path):
@@ -227,5 +231,74 @@ def test_cut_detector_takes_no_gradual_cut_in_pans_shake_or_moving_subjects(tmp_
     detector = registry.build("shot_detector", "cuts")
     write_video(tmp_path / "pan.mp4", pan, fps=raw_synth.RAW_FPS, threads=1)
     assert detector.detect(str(tmp_path / "pan.mp4")) == [(0, 48)]
-    found = [a for a, _ in detector.detect(str(tmp_path / "videos" / "moving.mp4"))[1:]]
+    found = cut_positions(detector.detect(str(tmp_path / "videos" / "moving.mp4")))
     assert found == [s["start"] for s in truth["shots"][1:]], found
+
+
+def _checks(height: int = 160, width: int = 200, period: int = 40) -> np.ndarray:
+    """A grey checkered floor lit from one corner (a periodic background: a phase correlation against it finds
+    false shifts; the light tells one period from the next, as on a real floor)."""
+    import cv2
+
+    ys, xs = np.mgrid[:height, :width]
+    board = np.where((ys // (period // 2) + xs // (period // 2)) % 2, 200.0, 60.0)
+    board *= 0.6 + 0.4 * (xs / width + ys / height) / 2
+    board = cv2.GaussianBlur(board, (0, 0), 2.0)  # a camera's soft edges
+    return np.repeat(board[..., None], 3, axis=2).astype(np.uint8)
+
+
+def test_fitted_shifts_follow_a_shaking_camera_on_checks_and_keep_a_still_one_still():
+    from e2v.databuild.camera import fitted_shifts
+
+    board = _checks(240, 280)
+    true = np.array([[0, 0], [3, -2], [-4, 1], [5, 4], [-2, -5], [1, 3]])
+    shaken = np.stack([board[40 - dy: 200 - dy, 40 - dx: 240 - dx] for dx, dy in true])  # content moves by (dx, dy)
+    plate = board[40:200, 40:240]
+    assert np.abs(fitted_shifts(plate, shaken) - true).max() <= 1
+    still = np.stack([plate.copy() for _ in range(9)])  # a still camera; a big textured subject drifts 6 px a frame
+    rng = np.random.default_rng(0)
+    subject = rng.integers(0, 255, (70, 60, 3)).astype(np.uint8)
+    for i, frame in enumerate(still):
+        frame[40:110, 10 + 6 * i: 70 + 6 * i] = subject
+    assert np.abs(frame_shifts(still)).max() > 5  # the chained phase correlation follows the subject
+    assert np.abs(fitted_shifts(still[4], still)).max() == 0
+
+
+def test_motion_segmenter_finds_a_faint_grey_subject_whole_under_a_shaking_camera():
+    """A white disc whose 5 px rim is close to the background's tone, on checks, the camera shaking: against the
+    plate moved with the camera, hysteresis keeps the rim; unaligned, the checks' edges flood the mask."""
+    import cv2
+
+    from e2v.databuild.elements import MotionSegmenter
+
+    board, frames, truths = _checks(240, 280), [], []
+    for i, (dx, dy) in enumerate([[0, 0], [3, -2], [-4, 1], [5, 4], [-2, -5]]):
+        frame = board[40 - dy: 200 - dy, 40 - dx: 240 - dx].copy()
+        truth = np.zeros(frame.shape[:2], np.uint8)
+        cv2.circle(truth, (60 + 10 * i, 80), 24, 1, -1)
+        core = np.zeros_like(truth)
+        cv2.circle(core, (60 + 10 * i, 80), 19, 1, -1)
+        frame[truth > 0] = np.clip(frame[truth > 0].astype(int) + 20, 0, 255)  # the rim: 20 levels off the checks
+        frame[core > 0] = 255  # the core: far from both tones
+        frames.append(frame)
+        truths.append(truth > 0)
+    frames, plate = np.stack(frames), board[40:200, 40:240]
+    aligned = MotionSegmenter(threshold=30).masks(frames, plate)
+    strict = MotionSegmenter(threshold=30, low=1.0).masks(frames, plate)
+    unaligned = MotionSegmenter(threshold=30, align=False).masks(frames, plate)
+    iou = [(m & t).sum() / (m | t).sum() for m, t in zip(aligned, truths)]
+    assert min(iou) > 0.75, iou
+    assert (strict & np.stack(truths)).sum() < 0.8 * (aligned & np.stack(truths)).sum()  # the rim needs hysteresis
+    assert unaligned[1:].sum() > 3 * aligned[1:].sum()
+
+
+def test_identities_are_grouped_within_each_video_unless_cross_video():
+    import dataclasses
+
+    from e2v.databuild.build import identity_labels
+    from e2v.databuild.video import encode_vector
+
+    look = encode_vector(np.eye(8)[0])  # four elements that look alike: two videos, two clips each
+    elements, videos = [{"embedding": look}] * 4, ["a", "a", "b", "b"]
+    assert identity_labels(elements, BuildConfig(), videos).tolist() == [0, 0, 1, 1]
+    assert identity_labels(elements, dataclasses.replace(BuildConfig(), cross_video=True), videos).tolist() == [0] * 4

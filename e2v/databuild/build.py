@@ -8,7 +8,7 @@ Layout of a build folder ``OUT``::
                                ``heldout_every``-th kept clip (default 10; a merge setting, re-split without redoing videos)
     OUT/report.json, report.html, report/   counts per stage, rejections by reason, sample triplets
 
-Merging (the global stage) groups identities across every clip, picks each element's reference from another clip
+Merging (the global stage) groups identities across the clips of each video (of every video with ``cross_video``), picks each element's reference from another clip
 of the same identity (``ref_source: cross_clip``) or, when it was seen in one clip only, from a distant frame of
 its own clip, mirrored and turned (``same_clip``), and drops near-duplicate clips. It reads only the per-video
 results, so ``--shard I/N`` runs (into one folder, or merged from several with ``--from``) give the same manifest
@@ -265,19 +265,23 @@ def remove_near_duplicates(clips: list[dict], distance: int, tolerance: float) -
     return kept, removed
 
 
-def identity_labels(elements: list[dict], config: BuildConfig) -> np.ndarray:
+def identity_labels(elements: list[dict], config: BuildConfig, videos: list[str] | None = None) -> np.ndarray:
     """Identity label per element: faces with a face embedding are grouped among themselves by it (at
-    ``face_identity_threshold``), every other element by its image embedding (at ``identity_threshold``)."""
+    ``face_identity_threshold``), every other element by its image embedding (at ``identity_threshold``); with
+    ``videos`` (each element's source video) and ``config.cross_video`` off, only within each video."""
     labels = np.zeros(len(elements), np.int64)
-    faces = [i for i, e in enumerate(elements) if "face_embedding" in e]
-    others = [i for i, e in enumerate(elements) if "face_embedding" not in e]
+    scopes = [None] if videos is None or config.cross_video else sorted(set(videos))
     offset = 0
-    for members, key, threshold in ((others, "embedding", config.identity_threshold),
-                                    (faces, "face_embedding", config.face_identity_threshold)):
-        if members:
-            found = group_identities(np.stack([decode_vector(elements[i][key]) for i in members]), threshold)
-            labels[members] = found + offset
-            offset += int(found.max()) + 1
+    for scope in scopes:
+        inside = [i for i in range(len(elements)) if scope is None or videos[i] == scope]
+        faces = [i for i in inside if "face_embedding" in elements[i]]
+        others = [i for i in inside if "face_embedding" not in elements[i]]
+        for members, key, threshold in ((others, "embedding", config.identity_threshold),
+                                        (faces, "face_embedding", config.face_identity_threshold)):
+            if members:
+                found = group_identities(np.stack([decode_vector(elements[i][key]) for i in members]), threshold)
+                labels[members] = found + offset
+                offset += int(found.max()) + 1
     return labels
 
 
@@ -316,7 +320,7 @@ def merge(out: str | os.PathLike, config: BuildConfig, names: list[str] | None =
     kept, duplicates = remove_near_duplicates(clips, config.dedup_distance, config.dedup_tolerance)
     counts["clips_rejected"]["near_duplicate"] += len(duplicates)
     elements = [(clip, n, element) for clip in kept for n, element in enumerate(clip["elements"])]
-    labels = identity_labels([e for _, _, e in elements], config)
+    labels = identity_labels([e for _, _, e in elements], config, [clip["video_key"] for clip, _, _ in elements])
     by_identity: dict[int, list[int]] = defaultdict(list)
     for i, label in enumerate(labels):
         by_identity[int(label)].append(i)

@@ -44,6 +44,78 @@ def shifts_against(picture: np.ndarray, frames: np.ndarray, side: int = 256) -> 
     return np.stack([phase_shift(reference, _grey(f, side), window) for f in frames]) * scale
 
 
+def _small(picture: np.ndarray, side: int) -> tuple[np.ndarray, float]:
+    scale = min(1.0, side / max(picture.shape[:2]))
+    size = (max(8, round(picture.shape[1] * scale)), max(8, round(picture.shape[0] * scale)))
+    return cv2.resize(picture, size, interpolation=cv2.INTER_AREA).astype(np.int16), scale
+
+
+def _edges(picture: np.ndarray, share: float = 0.25) -> np.ndarray:
+    """``bool [h, w]``: the ``share`` of ``picture``'s pixels with the strongest luma gradient (where a misplaced
+    picture differs; flat regions say nothing about a shift)."""
+    grey = cv2.cvtColor(picture.astype(np.uint8), cv2.COLOR_RGB2GRAY).astype(np.float32)
+    magnitude = np.abs(cv2.Sobel(grey, cv2.CV_32F, 1, 0)) + np.abs(cv2.Sobel(grey, cv2.CV_32F, 0, 1))
+    return magnitude >= max(np.quantile(magnitude, 1 - share), 1e-3)
+
+
+def _fit_cost(frame: np.ndarray, plate: np.ndarray, edges: np.ndarray, shift: np.ndarray, keep: float = 0.7) -> float:
+    """How badly ``plate`` moved by ``shift`` fits ``frame``: the mean of the smallest ``keep`` share of their
+    absolute differences over the moved plate's ``edges`` (subjects hiding under ``1 - keep`` of the edges do not
+    count; a misplaced edge does, however flat the rest of the picture)."""
+    moved = translate(plate, shift, interpolation=cv2.INTER_NEAREST)
+    on = translate(edges.astype(np.uint8), shift, cv2.BORDER_CONSTANT, cv2.INTER_NEAREST).astype(bool)
+    diff = np.abs(frame - moved)[on].ravel() if on.any() else np.abs(frame - moved).ravel()
+    count = max(1, int(keep * diff.size))
+    return float(np.partition(diff, count - 1)[:count].mean())
+
+
+def _best_offsets(frame: np.ndarray, plate: np.ndarray, centres: list[np.ndarray], radius: int,
+                  count: int = 1) -> list[np.ndarray]:
+    """Of the integer shifts within ``radius`` px of each of ``centres``, the ``count`` whose moved ``plate`` fits
+    ``frame`` best (:func:`_fit_cost`), best first, each over 1 px from the others; on equal fits the earlier centre
+    and the nearer shift."""
+    steps = sorted(((dx, dy) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)),
+                   key=lambda d: d[0] ** 2 + d[1] ** 2)
+    shifts = [np.round(c) + d for c in centres for d in steps]
+    edges = _edges(plate)
+    costs = [_fit_cost(frame, plate, edges, s) for s in shifts]
+    best: list[np.ndarray] = []
+    for n in np.argsort(costs, kind="stable"):
+        if all(np.abs(shifts[n] - b).max() > 1 for b in best):
+            best.append(shifts[n])
+        if len(best) == count:
+            break
+    return best
+
+
+def fitted_shifts(plate: np.ndarray, frames: np.ndarray, reach: float = 0.25, side: int = 96) -> np.ndarray:
+    """``float [F, 2]`` shifts of each frame against ``plate`` (e.g. a shot's plate and a clip cut from it). At
+    ``side`` px: the one offset of the middle frame that fits best within ``reach`` of the side; then per frame the
+    three best fits near no shift, near that offset, and near the offset plus the frame's own chained shift
+    (:func:`frame_shifts`), each refined at up to 3x ``side``, the best kept. The fit is a trimmed mean absolute
+    difference on the plate's edges (:func:`_fit_cost`), so subjects hiding under 30% of them do not count, a still
+    camera stays still when drifting subjects pull the chained shifts, and a periodic background (checks, bricks)
+    cannot mislead it as it does a phase correlation against the plate."""
+    if not len(frames):
+        return np.zeros((0, 2))
+    chain = frame_shifts(frames)
+    coarse_plate, coarse = _small(plate, side)
+    small = [_small(f, side)[0] for f in frames]
+    offset = _best_offsets(small[len(frames) // 2], coarse_plate, [np.zeros(2)],
+                           max(1, round(reach * max(coarse_plate.shape))))[0]
+    fine_plate, fine = _small(plate, 3 * side)
+    fine_edges = _edges(fine_plate)
+    radius = max(1, round(fine / coarse / 2))
+    out = []
+    for frame, own, little in zip(frames, chain, small):
+        near = [np.zeros(2), offset, offset + np.round(own * coarse)]
+        rough = _best_offsets(little, coarse_plate, near, max(1, round(0.03 * side)), count=3)
+        detail = _small(frame, 3 * side)[0]
+        refined = [_best_offsets(detail, fine_plate, [r / coarse * fine], radius)[0] for r in rough]
+        out.append(min(refined, key=lambda s: _fit_cost(detail, fine_plate, fine_edges, s)) / fine)
+    return np.stack(out)
+
+
 def translate(image: np.ndarray, shift: np.ndarray, border: int = cv2.BORDER_REPLICATE,
               interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
     """``image`` moved by ``shift`` ``(dx, dy)`` pixels (same size; uncovered pixels by ``border``)."""

@@ -16,7 +16,7 @@ from e2v.frames import is_frame_count
 from e2v.typecheck import check_options, type_hints
 
 DEFAULT_FILTERS = ("black", "flashing", "static", "blurred", "camera_motion")
-MERGE_SETTINGS = ("heldout_every",)  # used only by the merge: changing them redoes no video
+MERGE_SETTINGS = ("heldout_every", "cross_video")  # used only by the merge: changing them redoes no video
 
 
 @dataclass
@@ -51,6 +51,10 @@ class BuildConfig:
     embedder: Any = "appearance"
     face_embedder: Any = None  # e.g. "dlib_face": identities of face elements from face descriptors
     identity_threshold: float = 0.2  # cosine distance at which identity clusters are cut
+    cross_video: bool = False  # identities (and so cross-clip references) also across videos, not only across the
+    # shots of one video. Off by default: the CPU ``appearance`` proxy matches one video's shots well (pair precision
+    # 1.0 on the harder raw world, seeds 7 and 11) but other videos' grading and greyscale poorly (0.46); turn it on
+    # with a learned ``embedder`` plug-in or ``face_embedder``
     face_identity_threshold: float = 0.18  # ... for face descriptors (dlib's 0.6 Euclidean on unit vectors)
     captioners: list[Any] = field(default_factory=lambda: ["sidecar", "template"])
     dedup_distance: int = 24  # near-duplicate candidates: Hamming distance of their 192-bit frame hashes

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from e2v import registry
-from e2v.databuild.camera import frame_shifts, shifts_against, translate
+from e2v.databuild.camera import frame_shifts, translate
 from e2v.databuild.elements import MotionSegmenter, Track, box_iou, link_tracks, whole_parts
 from e2v.databuild.stages import Box, Detection
 from e2v.registry import register
@@ -185,7 +185,8 @@ class PackagedDetector:
             warnings.warn(f"element_detector packaged: {faces!r} unavailable ({err}); using Haar faces", stacklevel=2)
             self.faces = HaarFaces()
         self.people = PeopleHOG() if people else None
-        self.motion = MotionSegmenter(threshold=motion, min_area=min_area) if motion is not None else None
+        self.motion = (MotionSegmenter(threshold=motion, min_area=min_area, low=1.0)  # GrabCut finds the whole subject
+                       if motion is not None else None)
         self.saliency, self.grabcut, self.side, self.key_every = saliency, grabcut, side, key_every
         self.max_elements, self.min_area, self.max_area = max_elements, min_area, max_area
         self.person_weight, self.join = person_weight, join
@@ -200,15 +201,7 @@ class PackagedDetector:
             plate = np.median(np.stack([translate(f, -s) for f, s in zip(small, shifts)]), axis=0).astype(np.uint8)
         else:
             plate = cv2.resize(plate, small.shape[2:0:-1], interpolation=cv2.INTER_AREA)
-            shifts = shifts_against(plate, small)
-        masks = []
-        for frame, shift in zip(small, shifts):
-            mask = self.motion.frame_mask(frame, translate(plate, shift))
-            band = np.ceil(np.abs(shift)).astype(int) + 1
-            mask[:, : band[0]] = mask[:, mask.shape[1] - band[0]:] = False
-            mask[: band[1]] = mask[mask.shape[0] - band[1]:] = False
-            masks.append(mask)
-        return np.stack(masks)
+        return self.motion.masks(small, plate)
 
     def _proposals(self, frame: np.ndarray, moving: np.ndarray | None) -> list[tuple[Detection, Seeds]]:
         """One key frame's candidate elements (resized-frame pixels), each with its GrabCut seeds (a person's face

@@ -1,11 +1,11 @@
 """Element extraction: the default moving-region segmenter (registry ``element_detector`` ``motion``) and the
 tracker that links per-frame detections into elements.
 
-``motion``: pixels that differ from the shot's background plate by more than ``threshold`` (0..255, any channel),
-cleaned (opening, closing, holes filled except those that show the plate, like a ring's), split into connected
-components, fragments within ``merge`` pixels joined. It assumes a still camera (the camera-motion filter runs
-first) and moving elements; people standing still need a detector plug-in (``grounded``: GroundingDINO/OWL-ViT +
-SAM from local folders).
+``motion``: pixels that differ from the shot's background plate, moved with the camera (hand-held shake, pans:
+:mod:`e2v.databuild.camera`), by more than ``threshold`` (0..255, any channel), cleaned (opening, closing, holes
+filled except those that show the plate, like a ring's), split into connected components, fragments within
+``merge`` pixels joined. It finds moving elements; people standing still need the ``packaged`` detectors or a
+detector plug-in (``grounded``: GroundingDINO/OWL-ViT + SAM from local folders).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from e2v.databuild.camera import fitted_shifts, translate
 from e2v.databuild.stages import Box, Detection
 from e2v.registry import register
 
@@ -51,18 +52,35 @@ def completeness(mask: np.ndarray) -> float:
 
 @register("element_detector", "motion")
 class MotionSegmenter:
-    """Moving regions against the background plate (still camera): threshold, clean, connected components."""
+    """Moving regions against the background plate moved with the camera (``align``; off: a still camera):
+    threshold, clean, connected components."""
 
-    def __init__(self, threshold: float = 30.0, min_area: float = 0.003, merge: int = 2) -> None:
-        self.threshold, self.min_area, self.merge = threshold, min_area, merge
+    def __init__(self, threshold: float = 30.0, min_area: float = 0.003, merge: int = 2, align: bool = True,
+                 low: float = 0.4, reach: float = 0.025) -> None:
+        self.threshold, self.min_area, self.merge, self.align = threshold, min_area, merge, align
+        self.low, self.reach = low, reach
 
-    def frame_mask(self, frame: np.ndarray, plate: np.ndarray) -> np.ndarray:
-        """``bool [H, W]``: the moving pixels of ``frame`` against ``plate`` (both ``uint8 [H, W, 3]``). Holes are
-        filled (parts of an element that resemble the background), except large ones whose pixels are the plate's
-        own (under a third of ``threshold`` away on average): the background seen through the element."""
-        diff = np.abs(frame.astype(np.int16) - plate.astype(np.int16)).max(axis=2)
+    def frame_mask(self, frame: np.ndarray, plate: np.ndarray, slack: int = 0) -> np.ndarray:
+        """``bool [H, W]``: the moving pixels of ``frame`` against ``plate`` (both ``uint8 [H, W, 3]``): over
+        ``threshold``, or over ``low`` times it within ``reach`` (share of the side) of such (hysteresis: a grey
+        subject's rims close to the background's tone stay with it; lone faint changes, and a faint change spreading
+        over a whole imperfect plate, stay out); with
+        ``slack`` a pixel is compared with the range of the plate's pixels within ``slack`` px (a plate moved with the
+        camera lines up to a pixel: its edges must not count). Holes are filled (parts of an element that resemble
+        the background), except large ones whose pixels are the plate's own (under a third of ``threshold`` away on
+        average): the background seen through the element."""
+        if slack:
+            kernel = np.ones((2 * slack + 1,) * 2, np.uint8)
+            low, high = cv2.erode(plate, kernel).astype(np.int16), cv2.dilate(plate, kernel).astype(np.int16)
+            pixel = frame.astype(np.int16)
+            diff = np.maximum(np.maximum(pixel - high, low - pixel), 0).max(axis=2)
+        else:
+            diff = np.abs(frame.astype(np.int16) - plate.astype(np.int16)).max(axis=2)
         kernel = np.ones((3, 3), np.uint8)
         mask = cv2.morphologyEx((diff > self.threshold).astype(np.uint8), cv2.MORPH_OPEN, np.ones((2, 2), np.uint8))
+        if self.low < 1:  # hysteresis: weaker pixels near a strong part belong to it
+            reach = 2 * max(1, round(self.reach * max(mask.shape))) + 1
+            mask |= (diff > self.low * self.threshold) & cv2.dilate(mask, np.ones((reach, reach), np.uint8)).astype(bool)
         mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel).astype(bool)
         filled = fill_holes(mask)
         count, holes = cv2.connectedComponents((filled & ~mask).astype(np.uint8), connectivity=4)
@@ -72,14 +90,27 @@ class MotionSegmenter:
                 filled &= ~hole
         return filled
 
+    def masks(self, frames: np.ndarray, plate: np.ndarray) -> np.ndarray:
+        """``bool [F, H, W]``: each frame's moving pixels against ``plate`` moved by the frame's camera shift (with
+        ``align``: :func:`e2v.databuild.camera.fitted_shifts`), the band the moved plate does not cover left out."""
+        if not self.align:
+            return np.stack([self.frame_mask(frame, plate) for frame in frames])
+        masks = []
+        for frame, shift in zip(frames, fitted_shifts(plate, frames)):
+            mask = self.frame_mask(frame, translate(plate, shift), slack=int(np.abs(shift).max() > 0.5))
+            band = np.ceil(np.abs(shift)).astype(int) + 1
+            mask[:, : band[0]] = mask[:, mask.shape[1] - band[0]:] = False
+            mask[: band[1]] = mask[mask.shape[0] - band[1]:] = False
+            masks.append(mask)
+        return np.stack(masks)
+
     def detect(self, frames: np.ndarray, plate: np.ndarray | None) -> list[list[Detection]]:
         plate = np.median(frames, axis=0).astype(np.uint8) if plate is None else plate
         height, width = frames.shape[1:3]
         min_pixels = self.min_area * height * width
         grow = np.ones((2 * self.merge + 1,) * 2, np.uint8)
         out = []
-        for frame in frames:
-            mask = self.frame_mask(frame, plate)
+        for mask in self.masks(frames, plate):
             count, labels = cv2.connectedComponents(cv2.dilate(mask.astype(np.uint8), grow), connectivity=8)
             found = []
             for label in range(1, count):

@@ -8,7 +8,7 @@ import warnings
 import cv2
 import numpy as np
 
-from e2v.databuild.camera import frame_shifts, is_moving, translate
+from e2v.databuild.camera import fitted_shifts, is_moving, translate
 from e2v.registry import register
 
 
@@ -17,11 +17,12 @@ class MedianPlate:
     """Per-pixel temporal median of the frames with the element pixels (grown by ``grow`` of the frame's longest
     side, their blended rims) left out; pixels shown in under ``min_seen`` of the frames (the background there is
     unseen, or only where a mask missed part of a subject) are filled by OpenCV inpainting (``fill: inpaint``,
-    Telea) or left as the plain median (``fill: none``). With ``align`` (off by default: phase correlation
-    can lock onto large moving subjects instead of the background) a panning camera's frames are first moved onto
-    the middle frame (:mod:`e2v.databuild.camera`), so the plate is the middle frame's view."""
+    Telea) or left as the plain median (``fill: none``). With ``align`` a moving camera's frames (a pan, a
+    hand-held shake) are first moved onto the middle frame by the shifts that fit the background best
+    (:func:`e2v.databuild.camera.fitted_shifts`: a still camera stays still when subjects drift), so the plate is
+    the middle frame's view."""
 
-    def __init__(self, fill: str = "inpaint", radius: int = 3, grow: float = 0.02, align: bool = False,
+    def __init__(self, fill: str = "inpaint", radius: int = 3, grow: float = 0.02, align: bool = True,
                  min_seen: float = 0.2) -> None:
         if fill not in ("inpaint", "none"):
             raise ValueError(f"plate_estimator median: fill must be 'inpaint' or 'none', got {fill!r}")
@@ -31,7 +32,7 @@ class MedianPlate:
 
     def _aligned(self, frames: np.ndarray, masks: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
         """Frames (and masks) moved onto the middle frame when the camera pans; pixels no frame saw are masked."""
-        shifts = frame_shifts(frames) if self.align and len(frames) > 1 else None
+        shifts = fitted_shifts(frames[len(frames) // 2], frames) if self.align and len(frames) > 1 else None
         if shifts is None or not is_moving(shifts, max(frames.shape[1:3])):
             return frames, masks
         masks = np.zeros(frames.shape[:3], bool) if masks is None else masks

@@ -3,6 +3,8 @@ tests) and PySceneDetect's detectors, fed frames decoded by PyAV.
 
 Frames are decoded once, streamed (never held), downscaled to ``analysis_side`` for the detector. Shots are
 ``[(first_frame, end_frame)]`` in native frame indices (end exclusive), in decode order, so cutting is frame-exact.
+The frames of a gradual transition (a dissolve, a fade) belong to no shot: no clip shows two pictures blended; the
+cut is the middle of that gap (:func:`cut_positions`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,12 @@ def iter_frames(path: str, max_side: int | None = None) -> Iterator[np.ndarray]:
                 yield image
     except (av.error.FFmpegError, IndexError, OSError) as err:
         raise VideoDecodeError(f"{path}: corrupt or truncated video ({err})") from err
+
+
+def cut_positions(shots: list[tuple[int, int]]) -> list[int]:
+    """The frame each shot after the first starts at, or for shots apart (a gradual transition between them) the
+    middle of the frames between them."""
+    return [(end + start + 1) // 2 if start > end else start for (_, end), (start, _) in zip(shots, shots[1:])]
 
 
 class SceneDetectShots:
@@ -161,7 +169,8 @@ class CutDetector:
     before it, differ by under half its change. A cut within ``min_scene_len`` frames after another is not taken.
 
     Gradual transitions (dissolves, fades to or from black) are cut at their middle, the first frame of their run
-    that is at least half the incoming picture; inside the run each frame is a blend ``(1 - t) a + t b`` of the frames ``span`` before and after it (:func:`_blend_fit`), ``t``
+    that is at least half the incoming picture, and no hard cut is taken within ``2 span`` frames of that middle (a
+    dissolve between two pictures moves the histogram and colours a lot from frame to frame); inside the run each frame is a blend ``(1 - t) a + t b`` of the frames ``span`` before and after it (:func:`_blend_fit`), ``t``
     between ``0.2`` and ``0.8`` (not one of them: that is a hard cut or no change), the blend's residual under
     ``blend_fit`` of the frame's difference from the nearer of ``a`` and ``b`` (the blend explains it several times
     better than either end), a total change from ``a`` to ``b`` of at least ``gradual_change`` with the camera's
@@ -179,19 +188,21 @@ class CutDetector:
         self.span, self.blend_fit, self.gradual_change = span, blend_fit, gradual_change
         self.max_correlation = max_correlation
 
-    def gradual_frames(self, blend: np.ndarray) -> list[int]:
-        """Per run of frames inside a gradual transition (``_signals``' blend fits), the frame that starts the next
-        shot: the run's first whose blend is at least half the incoming picture (its middle if none is)."""
+    def gradual_runs(self, blend: np.ndarray) -> list[tuple[int, int, int]]:
+        """``(first, end, cut)`` per run of frames inside a gradual transition (``_signals``' blend fits), widened by
+        a frame each way (end exclusive): ``cut`` is the frame that starts the next shot, the run's first whose blend
+        is at least half the incoming picture (its middle if none is)."""
         change, fit, correlation, t = blend.T if len(blend) else np.zeros((4, 0))
         inside = ((change >= self.gradual_change) & (fit <= self.blend_fit)
                   & (correlation < self.max_correlation) & (t >= 0.2) & (t <= 0.8))
-        middles = []
+        runs = []
         for is_inside, run in itertools.groupby(range(len(inside)), key=lambda f: inside[f]):
             if is_inside:
                 run = list(run)
                 over = [g for g in run if t[g] >= 0.5]  # where the incoming picture dominates
-                middles.append(over[0] if over else (run[0] + run[-1] + 1) // 2)
-        return middles
+                runs.append((max(0, run[0] - 1), min(len(inside), run[-1] + 2),
+                             over[0] if over else (run[0] + run[-1] + 1) // 2))
+        return runs
 
     def _stands_out(self, values: np.ndarray, f: int, ratio: float) -> bool:
         """Whether ``values[f]`` is ``ratio`` times over the median of the ``window`` values before it and of those
@@ -208,14 +219,16 @@ class CutDetector:
                    blend: np.ndarray | None = None) -> list[int]:
         """Frames that start a shot (sorted, without 0), from the per-frame signals of ``_signals``."""
         cuts, last = [], 0
-        gradual = set(self.gradual_frames(blend)) if blend is not None else set()
+        gradual = {cut for _, _, cut in self.gradual_runs(blend)} if blend is not None else set()
+        near_gradual = {g for f in gradual for g in range(f - 2 * self.span, f + 2 * self.span + 1)}
         for f in range(1, len(change) - 1):  # the last frame starts none: no frame after it tells a cut from a flash
             spans = [bridge[g] for g in (f, f - 1) if 1 <= g < len(change) - 1]  # over the frame, or the one before
             flash = bool(spans) and min(spans) < change[f] / 2
-            if f in gradual or not flash and (histogram[f] >= self.histogram
-                              or (change[f] >= self.threshold and self._stands_out(change, f, 2.0))
-                              or (change[f] >= self.min_change and self._stands_out(change, f, self.ratio)
-                                  and self._spike(change, f))):
+            if f in gradual or f not in near_gradual and not flash and (
+                    histogram[f] >= self.histogram
+                    or (change[f] >= self.threshold and self._stands_out(change, f, 2.0))
+                    or (change[f] >= self.min_change and self._stands_out(change, f, self.ratio)
+                        and self._spike(change, f))):
                 if f - last >= self.min_scene_len:  # a short last shot stays one (rejected too short, not joined)
                     cuts.append(f)
                     last = f
@@ -223,5 +236,8 @@ class CutDetector:
 
     def detect(self, path: str) -> list[tuple[int, int]]:
         change, histogram, bridge, blend, count = _signals(path, self.analysis_side, self.span)
-        bounds = [0, *self.cut_frames(change, histogram, bridge, blend), count]
-        return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+        runs = {cut: (first, end) for first, end, cut in self.gradual_runs(blend)}
+        cuts = self.cut_frames(change, histogram, bridge, blend)
+        starts = [0] + [max(cut, runs[cut][1]) if cut in runs else cut for cut in cuts]
+        ends = [min(cut, runs[cut][0]) if cut in runs else cut for cut in cuts] + [count]
+        return [(a, b) for a, b in zip(starts, ends) if b > a]

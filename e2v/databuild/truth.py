@@ -28,6 +28,7 @@ import torch
 from e2v import synth
 from e2v.bench.pixel_metrics import WHITE, colour_histogram
 from e2v.databuild.elements import box_iou
+from e2v.databuild.shots import cut_positions
 from e2v.databuild.video import WORK
 
 CROP = re.compile(r"crops/(?P<clip>.+)_e(?P<index>\d+)(_aug|_turned)?\.png$")
@@ -97,7 +98,7 @@ def score_build(out: str | Path, raw: str | Path, tolerance: int = 2) -> dict:
         if "shots" not in truth:
             outcomes[f"video:{truth['expect']}"][result["reason"] or "keep"] += 1
             continue
-        predicted = [a for a, _ in result["shots"][1:]]
+        predicted = cut_positions(result["shots"])
         true_cuts = [s["start"] for s in truth["shots"][1:]]
         cut_hits += _cut_matches(predicted, true_cuts, tolerance)
         cut_predicted, cut_true = cut_predicted + len(predicted), cut_true + len(true_cuts)
