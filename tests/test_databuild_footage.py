@@ -111,7 +111,9 @@ def test_template_caption_names_the_detected_kinds():
 
 @pytest.mark.slow
 def test_harder_raw_world_meets_the_acceptance_scores(tmp_path):
-    """Shot F1 >= 0.95, subject recall >= 0.9, cross-clip identity accuracy >= 0.9 on a seed never tuned on."""
+    """Shot F1 >= 0.95, subject recall >= 0.9, cross-clip identity accuracy >= 0.9 on seed 7, one of the six seeds
+    the build was measured on while developing it (7, 11, 3, 100, 21, 42); seeds 5 and 9, never looked at before
+    that, are reported in the closing note of issue 24."""
     from e2v.databuild.build import merge, run_videos
     from e2v.databuild.config import load_config
     from e2v.databuild.truth import score_build
@@ -213,7 +215,7 @@ def test_cut_detector_finds_dissolves_grey_and_hand_held(tmp_path):
     found = cut_positions(detected)
     assert len(found) == len(cuts) and all(abs(a - b) <= 2 for a, b in zip(found, cuts)), (found, cuts)
     gaps = [start - end for (_, end), (start, _) in zip(detected, detected[1:])]
-    assert all(4 <= gap <= 10 for gap in gaps[:3]) and gaps[3] == 0, detected  # no shot holds a blended frame
+    assert all(4 <= gap <= 12 for gap in gaps[:3]) and gaps[3] == 0, detected  # no shot holds a blended frame
 
 
 def test_cut_detector_takes_no_gradual_cut_in_pans_shake_or_moving_subjects(tmp_path):

@@ -8,8 +8,9 @@ Layout of a build folder ``OUT``::
                                ``heldout_every``-th kept clip (default 10; a merge setting, re-split without redoing videos)
     OUT/report.json, report.html, report/   counts per stage, rejections by reason, sample triplets
 
-Merging (the global stage) groups identities across the clips of each video (of every video with ``cross_video``), picks each element's reference from another clip
-of the same identity (``ref_source: cross_clip``) or, when it was seen in one clip only, from a distant frame of
+Merging (the global stage) groups identities across the clips of each video (of every video with ``cross_video``),
+picks each element's reference from another clip of the same identity, the element there most like it
+(``ref_source: cross_clip``) or, when it was seen in one clip only, from a distant frame of
 its own clip, mirrored and turned (``same_clip``), and drops near-duplicate clips. It reads only the per-video
 results, so ``--shard I/N`` runs (into one folder, or merged from several with ``--from``) give the same manifest
 as one run.
@@ -35,7 +36,7 @@ from tqdm import tqdm
 
 from e2v.atomic import TEMP_SUFFIX, write_text_atomic
 from e2v.databuild.config import BuildConfig
-from e2v.databuild.identity import group_identities, stable_pick
+from e2v.databuild.identity import group_identities
 from e2v.databuild.video import WORK, VideoJob, decode_vector, job_config, process_video, result_path, video_key
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
@@ -285,6 +286,12 @@ def identity_labels(elements: list[dict], config: BuildConfig, videos: list[str]
     return labels
 
 
+def _distance(a: dict, b: dict) -> float:
+    """Cosine distance of two elements' face descriptors when both have one, else of their image embeddings."""
+    key = "face_embedding" if "face_embedding" in a and "face_embedding" in b else "embedding"
+    return float(1 - decode_vector(a[key]) @ decode_vector(b[key]))
+
+
 def merge(out: str | os.PathLike, config: BuildConfig, names: list[str] | None = None) -> Merged:
     """The global stage over the per-video results in ``out`` (``names``: only these listed videos, each of which
     must be done); writes the manifest(s). Identities, references and duplicates are decided here."""
@@ -335,7 +342,7 @@ def merge(out: str | os.PathLike, config: BuildConfig, names: list[str] | None =
             others = [j for j in by_identity[label] if elements[j][0]["id"] != clip["id"]]
             other_videos = [j for j in others if elements[j][0]["video_key"] != clip["video_key"]]
             if others:
-                j = stable_pick(sorted(other_videos or others), clip["id"], n)
+                j = min(sorted(other_videos or others), key=lambda k: _distance(element, elements[k][2]))
                 source_clip, _, source = elements[j]
                 path, ref_source = source.get("crop_turned", source["crop"]), "cross_clip"
             else:

@@ -9,8 +9,6 @@ matched. It is a proxy for learned embeddings: the plug-ins are ``image_encoder`
 
 from __future__ import annotations
 
-import hashlib
-
 import cv2
 import numpy as np
 from scipy.cluster.hierarchy import fcluster, linkage
@@ -62,9 +60,3 @@ def group_identities(embeddings: np.ndarray, threshold: float) -> np.ndarray:
     raw = fcluster(linkage(condensed, method="average"), t=threshold, criterion="distance")
     order = {label: n for n, label in enumerate(dict.fromkeys(raw.tolist()))}
     return np.array([order[label] for label in raw], np.int64)
-
-
-def stable_pick(options: list, *key: object) -> object:
-    """One of ``options`` chosen by a hash of ``key`` (the same choice in every run, shard and engine)."""
-    digest = hashlib.sha1(repr(key).encode()).digest()
-    return options[int.from_bytes(digest[:8], "big") % len(options)]

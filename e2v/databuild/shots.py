@@ -4,12 +4,12 @@ tests) and PySceneDetect's detectors, fed frames decoded by PyAV.
 Frames are decoded once, streamed (never held), downscaled to ``analysis_side`` for the detector. Shots are
 ``[(first_frame, end_frame)]`` in native frame indices (end exclusive), in decode order, so cutting is frame-exact.
 The frames of a gradual transition (a dissolve, a fade) belong to no shot: no clip shows two pictures blended; the
-cut is the middle of that gap (:func:`cut_positions`).
+cut is the middle of that gap (:func:`cut_positions`), which reaches as far after it as the blended frames found
+start before it (the blend test sees the first half of a transition best).
 """
 
 from __future__ import annotations
 
-import itertools
 from collections import deque
 from typing import Iterator
 
@@ -189,19 +189,19 @@ class CutDetector:
         self.max_correlation = max_correlation
 
     def gradual_runs(self, blend: np.ndarray) -> list[tuple[int, int, int]]:
-        """``(first, end, cut)`` per run of frames inside a gradual transition (``_signals``' blend fits), widened by
-        a frame each way (end exclusive): ``cut`` is the frame that starts the next shot, the run's first whose blend
+        """``(first, end, cut)`` per run of frames inside a gradual transition (``_signals``' blend fits; frames
+        at most 2 apart are one run: a blend test fails now and then mid-transition), widened by a frame each way
+        (end exclusive): ``cut`` is the frame that starts the next shot, the run's first whose blend
         is at least half the incoming picture (its middle if none is)."""
         change, fit, correlation, t = blend.T if len(blend) else np.zeros((4, 0))
         inside = ((change >= self.gradual_change) & (fit <= self.blend_fit)
                   & (correlation < self.max_correlation) & (t >= 0.2) & (t <= 0.8))
+        frames = np.flatnonzero(inside)
         runs = []
-        for is_inside, run in itertools.groupby(range(len(inside)), key=lambda f: inside[f]):
-            if is_inside:
-                run = list(run)
-                over = [g for g in run if t[g] >= 0.5]  # where the incoming picture dominates
-                runs.append((max(0, run[0] - 1), min(len(inside), run[-1] + 2),
-                             over[0] if over else (run[0] + run[-1] + 1) // 2))
+        for run in np.split(frames, np.flatnonzero(np.diff(frames) > 2) + 1) if len(frames) else []:
+            over = [g for g in run if t[g] >= 0.5]  # where the incoming picture dominates
+            runs.append((max(0, int(run[0]) - 1), min(len(inside), int(run[-1]) + 2),
+                         int(over[0]) if over else (int(run[0]) + int(run[-1]) + 1) // 2))
         return runs
 
     def _stands_out(self, values: np.ndarray, f: int, ratio: float) -> bool:
@@ -238,6 +238,6 @@ class CutDetector:
         change, histogram, bridge, blend, count = _signals(path, self.analysis_side, self.span)
         runs = {cut: (first, end) for first, end, cut in self.gradual_runs(blend)}
         cuts = self.cut_frames(change, histogram, bridge, blend)
-        starts = [0] + [max(cut, runs[cut][1]) if cut in runs else cut for cut in cuts]
+        starts = [0] + [max(cut, runs[cut][1], 2 * cut - runs[cut][0]) if cut in runs else cut for cut in cuts]
         ends = [min(cut, runs[cut][0]) if cut in runs else cut for cut in cuts] + [count]
         return [(a, b) for a, b in zip(starts, ends) if b > a]
