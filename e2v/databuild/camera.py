@@ -76,7 +76,7 @@ def _best_offsets(frame: np.ndarray, plate: np.ndarray, centres: list[np.ndarray
     and the nearer shift."""
     steps = sorted(((dx, dy) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)),
                    key=lambda d: d[0] ** 2 + d[1] ** 2)
-    shifts = [np.round(c) + d for c in centres for d in steps]
+    shifts = [np.array(s) for s in dict.fromkeys(tuple(np.round(c) + d) for c in centres for d in steps)]
     edges = _edges(plate)
     costs = [_fit_cost(frame, plate, edges, s) for s in shifts]
     best: list[np.ndarray] = []

@@ -29,11 +29,16 @@ class MedianPlate:
         if not 0 <= min_seen < 1:
             raise ValueError(f"plate_estimator median: min_seen must be in [0, 1), got {min_seen!r}")
         self.fill, self.radius, self.grow, self.align, self.min_seen = fill, radius, grow, align, min_seen
+        self._last: tuple[np.ndarray, np.ndarray] | None = None  # the frames last aligned and their shifts
 
     def _aligned(self, frames: np.ndarray, masks: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
         """Frames (and masks) moved onto the middle frame when the camera pans; pixels no frame saw are masked."""
-        shifts = fitted_shifts(frames[len(frames) // 2], frames) if self.align and len(frames) > 1 else None
-        if shifts is None or not is_moving(shifts, max(frames.shape[1:3])):
+        if not self.align or len(frames) < 2:
+            return frames, masks
+        if self._last is None or self._last[0] is not frames:  # a clean plate estimates twice from the same frames
+            self._last = (frames, fitted_shifts(frames[len(frames) // 2], frames, reach=0.0))  # no offset to search
+        shifts = self._last[1]
+        if not is_moving(shifts, max(frames.shape[1:3])):
             return frames, masks
         masks = np.zeros(frames.shape[:3], bool) if masks is None else masks
         moved = np.stack([translate(f, -s) for f, s in zip(frames, shifts)])
