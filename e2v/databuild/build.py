@@ -286,10 +286,11 @@ def identity_labels(elements: list[dict], config: BuildConfig, videos: list[str]
     return labels
 
 
-def _distance(a: dict, b: dict) -> float:
-    """Cosine distance of two elements' face descriptors when both have one, else of their image embeddings."""
+def _distance(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
+    """Cosine distance of two elements' decoded vectors: face descriptors when both have one, else image
+    embeddings."""
     key = "face_embedding" if "face_embedding" in a and "face_embedding" in b else "embedding"
-    return float(1 - decode_vector(a[key]) @ decode_vector(b[key]))
+    return float(1 - a[key] @ b[key])
 
 
 def merge(out: str | os.PathLike, config: BuildConfig, names: list[str] | None = None) -> Merged:
@@ -328,6 +329,7 @@ def merge(out: str | os.PathLike, config: BuildConfig, names: list[str] | None =
     counts["clips_rejected"]["near_duplicate"] += len(duplicates)
     elements = [(clip, n, element) for clip in kept for n, element in enumerate(clip["elements"])]
     labels = identity_labels([e for _, _, e in elements], config, [clip["video_key"] for clip, _, _ in elements])
+    vectors = [{k: decode_vector(e[k]) for k in ("embedding", "face_embedding") if k in e} for _, _, e in elements]
     by_identity: dict[int, list[int]] = defaultdict(list)
     for i, label in enumerate(labels):
         by_identity[int(label)].append(i)
@@ -342,7 +344,7 @@ def merge(out: str | os.PathLike, config: BuildConfig, names: list[str] | None =
             others = [j for j in by_identity[label] if elements[j][0]["id"] != clip["id"]]
             other_videos = [j for j in others if elements[j][0]["video_key"] != clip["video_key"]]
             if others:
-                j = min(sorted(other_videos or others), key=lambda k: _distance(element, elements[k][2]))
+                j = min(other_videos or others, key=lambda k: _distance(vectors[i], vectors[k]))  # ties: the first
                 source_clip, _, source = elements[j]
                 path, ref_source = source.get("crop_turned", source["crop"]), "cross_clip"
             else:

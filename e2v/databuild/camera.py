@@ -69,20 +69,19 @@ def _fit_cost(frame: np.ndarray, plate: np.ndarray, edges: np.ndarray, shift: np
     return float(np.partition(diff, count - 1)[:count].mean())
 
 
-def _best_offsets(frame: np.ndarray, plate: np.ndarray, centres: list[np.ndarray], radius: int,
-                  count: int = 1) -> list[np.ndarray]:
-    """Of the integer shifts within ``radius`` px of each of ``centres``, the ``count`` whose moved ``plate`` fits
-    ``frame`` best (:func:`_fit_cost`), best first, each over 1 px from the others; on equal fits the earlier centre
-    and the nearer shift."""
+def _best_offsets(frame: np.ndarray, plate: np.ndarray, edges: np.ndarray, centres: list[np.ndarray], radius: int,
+                  count: int = 1) -> list[tuple[float, np.ndarray]]:
+    """Of the integer shifts within ``radius`` px of each of ``centres``, the ``count`` whose moved ``plate`` (with
+    its :func:`_edges` ``edges``) fits ``frame`` best, as ``(cost, shift)`` (:func:`_fit_cost`), best first, each
+    over 1 px from the others; on equal fits the earlier centre and the nearer shift."""
     steps = sorted(((dx, dy) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)),
                    key=lambda d: d[0] ** 2 + d[1] ** 2)
     shifts = [np.array(s) for s in dict.fromkeys(tuple(np.round(c) + d) for c in centres for d in steps)]
-    edges = _edges(plate)
     costs = [_fit_cost(frame, plate, edges, s) for s in shifts]
-    best: list[np.ndarray] = []
+    best: list[tuple[float, np.ndarray]] = []
     for n in np.argsort(costs, kind="stable"):
-        if all(np.abs(shifts[n] - b).max() > 1 for b in best):
-            best.append(shifts[n])
+        if all(np.abs(shifts[n] - b).max() > 1 for _, b in best):
+            best.append((costs[n], shifts[n]))
         if len(best) == count:
             break
     return best
@@ -100,19 +99,20 @@ def fitted_shifts(plate: np.ndarray, frames: np.ndarray, reach: float = 0.25, si
         return np.zeros((0, 2))
     chain = frame_shifts(frames)
     coarse_plate, coarse = _small(plate, side)
+    coarse_edges = _edges(coarse_plate)
     small = [_small(f, side)[0] for f in frames]
-    offset = _best_offsets(small[len(frames) // 2], coarse_plate, [np.zeros(2)],
-                           max(1, round(reach * max(coarse_plate.shape))))[0]
+    _, offset = _best_offsets(small[len(frames) // 2], coarse_plate, coarse_edges, [np.zeros(2)],
+                              max(1, round(reach * max(coarse_plate.shape))))[0]
     fine_plate, fine = _small(plate, 3 * side)
     fine_edges = _edges(fine_plate)
     radius = max(1, round(fine / coarse / 2))
     out = []
     for frame, own, little in zip(frames, chain, small):
         near = [np.zeros(2), offset, offset + np.round(own * coarse)]
-        rough = _best_offsets(little, coarse_plate, near, max(1, round(0.03 * side)), count=3)
+        rough = _best_offsets(little, coarse_plate, coarse_edges, near, max(1, round(0.03 * side)), count=3)
         detail = _small(frame, 3 * side)[0]
-        refined = [_best_offsets(detail, fine_plate, [r / coarse * fine], radius)[0] for r in rough]
-        out.append(min(refined, key=lambda s: _fit_cost(detail, fine_plate, fine_edges, s)) / fine)
+        refined = [_best_offsets(detail, fine_plate, fine_edges, [r / coarse * fine], radius)[0] for _, r in rough]
+        out.append(min(refined, key=lambda found: found[0])[1] / fine)
     return np.stack(out)
 
 

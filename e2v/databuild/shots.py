@@ -216,10 +216,11 @@ class CutDetector:
         return all(values[f] >= 2 * values[g] for g in (f - 1, f + 1) if 1 <= g < len(values))
 
     def cut_frames(self, change: np.ndarray, histogram: np.ndarray, bridge: np.ndarray,
-                   blend: np.ndarray | None = None) -> list[int]:
-        """Frames that start a shot (sorted, without 0), from the per-frame signals of ``_signals``."""
+                   runs: list[tuple[int, int, int]] = ()) -> list[int]:
+        """Frames that start a shot (sorted, without 0), from the per-frame signals of ``_signals`` and the gradual
+        transitions :meth:`gradual_runs` found in them."""
         cuts, last = [], 0
-        gradual = {cut for _, _, cut in self.gradual_runs(blend)} if blend is not None else set()
+        gradual = {cut for _, _, cut in runs}
         near_gradual = {g for f in gradual for g in range(f - 2 * self.span, f + 2 * self.span + 1)}
         for f in range(1, len(change) - 1):  # the last frame starts none: no frame after it tells a cut from a flash
             spans = [bridge[g] for g in (f, f - 1) if 1 <= g < len(change) - 1]  # over the frame, or the one before
@@ -236,8 +237,9 @@ class CutDetector:
 
     def detect(self, path: str) -> list[tuple[int, int]]:
         change, histogram, bridge, blend, count = _signals(path, self.analysis_side, self.span)
-        runs = {cut: (first, end) for first, end, cut in self.gradual_runs(blend)}
-        cuts = self.cut_frames(change, histogram, bridge, blend)
+        found = self.gradual_runs(blend)
+        runs = {cut: (first, end) for first, end, cut in found}
+        cuts = self.cut_frames(change, histogram, bridge, found)
         starts = [0] + [max(cut, runs[cut][1], 2 * cut - runs[cut][0]) if cut in runs else cut for cut in cuts]
         ends = [min(cut, runs[cut][0]) if cut in runs else cut for cut in cuts] + [count]
         return [(a, b) for a, b in zip(starts, ends) if b > a]
