@@ -317,6 +317,32 @@ def test_packaged_detector_seeks_people_in_key_frames_sharper_than_the_masks():
         assert all(on_her) if found_her else not any(on_her)
 
 
+def test_tracks_of_one_subject_merge_and_other_subjects_stay():
+    """Two tracks of one subject (a moving region in every frame, a person box over it in every other frame: most of
+    the smaller mask shared wherever both are) become one track in every frame, named a person; a subject beside it,
+    and one that crosses it in one frame of four, stay their own tracks."""
+    from e2v.databuild.elements import Track, merge_duplicates
+    from e2v.databuild.stages import Detection
+
+    def square(x: int, size: int = 10, kind: str = "object") -> Detection:
+        mask = np.zeros((40, 120), bool)
+        mask[10 : 10 + size, x : x + size] = True
+        return Detection((float(x), 10.0, float(x + size), 10.0 + size), mask, kind, size * size / mask.size)
+
+    region = Track([square(10 + f, 12) for f in range(6)])
+    person = Track([square(11 + f, 8, "human") if f % 2 else None for f in range(6)], kind="human")
+    beside = Track([square(80) for _ in range(6)])
+    crossing = Track([None, None] + [square(x, 12) for x in (12, 40, 50, 60)])
+    tracks = merge_duplicates([person, beside, crossing, region])
+    assert [t.detections[t.frames[0]].box[0] for t in tracks] == [10, 12, 80]  # by first centre x: as link_tracks
+    assert tracks[0] is region and region.kind == "human" and len(region.frames) == 6
+    assert merge_duplicates([]) == []
+    gap = Track([square(10 + f, 12) if f < 3 else None for f in range(6)])
+    late = Track([None, None, None] + [square(13 + f, 8, "human") for f in range(3, 6)], kind="human")
+    merged = merge_duplicates([gap, late])  # never in the same frame: nothing says they are one
+    assert len(merged) == 2
+
+
 def test_identities_are_grouped_within_each_video_unless_cross_video():
     import dataclasses
 

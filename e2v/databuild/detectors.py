@@ -244,14 +244,20 @@ class PackagedDetector:
             plate = cv2.resize(plate, small.shape[2:0:-1], interpolation=cv2.INTER_AREA)
         return self.motion.masks(small, plate)
 
-    def _people(self, detail: np.ndarray, scale: float, height: int, width: int) -> list[tuple[Detection, Seeds]]:
-        """People of a key frame seen at ``detail`` (``scale`` x the resized frame's size ``height`` x ``width``), in
-        resized-frame pixels: faces first, then walkers and upper bodies that hold none of them."""
+    def _people(self, frame: np.ndarray, detail: np.ndarray, scale: float) -> list[tuple[Detection, Seeds]]:
+        """People of a key frame (``frame``, the resized one, and ``detail``, it at ``scale`` x that size) in
+        resized-frame pixels: faces of either (big faces are found at the coarser scale, small ones at the finer),
+        then walkers and upper bodies in ``detail`` that hold none of them."""
         def back(box: Box) -> Box:
             return tuple(v / scale for v in box)
 
+        height, width = frame.shape[:2]
+        faces: list[Box] = [] if self.faces is None else list(self.faces.detect(frame))
+        if self.faces is not None and scale != 1.0:
+            faces = [box for box, _ in _nms([(box, 1.0) for box in faces]
+                                            + [(back(box), 1.0) for box in self.faces.detect(detail)])]
         people: list[tuple[Detection, Seeds]] = []
-        for face in map(back, self.faces.detect(detail) if self.faces is not None else []):
+        for face in faces:
             people.append((Detection(person_from_face(face, height, width), None, "human", 2.0), face_seeds(face)))
         walkers, upper = self.people if self.people is not None else (None, None)
         found = [(back(box), 1.0 + weight, body_seeds(back(box))) for box, weight in
@@ -270,7 +276,7 @@ class PackagedDetector:
         chest; beside their heads)."""
         height, width = frame.shape[:2]
         area = float(height * width)
-        people = self._people(detail, scale, height, width)
+        people = self._people(frame, detail, scale)
         found = list(people)
         if moving is not None:
             grow = 2 * round(self.join * max(height, width)) + 1  # fragments of one element join

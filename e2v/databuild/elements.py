@@ -190,3 +190,37 @@ def link_tracks(per_frame: list[list[Detection]], frame_side: int, min_iou: floa
         kinds = [track.detections[f].kind for f in track.frames]
         track.kind = max(kinds, key=lambda k: (kinds.count(k), -kinds.index(k)))
     return sorted(kept, key=lambda t: t.centre(t.frames[0])[0])
+
+
+def _shared(a: Detection, b: Detection) -> float:
+    """Share of the smaller of two detections that both cover: their masks when both have one, else their boxes."""
+    if a.mask is not None and b.mask is not None:
+        return float((a.mask & b.mask).sum()) / max(1, min(int(a.mask.sum()), int(b.mask.sum())))
+    ix = max(0.0, min(a.box[2], b.box[2]) - max(a.box[0], b.box[0]))
+    iy = max(0.0, min(a.box[3], b.box[3]) - max(a.box[1], b.box[1]))
+    sizes = [(d.box[2] - d.box[0]) * (d.box[3] - d.box[1]) for d in (a, b)]
+    return ix * iy / max(1e-9, min(sizes))
+
+
+def merge_duplicates(tracks: list[Track], share: float = 0.5) -> list[Track]:
+    """One track per subject: a track that, on most frames both are in, shares at least ``share`` of the smaller of
+    it and a larger track (two moving fragments a segmenter grew into one subject; a person found by a detector and
+    as a moving region) joins the larger: it fills the frames the larger lacks and, when it is ``human``, names it
+    so. Returned in :func:`link_tracks`' order."""
+    kept: list[Track] = []
+    for track in sorted(tracks, key=lambda t: -t.mean_area):
+        def same(other: Track) -> bool:
+            both = [f for f in track.frames if other.detections[f] is not None]
+            return bool(both) and sum(_shared(track.detections[f], other.detections[f]) >= share
+                                      for f in both) > len(both) / 2
+
+        twin = next((other for other in kept if same(other)), None)
+        if twin is None:
+            kept.append(track)
+            continue
+        for f in track.frames:
+            if twin.detections[f] is None:
+                twin.detections[f] = track.detections[f]
+        if track.kind == "human":
+            twin.kind = "human"
+    return sorted(kept, key=lambda t: t.centre(t.frames[0])[0])

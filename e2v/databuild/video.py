@@ -28,7 +28,7 @@ from e2v import registry
 from e2v.atomic import write_json_atomic
 from e2v.databuild.captions import colour_name
 from e2v.databuild.config import BuildConfig
-from e2v.databuild.elements import Track, completeness, link_tracks
+from e2v.databuild.elements import Track, completeness, link_tracks, merge_duplicates
 from e2v.databuild.shots import iter_frames
 from e2v.databuild.stages import ClipContext
 from e2v.datamodules.video_io import VideoDecodeError, frame_times, probe_video, save_image, write_video
@@ -276,7 +276,8 @@ def _process_clip(stages: Stages, config: BuildConfig, job: VideoJob, clip: np.n
             return None, check.name, values
     plate = clean_plate(stages.plate, stages.detector, shot_frames)
     height, width = clip.shape[1:3]
-    tracks = link_tracks(stages.detector.detect(clip, plate), max(height, width), min_coverage=config.min_track)
+    tracks = merge_duplicates(link_tracks(stages.detector.detect(clip, plate), max(height, width),
+                                          min_coverage=config.min_track))
     if not tracks:
         return None, "no_elements", values
     tracks = sorted(sorted(tracks, key=lambda t: -t.mean_area)[: config.max_subjects],
