@@ -285,9 +285,10 @@ def test_motion_segmenter_finds_a_faint_grey_subject_whole_under_a_shaking_camer
         frames.append(frame)
         truths.append(truth > 0)
     frames, plate = np.stack(frames), board[40:200, 40:240]
-    aligned = MotionSegmenter(threshold=30).masks(frames, plate)
-    strict = MotionSegmenter(threshold=30, low=1.0).masks(frames, plate)
-    unaligned = MotionSegmenter(threshold=30, align=False).masks(frames, plate)
+    aligned = MotionSegmenter(threshold=30, grey=1.0).masks(frames, plate)  # grey=1: the colour thresholds (the
+    strict = MotionSegmenter(threshold=30, low=1.0, grey=1.0).masks(frames, plate)  # checks are grey, and a grey
+    unaligned = MotionSegmenter(threshold=30, align=False, grey=1.0).masks(frames, plate)  # plate's lower ones
+    # would take the rim without hysteresis)
     iou = [(m & t).sum() / (m | t).sum() for m, t in zip(aligned, truths)]
     assert min(iou) > 0.75, iou
     assert (strict & np.stack(truths)).sum() < 0.8 * (aligned & np.stack(truths)).sum()  # the rim needs hysteresis
@@ -341,6 +342,23 @@ def test_tracks_of_one_subject_merge_and_other_subjects_stay():
     late = Track([None, None, None] + [square(13 + f, 8, "human") for f in range(3, 6)], kind="human")
     merged = merge_duplicates([gap, late])  # never in the same frame: nothing says they are one
     assert len(merged) == 2
+
+
+def test_motion_segmenter_lowers_its_thresholds_on_grey_footage_only():
+    """A disc 22 levels brighter than its background: on grey footage (a change there is luma alone) it is the
+    moving region; the same change of a colour background's channels stays under the colour threshold (30)."""
+    from e2v.databuild.elements import MotionSegmenter
+
+    yy, xx = np.mgrid[:64, :64]
+    disc = (yy - 32) ** 2 + (xx - 30) ** 2 < 12 ** 2
+    segmenter = MotionSegmenter(threshold=30, align=False)
+    for background, found in (((120, 120, 120), True), ((150, 90, 60), False)):
+        plate = np.zeros((64, 64, 3), np.uint8) + np.array(background, np.uint8)
+        frame = plate.copy()
+        frame[disc] += 22
+        mask = segmenter.frame_mask(frame, plate)
+        assert (mask[disc].mean() > 0.95 and mask[~disc].mean() < 0.01) if found else not mask.any()
+    assert not MotionSegmenter(threshold=30, align=False, grey=1.0).frame_mask(frame * 0 + 142, frame * 0 + 120).any()
 
 
 def test_identities_are_grouped_within_each_video_unless_cross_video():

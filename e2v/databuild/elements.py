@@ -50,21 +50,26 @@ def completeness(mask: np.ndarray) -> float:
     return float(min(1.0, mask.sum() / hull)) if hull > 0 else 0.0
 
 
+GREY_SPREAD = 10  # max-min of a pixel's channels (levels) under which it is grey (codecs leave a few levels)
+
+
 @register("element_detector", "motion")
 class MotionSegmenter:
     """Moving regions against the background plate moved with the camera (``align``; off: a still camera):
     threshold, clean, connected components."""
 
     def __init__(self, threshold: float = 30.0, min_area: float = 0.003, merge: int = 2, align: bool = True,
-                 low: float = 0.4, reach: float = 0.025) -> None:
+                 low: float = 0.4, reach: float = 0.025, grey: float = 0.6) -> None:
         self.threshold, self.min_area, self.merge, self.align = threshold, min_area, merge, align
-        self.low, self.reach = low, reach
+        self.low, self.reach, self.grey = low, reach, grey
 
     def frame_mask(self, frame: np.ndarray, plate: np.ndarray, slack: int = 0) -> np.ndarray:
         """``bool [H, W]``: the moving pixels of ``frame`` against ``plate`` (both ``uint8 [H, W, 3]``): over
         ``threshold``, or over ``low`` times it within ``reach`` (share of the side) of such (hysteresis: a grey
         subject's rims close to the background's tone stay with it; lone faint changes, and a faint change spreading
-        over a whole imperfect plate, stay out); with
+        over a whole imperfect plate, stay out); where the frame's and the plate's pixels are both grey (channels
+        under :data:`GREY_SPREAD` levels apart) both thresholds are ``grey`` times lower: there a change is luma
+        alone, where a change of colour moves its largest channel typically 1.5-2x the luma change; with
         ``slack`` a pixel is compared with the range of the plate's pixels within ``slack`` px (a plate moved with the
         camera lines up to a pixel: its edges must not count). Holes are filled (parts of an element that resemble
         the background), except large ones whose pixels are the plate's own (under a third of ``threshold`` away on
@@ -77,16 +82,18 @@ class MotionSegmenter:
         else:
             diff = np.abs(frame.astype(np.int16) - plate.astype(np.int16)).max(axis=2)
         kernel = np.ones((3, 3), np.uint8)
-        mask = cv2.morphologyEx((diff > self.threshold).astype(np.uint8), cv2.MORPH_OPEN, np.ones((2, 2), np.uint8))
+        achromatic = (np.ptp(frame, axis=2) < GREY_SPREAD) & (np.ptp(plate, axis=2) < GREY_SPREAD)
+        threshold = np.where(achromatic, self.grey * self.threshold, self.threshold)
+        mask = cv2.morphologyEx((diff > threshold).astype(np.uint8), cv2.MORPH_OPEN, np.ones((2, 2), np.uint8))
         if self.low < 1:  # hysteresis: weaker pixels near a strong part belong to it
             reach = 2 * max(1, round(self.reach * max(mask.shape))) + 1
-            mask |= (diff > self.low * self.threshold) & cv2.dilate(mask, np.ones((reach, reach), np.uint8)).astype(bool)
+            mask |= (diff > self.low * threshold) & cv2.dilate(mask, np.ones((reach, reach), np.uint8)).astype(bool)
         mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel).astype(bool)
         filled = fill_holes(mask)
         count, holes = cv2.connectedComponents((filled & ~mask).astype(np.uint8), connectivity=4)
         for label in range(1, count):
             hole = holes == label
-            if hole.sum() >= self.min_area * mask.size and diff[hole].mean() < self.threshold / 3:
+            if hole.sum() >= self.min_area * mask.size and diff[hole].mean() < threshold[hole].mean() / 3:
                 filled &= ~hole
         return filled
 
