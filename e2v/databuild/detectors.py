@@ -213,8 +213,9 @@ class PackagedDetector:
     frames is carried to the others by template matching. ``faces``: a ``face_detector`` spec (dlib
     falls back to ``haar`` when dlib is not installed); ``people``: HOG and the upper-body cascade on or off;
     ``detect_side``: the shorter side (px, never above the video's) of the key frames faces and people are sought in;
-    ``motion``: the moving-pixel threshold (0..255; None: off); ``grabcut``: GrabCut iterations (0: the box, or the moving pixels in it, is the
-    mask); ``join``: moving fragments closer than this share of the frame side are one element."""
+    ``motion``: the moving-pixel threshold (0..255; None: off); ``grabcut``: GrabCut iterations (0: the box, or the
+    moving pixels in it, is the mask); ``join``: moving fragments closer than this share of the frame side are one
+    element."""
 
     def __init__(self, faces: Any = "dlib", people: bool = True, motion: float | None = 30.0, saliency: bool = True,
                  grabcut: int = 3, side: int = 256, detect_side: int = 360, key_every: int = 4, max_elements: int = 3,
