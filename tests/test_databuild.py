@@ -24,6 +24,7 @@ from e2v.databuild.captions import colour_name
 from e2v.databuild.config import BuildConfig, load_config
 from e2v.databuild.elements import box_iou, link_tracks
 from e2v.databuild.identity import group_identities
+from e2v.databuild.quality import luma
 from e2v.databuild.stages import ClipContext
 from e2v.databuild.truth import reference_colour_match, score_build
 from e2v.datamodules.manifest import validate_manifest
@@ -111,6 +112,19 @@ def test_each_filter_rejects_its_shot_kind_and_passes_a_normal_shot(kind):
     clip = lambda plan: raw_synth.render_shot(plan, 64, 64)[0][: raw_synth.SPAN : 2]  # noqa: E731
     assert not check.check(clip(_shot(kind)))[0]
     assert check.check(clip(_shot("normal")))[0]
+
+
+def test_black_filter_keeps_a_lit_subject_on_black_and_rejects_a_fade():
+    """A small bright globe on black (mean luma ~9, like a night-side earth) is a shot; a frame fading to black with
+    noise is not; a clip passing on its mean before passes still (its brightest pixels are at least its mean)."""
+    black = registry.build("quality_filter", "black")
+    yy, xx = np.mgrid[:64, :64]
+    globe = np.zeros((6, 64, 64, 3), np.uint8)
+    globe[:, (yy - 32) ** 2 + (xx - 32) ** 2 < 9 ** 2] = (60, 90, 200)
+    assert luma(globe).mean() < black.min_luma and black.check(globe)[0]
+    fade = np.random.default_rng(0).integers(0, 6, (6, 64, 64, 3)).astype(np.uint8)
+    assert not black.check(fade)[0]
+    assert black.check(np.full((6, 64, 64, 3), 13, np.uint8))[0]
 
 
 def test_plate_and_motion_segmentation_recover_the_truth():
