@@ -25,7 +25,7 @@ import numpy as np
 
 from e2v import registry
 from e2v.databuild.camera import frame_shifts, translate
-from e2v.databuild.elements import MotionSegmenter, Track, box_iou, link_tracks, whole_parts
+from e2v.databuild.elements import MotionSegmenter, Track, box_inside, box_iou, link_tracks, whole_parts
 from e2v.databuild.stages import Box, Detection
 from e2v.registry import register
 
@@ -50,14 +50,6 @@ def _nms(boxes: list[tuple[Box, float]], iou: float = 0.3) -> list[tuple[Box, fl
         if all(box_iou(box, k) <= iou for k, _ in kept):
             kept.append((box, score))
     return kept
-
-
-def _inside(inner: Box, outer: Box) -> float:
-    """Share of ``inner``'s area inside ``outer``."""
-    ix = max(0.0, min(inner[2], outer[2]) - max(inner[0], outer[0]))
-    iy = max(0.0, min(inner[3], outer[3]) - max(inner[1], outer[1]))
-    area = (inner[2] - inner[0]) * (inner[3] - inner[1])
-    return ix * iy / area if area > 0 else 0.0
 
 
 @register("face_detector", "haar")
@@ -271,7 +263,7 @@ class PackagedDetector:
         found += [(person_from_upper_body(back(box), height, width), 1.5, upper_body_seeds(back(box)))
                   for box in (upper.detect(detail) if upper is not None else [])]
         for box, score, seeds in found:
-            if all(_inside(box, p.box) < 0.6 and _inside(p.box, box) < 0.6 for p, _ in people):
+            if all(box_inside(box, p.box) < 0.6 and box_inside(p.box, box) < 0.6 for p, _ in people):
                 people.append((Detection(box, None, "human", score), seeds))
         return people
 
@@ -293,7 +285,7 @@ class PackagedDetector:
                 if (moving & (labels == label)).sum() < self.min_area * area:
                     continue
                 box = (float(x), float(y), float(x + w), float(y + h))
-                if all(_inside(box, p.box) < 0.5 for p, _ in people):
+                if all(box_inside(box, p.box) < 0.5 for p, _ in people):
                     found.append((Detection(box, None, "object", 1.0), ([], [])))
         if not found and self.saliency:
             box = salient_box(frame, min_area=self.min_area)

@@ -132,12 +132,21 @@ class MotionSegmenter:
         return out
 
 
+def _box_overlap(a: Box, b: Box) -> float:
+    """Area two boxes ``(x0, y0, x1, y1)`` share."""
+    return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+
+
 def box_iou(a: Box, b: Box) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
+    inter = _box_overlap(a, b)
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return inter / union if union > 0 else 0.0
+
+
+def box_inside(inner: Box, outer: Box) -> float:
+    """Share of ``inner``'s area inside ``outer``."""
+    area = (inner[2] - inner[0]) * (inner[3] - inner[1])
+    return _box_overlap(inner, outer) / area if area > 0 else 0.0
 
 
 @dataclass
@@ -203,10 +212,7 @@ def _shared(a: Detection, b: Detection) -> float:
     """Share of the smaller of two detections that both cover: their masks when both have one, else their boxes."""
     if a.mask is not None and b.mask is not None:
         return float((a.mask & b.mask).sum()) / max(1, min(int(a.mask.sum()), int(b.mask.sum())))
-    ix = max(0.0, min(a.box[2], b.box[2]) - max(a.box[0], b.box[0]))
-    iy = max(0.0, min(a.box[3], b.box[3]) - max(a.box[1], b.box[1]))
-    sizes = [(d.box[2] - d.box[0]) * (d.box[3] - d.box[1]) for d in (a, b)]
-    return ix * iy / max(1e-9, min(sizes))
+    return max(box_inside(a.box, b.box), box_inside(b.box, a.box))
 
 
 def merge_duplicates(tracks: list[Track], share: float = 0.5) -> list[Track]:
