@@ -92,14 +92,35 @@ def _translation(onto: np.ndarray, x: np.ndarray, window: np.ndarray) -> np.ndar
                    -reach, reach)
 
 
-def _change(a: np.ndarray, b: np.ndarray, window: np.ndarray) -> float:
-    """Mean absolute colour change from ``float32 [h, w, 3]`` ``a`` to ``b``, as they are or, when less, once ``b`` is
-    moved back by the camera's translation between them (a hand-held camera's shake is no change) over the pixels
-    both show: the largest of the RGB channels' means, so a change between two grey pictures counts in full."""
+def _differences(a: np.ndarray, b: np.ndarray, window: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel absolute colour changes ``[h, w, 3]`` from ``float32 [h, w, 3]`` ``a`` to ``b``: as they are, and
+    ``[h', w', 3]`` once ``b`` is moved back by the camera's translation between them (a hand-held camera's shake
+    is no change), over the pixels both show. Each measure takes the smaller of the two."""
     shift = _translation(a, b, window)
     back = translate(b, -shift)
     bx, by = (int(abs(v)) + 1 for v in shift)
-    return float(min(np.abs(b - a).mean(axis=(0, 1)).max(), np.abs(back - a)[by:-by, bx:-bx].mean(axis=(0, 1)).max()))
+    return np.abs(b - a), np.abs(back - a)[by:-by, bx:-bx]
+
+
+def _level(difference: np.ndarray) -> float:
+    """The largest of the RGB channels' mean changes (so a change between two grey pictures counts in full)."""
+    return float(difference.mean(axis=(0, 1)).max())
+
+
+def _local(difference: np.ndarray, share: float = 0.04, border: float = 0.125) -> float:
+    """The mean of the ``share`` of pixels that changed most (largest channel each), ``border`` of the frame's
+    height and width off each edge left out: a subject that jumps moves a few percent of the frame a lot, which the
+    whole frame's mean hardly sees; one that enters or leaves the picture does so at its edge."""
+    h, w = difference.shape[:2]
+    dy, dx = int(border * h), int(border * w)
+    values = difference[dy: h - dy, dx: w - dx].max(axis=2).ravel()
+    top = max(1, int(share * values.size))
+    return float(np.partition(values, -top)[-top:].mean())
+
+
+def _change(a: np.ndarray, b: np.ndarray, window: np.ndarray) -> float:
+    """Mean colour change from ``float32 [h, w, 3]`` ``a`` to ``b``: the smaller :func:`_level` of :func:`_differences`."""
+    return min(map(_level, _differences(a, b, window)))
 
 
 def _aligned(a: np.ndarray, m: np.ndarray, window: np.ndarray) -> np.ndarray:
@@ -130,32 +151,36 @@ def _blend_fit(a: np.ndarray, m: np.ndarray, b: np.ndarray, window: np.ndarray) 
     return change, fit, correlation, t
 
 
-def _signals(path: str, side: int, span: int = 4) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-    """Per frame ``f`` (0 for the first): the colour change from frame ``f - 1`` (:func:`_change`), the
-    luma-histogram distance (half the L1 distance of 32-bin histograms, 0..1) from ``f - 1``, and the colour change
+def _signals(path: str, side: int, span: int = 4) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per frame ``f`` (0 for the first), ``float [N, 4]``: the colour change from frame ``f - 1`` (:func:`_change`),
+    the luma-histogram distance (half the L1 distance of 32-bin histograms, 0..1) from ``f - 1``, the colour change
     from ``f - 1`` to ``f + 1`` (a flash frame changes a lot from both neighbours, which are alike; 0 for the first
-    and last frames); ``float [N, 4]`` :func:`_blend_fit` of frame ``f`` between frames ``f - span`` and
-    ``f + span`` (zeros where those are outside the video); and the count."""
-    change, histogram, bridge, blend = [], [], [0.0], []
+    and last frames) and the local change from ``f - 1`` (:func:`_local`); ``float [N, 4]`` :func:`_blend_fit` of
+    frame ``f`` between frames ``f - span`` and ``f + span`` (zeros where those are outside the video); the count."""
+    change, histogram, bridge, local, blend = [0.0], [0.0], [0.0], [0.0], []
     frames: deque[np.ndarray] = deque(maxlen=2 * span)
     last_hist, window = None, None
     for image in iter_frames(path, side):
         frame = image.astype(np.float32)
         window = cv2.createHanningWindow(image.shape[1::-1], cv2.CV_32F) if window is None else window
         hist = np.histogram(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), 32, (0, 256))[0] / (image.shape[0] * image.shape[1])
-        change.append(_change(frames[-1], frame, window) if frames else 0.0)
-        histogram.append(0.5 * float(np.abs(hist - last_hist).sum()) if last_hist is not None else 0.0)
+        if frames:
+            differences = _differences(frames[-1], frame, window)
+            change.append(min(map(_level, differences)))
+            local.append(min(map(_local, differences)))
+            histogram.append(0.5 * float(np.abs(hist - last_hist).sum()))
         if len(frames) >= 2:
             bridge.append(_change(frames[-2], frame, window))
         if len(frames) == 2 * span:
             blend.append(_blend_fit(frames[0], frames[span], frame, window))
         frames.append(frame)
         last_hist = hist
-    bridge = (bridge + [0.0])[: len(change)]
-    fits = np.zeros((len(change), 4))
+    count = len(change) if frames else 0
+    signals = np.array([change, histogram, (bridge + [0.0])[: len(change)], local]).T[:count]
+    fits = np.zeros((count, 4))
     if blend:
         fits[span: span + len(blend)] = blend
-    return np.array(change), np.array(histogram), np.array(bridge), fits, len(change)
+    return signals, fits, count
 
 
 @register("shot_detector", "cuts")
@@ -182,8 +207,10 @@ class CutDetector:
 
     def __init__(self, threshold: float = 20.0, histogram: float = 0.35, ratio: float = 4.0, min_change: float = 4.0,
                  window: int = 8, min_scene_len: int = 12, analysis_side: int = 128, span: int = 4,
-                 blend_fit: float = 0.35, gradual_change: float = 10.0, max_correlation: float = 0.8) -> None:
+                 blend_fit: float = 0.35, gradual_change: float = 10.0, max_correlation: float = 0.8,
+                 min_local: float = 24.0) -> None:
         self.threshold, self.histogram, self.ratio, self.min_change = threshold, histogram, ratio, min_change
+        self.min_local = min_local
         self.window, self.min_scene_len, self.analysis_side = window, min_scene_len, analysis_side
         self.span, self.blend_fit, self.gradual_change = span, blend_fit, gradual_change
         self.max_correlation = max_correlation
@@ -215,10 +242,10 @@ class CutDetector:
         """Whether ``values[f]`` is twice each of its neighbours' (one frame's jump, not a burst of fast motion)."""
         return all(values[f] >= 2 * values[g] for g in (f - 1, f + 1) if 1 <= g < len(values))
 
-    def cut_frames(self, change: np.ndarray, histogram: np.ndarray, bridge: np.ndarray,
-                   runs: list[tuple[int, int, int]] = ()) -> list[int]:
-        """Frames that start a shot (sorted, without 0), from the per-frame signals of ``_signals`` and the gradual
-        transitions :meth:`gradual_runs` found in them."""
+    def cut_frames(self, signals: np.ndarray, runs: list[tuple[int, int, int]] = ()) -> list[int]:
+        """Frames that start a shot (sorted, without 0), from the per-frame signals ``[N, 4]`` of ``_signals`` and
+        the gradual transitions :meth:`gradual_runs` found in them."""
+        change, histogram, bridge, local = signals.T
         cuts, last = [], 0
         gradual = {cut for _, _, cut in runs}
         near_gradual = {g for f in gradual for g in range(f - 2 * self.span, f + 2 * self.span + 1)}
@@ -228,18 +255,18 @@ class CutDetector:
             if f in gradual or f not in near_gradual and not flash and (
                     histogram[f] >= self.histogram
                     or (change[f] >= self.threshold and self._stands_out(change, f, 2.0))
-                    or (change[f] >= self.min_change and self._stands_out(change, f, self.ratio)
-                        and self._spike(change, f))):
+                    or any(values[f] >= floor and self._stands_out(values, f, self.ratio) and self._spike(values, f)
+                           for values, floor in ((change, self.min_change), (local, self.min_local)))):
                 if f - last >= self.min_scene_len:  # a short last shot stays one (rejected too short, not joined)
                     cuts.append(f)
                     last = f
         return cuts
 
     def detect(self, path: str) -> list[tuple[int, int]]:
-        change, histogram, bridge, blend, count = _signals(path, self.analysis_side, self.span)
+        signals, blend, count = _signals(path, self.analysis_side, self.span)
         found = self.gradual_runs(blend)
         runs = {cut: (first, end) for first, end, cut in found}
-        cuts = self.cut_frames(change, histogram, bridge, found)
+        cuts = self.cut_frames(signals, found)
         starts = [0] + [max(cut, runs[cut][1], 2 * cut - runs[cut][0]) if cut in runs else cut for cut in cuts]
         ends = [min(cut, runs[cut][0]) if cut in runs else cut for cut in cuts] + [count]
         return [(a, b) for a, b in zip(starts, ends) if b > a]
