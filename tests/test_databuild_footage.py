@@ -95,6 +95,34 @@ def test_cut_detector_sees_near_still_subjects_jump_within_one_grey_place(tmp_pa
     assert cut_positions(registry.build("shot_detector", {"name": "cuts", "min_local": float("inf")}).detect(video)) == []
 
 
+def test_cut_detector_takes_no_cut_when_a_subject_leaves_the_picture_at_once(tmp_path):
+    """A bright disc over a still grey picture creeps up to its top edge and stays half out of view, then is gone in
+    one frame (a subject stepping out): a jump of a few percent of the pixels like a same-place cut's, but at the
+    frame's edge, so no cut. The same disc jumping to the middle of the picture is a cut."""
+    import cv2
+
+    from e2v.datamodules.video_io import write_video
+
+    rng = np.random.default_rng(0)
+    ground = cv2.GaussianBlur(rng.uniform(60, 140, (96, 96)).astype(np.float32), (0, 0), 2)  # a textured wall
+
+    def write(name, centres):
+        frames = np.repeat(ground[None], len(centres), 0)
+        for frame, centre in zip(frames, centres):
+            if centre is not None:
+                cv2.circle(frame, centre, 8, 200.0, -1)
+        write_video(tmp_path / name, np.repeat(frames[..., None], 3, 3).clip(0, 255).astype(np.uint8), fps=25.0,
+                    threads=1)
+        return str(tmp_path / name)
+
+    creeping = [(40, max(0, 24 - f)) for f in range(40)]  # half out of view from frame 24 (radius 8 px of 96)
+    detector = registry.build("shot_detector", "cuts")
+    assert detector.detect(write("leaving.mp4", creeping + [None] * 30)) == [(0, 70)]
+    assert cut_positions(detector.detect(write("jumping.mp4", creeping + [(50, 50)] * 30))) == [40]
+    assert cut_positions(registry.build("shot_detector", {"name": "cuts", "min_local": float("inf")})
+                         .detect(str(tmp_path / "jumping.mp4"))) == []  # the frame's mean change misses it
+
+
 def test_packaged_detector_masks_a_person_on_a_panning_photo():
     """The astronaut photo (a person, a face) seen by a hand-held camera: one human element tracked in every frame,
     its mask holding her face, bounded by the torso box grown from it (GrabCut keeps her suit and, wrongly, the helmet
