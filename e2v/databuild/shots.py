@@ -119,7 +119,8 @@ def _local(difference: np.ndarray, share: float = 0.04, border: float = 0.125) -
 
 
 def _change(a: np.ndarray, b: np.ndarray, window: np.ndarray) -> float:
-    """Mean colour change from ``float32 [h, w, 3]`` ``a`` to ``b``: the smaller :func:`_level` of :func:`_differences`."""
+    """Mean colour change from ``float32 [h, w, 3]`` ``a`` to ``b``: the smaller :func:`_level` of
+    :func:`_differences`."""
     return min(map(_level, _differences(a, b, window)))
 
 
@@ -155,10 +156,10 @@ def _signals(path: str, side: int, span: int = 4) -> tuple[np.ndarray, np.ndarra
     """Per frame ``f`` (0 for the first), ``float [N, 4]``: the colour change from frame ``f - 1`` (:func:`_change`),
     the luma-histogram distance (half the L1 distance of 32-bin histograms, 0..1) from ``f - 1``, the colour change
     from ``f - 1`` to ``f + 1`` (a flash frame changes a lot from both neighbours, which are alike; 0 for the first
-    and last frames) and the local change from ``f - 1`` (:func:`_local`; the camera's shake taken out when the moved picture keeps three
-    quarters of the frame, a move of up to a sixteenth of each side: farther is a subject's jump, which the phase
-    correlation found); ``float [N, 4]`` :func:`_blend_fit` of
-    frame ``f`` between frames ``f - span`` and ``f + span`` (zeros where those are outside the video); the count."""
+    and last frames) and the local change from ``f - 1`` (:func:`_local`; the camera's shake taken out when the moved
+    picture keeps three quarters of the frame, a move of up to a sixteenth of each side: farther is a subject's jump,
+    which the phase correlation found); ``float [N, 4]`` :func:`_blend_fit` of frame ``f`` between frames ``f - span``
+    and ``f + span`` (zeros where those are outside the video); the count."""
     change, histogram, bridge, local, blend = [0.0], [0.0], [0.0], [0.0], []
     frames: deque[np.ndarray] = deque(maxlen=2 * span)
     last_hist, window = None, None
