@@ -152,14 +152,14 @@ def _blend_fit(a: np.ndarray, m: np.ndarray, b: np.ndarray, window: np.ndarray) 
     return change, fit, correlation, t
 
 
-def _signals(path: str, side: int, span: int = 4) -> tuple[np.ndarray, np.ndarray, int]:
+def _signals(path: str, side: int, span: int = 4) -> tuple[np.ndarray, np.ndarray]:
     """Per frame ``f`` (0 for the first), ``float [N, 4]``: the colour change from frame ``f - 1`` (:func:`_change`),
     the luma-histogram distance (half the L1 distance of 32-bin histograms, 0..1) from ``f - 1``, the colour change
     from ``f - 1`` to ``f + 1`` (a flash frame changes a lot from both neighbours, which are alike; 0 for the first
     and last frames) and the local change from ``f - 1`` (:func:`_local`; the camera's shake taken out when the moved
     picture keeps three quarters of the frame, a move of up to a sixteenth of each side: farther is a subject's jump,
     which the phase correlation found); ``float [N, 4]`` :func:`_blend_fit` of frame ``f`` between frames ``f - span``
-    and ``f + span`` (zeros where those are outside the video); the count."""
+    and ``f + span`` (zeros where those are outside the video). Both ``[0, 4]`` for a video without frames."""
     change, histogram, bridge, local, blend = [0.0], [0.0], [0.0], [0.0], []
     frames: deque[np.ndarray] = deque(maxlen=2 * span)
     last_hist, window = None, None
@@ -178,12 +178,13 @@ def _signals(path: str, side: int, span: int = 4) -> tuple[np.ndarray, np.ndarra
             blend.append(_blend_fit(frames[0], frames[span], frame, window))
         frames.append(frame)
         last_hist = hist
-    count = len(change) if frames else 0
-    signals = np.array([change, histogram, (bridge + [0.0])[: len(change)], local]).T[:count]
-    fits = np.zeros((count, 4))
+    if not frames:
+        return np.zeros((0, 4)), np.zeros((0, 4))
+    signals = np.array([change, histogram, (bridge + [0.0])[: len(change)], local]).T
+    fits = np.zeros_like(signals)
     if blend:
         fits[span: span + len(blend)] = blend
-    return signals, fits, count
+    return signals, fits
 
 
 @register("shot_detector", "cuts")
@@ -266,10 +267,10 @@ class CutDetector:
         return cuts
 
     def detect(self, path: str) -> list[tuple[int, int]]:
-        signals, blend, count = _signals(path, self.analysis_side, self.span)
+        signals, blend = _signals(path, self.analysis_side, self.span)
         found = self.gradual_runs(blend)
         runs = {cut: (first, end) for first, end, cut in found}
         cuts = self.cut_frames(signals, found)
         starts = [0] + [max(cut, runs[cut][1], 2 * cut - runs[cut][0]) if cut in runs else cut for cut in cuts]
-        ends = [min(cut, runs[cut][0]) if cut in runs else cut for cut in cuts] + [count]
+        ends = [min(cut, runs[cut][0]) if cut in runs else cut for cut in cuts] + [len(signals)]
         return [(a, b) for a, b in zip(starts, ends) if b > a]
