@@ -226,6 +226,36 @@ def test_odd_sized_and_truncated_sources(tmp_path, capsys):
     assert probe_video(tmp_path / "out" / clip["video"])["height"] == 94
 
 
+def write_gapped_avi(path: Path, frames: np.ndarray, header_fps: int, every: int) -> Path:
+    """An MJPEG AVI of ``frames`` at ``header_fps`` / ``every`` real frames a second: its index (and header frame
+    count) also holds the ``every - 1`` empty entries between them, as cameras and timelapse tools write."""
+    with av.open(str(path), "w", format="avi") as container:
+        stream = container.add_stream("mjpeg", rate=header_fps)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = "yuvj420p"
+        for i, image in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts, frame.time_base = i * every, Fraction(1, header_fps)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path
+
+
+def test_frames_left_out_along_the_way_are_a_frame_rate_not_a_truncation(tmp_path):
+    """POOR (OpenCV's tree.avi): an AVI holding 68 of the 444 frames its header counts, spread over all 29.6 s,
+    was "truncated"; its real rate is 2.3 fps. Now the measured rate decides: 2.5 fps is odd_fps (saying why),
+    16 fps stored as a 32 fps header with every other frame left out is kept."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    assert probe_video(write_gapped_avi(videos / "slow.avi", shot_frames(3)[:25], 15, 6))["frames"] > 140
+    write_gapped_avi(videos / "half.avi", shot_frames(4), 32, 2)
+    assert build(videos, tmp_path / "out") == 0
+    results = {r["name"]: r for r in map(json.loads, map(Path.read_text, (tmp_path / "out" / "work").glob("*")))}
+    assert results["slow.avi"]["reason"] == "odd_fps"
+    assert "2.5 fps is outside [8, 120] (25 frames over 9.6 s" in results["slow.avi"]["message"]
+    assert results["half.avi"]["status"] == "ok" and results["half.avi"]["clips"]
+
+
 def test_bad_lists_are_named_and_all_rejected_is_an_error(tmp_path, capsys):
     """POOR: a non-UTF-8 list was not named; a folder or /dev/zero was "does not exist"; every video rejected gave
     an empty manifest with exit 0."""

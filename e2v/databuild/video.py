@@ -363,11 +363,16 @@ def process_video(job: VideoJob) -> dict:
         needed = (config.frames - 1) / config.fps
         shortest = min(needed, max(config.min_shot - 1 / info["fps"], (config.frames - 1) / info["fps"]))
         length = float(times[-1] - times[0]) if len(times) else 0.0
+        slack = max(2, info["frames"] // 50)
+        skips = len(times) < info["frames"] - slack and length >= (info["frames"] - 1 - slack) / info["fps"]
+        rate = (len(times) - 1) / length if skips else info["fps"]  # frames left out along the way: their real rate
         if min(info["width"], info["height"]) < config.min_side:
             reject("too_small", f"{info['width']}x{info['height']} is below min_side {config.min_side}")
-        elif not config.fps - 1e-6 <= info["fps"] <= config.max_fps:
-            reject("odd_fps", f"{info['fps']:g} fps is outside [{config.fps:g}, {config.max_fps:g}]")
-        elif len(times) < info["frames"] - max(2, info["frames"] // 50):
+        elif not config.fps - 1e-6 <= rate <= config.max_fps:
+            why = (f" ({len(times)} frames over {length:.1f} s: the header's {info['fps']:g} fps counts frames the "
+                   f"file leaves out)" if skips else "")
+            reject("odd_fps", f"{rate:.3g} fps is outside [{config.fps:g}, {config.max_fps:g}]{why}")
+        elif len(times) < info["frames"] - slack and not skips:
             reject("truncated", f"only {len(times)} of the {info['frames']} frames its header declares are there")
         elif length < shortest - TIME_EPS:
             reject("too_short", f"{info['frames']} frames over {length:.2f} s, one {config.frames}-frame clip at "
@@ -376,8 +381,8 @@ def process_video(job: VideoJob) -> dict:
         else:
             result["shots"] = shots = stages.shots.detect(job.path)
             decoded = shots[-1][1] if shots else 0
-            if decoded < info["frames"] - max(2, info["frames"] // 50):
-                reject("truncated", f"only {decoded} of the {info['frames']} frames its header declares decode")
+            if decoded < len(times) - max(2, len(times) // 50):
+                reject("truncated", f"only {decoded} of the {len(times)} frames its packets hold decode")
             else:
                 windows, short = _windows(shots, times, config)
                 result["rejected_clips"] += [{"shot": s, "reason": "too_short", "values": {}} for s in short]
