@@ -34,7 +34,10 @@ class BuildConfig:
     resize: list[int] | None = None  # [height, width] of written clips (None: native size)
     shot_detector: Any = "cuts"  # e2v.databuild.shots: sees grey and same-location cuts; "content": PySceneDetect's
     filters: list[Any] = field(default_factory=lambda: list(DEFAULT_FILTERS))
-    plate_frames: int = 48  # shot frames (evenly spread) the plate is estimated from
+    plate_frames: int = 48  # shot frames (evenly spread over ``plate_seconds``) the plate is estimated from
+    plate_seconds: float = 10.0  # the plate is the background of the shot's stretch this long around the clip (the
+    # whole shot when shorter): in a long shot the background changes (OpenCV's 40 s vtest.avi: parked vans come
+    # and go, and a whole-shot plate made them "moving" subjects)
     plate: Any = "median"
     element_detector: Any = "packaged"  # OpenCV/dlib detectors + GrabCut (e2v.databuild.detectors); "motion": the
     # still-camera moving-region segmenter alone
@@ -74,7 +77,7 @@ class BuildConfig:
         """Raise ValueError naming the key for a bad value or an unknown/ill-typed component spec."""
         if not is_frame_count(self.frames):
             raise ValueError(f"{where}: frames must be 4k+1 (17, 33, 81, ...), got {self.frames}")
-        for key in ("fps", "max_fps", "min_shot", "identity_threshold", "face_identity_threshold"):
+        for key in ("fps", "max_fps", "min_shot", "plate_seconds", "identity_threshold", "face_identity_threshold"):
             if not getattr(self, key) > 0:
                 raise ValueError(f"{where}: {key} must be > 0, got {getattr(self, key)}")
         if not 0 <= self.crop_margin <= 1 or self.crop_erode < 0:

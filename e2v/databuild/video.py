@@ -142,8 +142,10 @@ def augmented(crop: np.ndarray, angle: float = 10.0, scale: float = 0.9, mirror:
 
 def _best_frame(track: Track, height: int, width: int, away_from: int | None = None) -> int:
     """The frame where the element is largest and most complete (its score times its mask's solidity), without
-    touching the frame border (else the best of all frames); with ``away_from``, among the frames at least a third
-    of the clip away from that frame (the farthest frame when none is)."""
+    touching the frame border (else the best of all frames) and at most twice its median score there (a detection
+    far bigger than the track's usual size is something else: a walker's track that once took a box over a lamp
+    post and a sign, OpenCV's vtest.avi); with ``away_from``, among the frames at least a third of the clip away from
+    that frame (the farthest frame when none is)."""
     def inside(f: int) -> bool:
         x0, y0, x1, y1 = track.detections[f].box
         return x0 > 0 and y0 > 0 and x1 < width and y1 < height
@@ -156,7 +158,9 @@ def _best_frame(track: Track, height: int, width: int, away_from: int | None = N
     if away_from is not None:
         far = [f for f in frames if abs(f - away_from) >= len(track.detections) / 3]
         frames = far or [max(frames, key=lambda f: (abs(f - away_from), f))]
-    return max([f for f in frames if inside(f)] or frames, key=lambda f: (whole(f), -f))
+    frames = [f for f in frames if inside(f)] or frames
+    usual = 2 * float(np.median([track.detections[f].score for f in frames]))
+    return max([f for f in frames if track.detections[f].score <= usual] or frames, key=lambda f: (whole(f), -f))
 
 
 def motion_direction(tracks: list[Track], side: int, min_travel: float = 0.05) -> str:
@@ -420,12 +424,10 @@ def _cut(stages: Stages, config: BuildConfig, job: VideoJob, key: str, shots: li
     ``plate_frames`` for its plate), and process each shot's clips as soon as its last needed frame is decoded:
     memory holds one shot's frames, however long the video."""
     clip_frames = {w: list(w[2]) for w in windows}
-    plate_frames, needed = {}, {}
+    plate_frames = {w: _plate_frames(shots[w[0]], w[2], times, config) for w in windows}
+    needed = {}
     for shot in sorted({w[0] for w in windows}):
-        first, end = shots[shot]
-        plate_frames[shot] = sorted({int(round(v)) for v in np.linspace(first, end - 1,
-                                                                        min(config.plate_frames, end - first))})
-        needed[shot] = set(plate_frames[shot]).union(*(clip_frames[w] for w in windows if w[0] == shot))
+        needed[shot] = set().union(*(set(clip_frames[w]) | set(plate_frames[w]) for w in windows if w[0] == shot))
     last = {shot: max(indices) for shot, indices in needed.items()}
     wanted = set().union(*needed.values())  # shots do not overlap: a wanted frame belongs to one pending shot
     pending = sorted(needed, key=last.get)
@@ -435,15 +437,26 @@ def _cut(stages: Stages, config: BuildConfig, job: VideoJob, key: str, shots: li
             frames[index] = _even(_resize(image[None], config.resize))[0]
         while pending and last[pending[0]] <= index:
             shot = pending.pop(0)
-            shot_stack = np.stack([frames[i] for i in plate_frames[shot]])
             for window in (w for w in windows if w[0] == shot):
                 _clip(stages, config, job, key, window, np.stack([frames[i] for i in clip_frames[window]]),
-                      shot_stack, times, out, result)
+                      np.stack([frames[i] for i in plate_frames[window]]), times, out, result)
             for i in needed[shot]:
                 frames.pop(i, None)
         if not pending:
             return
     raise VideoDecodeError(f"{job.path}: decoding stopped before frame {last[pending[0]]} (truncated?)")
+
+
+def _plate_frames(shot: tuple[int, int], clip: tuple[int, ...], times: np.ndarray, config: BuildConfig) -> list[int]:
+    """Up to ``plate_frames`` frame indices evenly spread over the ``plate_seconds`` of the shot ``[first, end)``
+    around the ``clip``'s frames (centred on it, moved to stay inside the shot; the whole shot when shorter)."""
+    first, end = shot[0], min(shot[1], len(times))
+    span = max(config.plate_seconds, float(times[clip[-1]] - times[clip[0]]))
+    start = (times[clip[0]] + times[clip[-1]]) / 2 - span / 2
+    start = max(times[first], min(start, times[end - 1] - span))
+    inside = np.flatnonzero((times[first:end] >= start - TIME_EPS) & (times[first:end] <= start + span + TIME_EPS))
+    picked = inside[np.round(np.linspace(0, len(inside) - 1, min(config.plate_frames, len(inside)))).astype(int)]
+    return sorted({first + int(i) for i in picked})
 
 
 def _clip(stages: Stages, config: BuildConfig, job: VideoJob, key: str, window: tuple, clip: np.ndarray,
