@@ -43,6 +43,27 @@ def _shorter(frame: np.ndarray, side: int) -> tuple[np.ndarray, float]:
     return (frame, 1.0) if short <= side else _resized(frame, round(side * long / short))
 
 
+def _within(value: float, bounds: tuple[float, float]) -> bool:
+    return bounds[0] <= value <= bounds[1]
+
+
+def _walks(box: Box, parts: tuple[np.ndarray, np.ndarray] | None, crowd: float = 8.0) -> bool:
+    """Whether a person ``box`` moves on its own: a tenth of it or more moving, in regions whose boxes add up to at
+    most ``crowd`` times its own (a few walkers side by side, not a moving arm, box or body a person box sits in).
+    ``parts``: ``int [h, w]`` region labels of the moving pixels (0: still) and their ``connectedComponentsWithStats``
+    stats; None (no motion measured): False."""
+    if parts is None:
+        return False
+    labels, stats = parts
+    x0, y0, x1, y1 = (int(round(v)) for v in box)
+    inside = labels[max(0, y0):y1, max(0, x0):x1]
+    size = max(1, (x1 - x0) * (y1 - y0))
+    if inside.size == 0 or (inside > 0).sum() < 0.1 * size:
+        return False
+    held = np.unique(inside[inside > 0])
+    return float((stats[held, cv2.CC_STAT_WIDTH] * stats[held, cv2.CC_STAT_HEIGHT]).sum()) <= crowd * size
+
+
 def _nms(boxes: list[tuple[Box, float]], iou: float = 0.3) -> list[tuple[Box, float]]:
     """Boxes with scores, highest first, without any that overlaps a kept one by more than ``iou``."""
     kept: list[tuple[Box, float]] = []
@@ -139,22 +160,31 @@ def upper_body_seeds(box: Box) -> Seeds:
 
 
 class PeopleHOG:
-    """OpenCV's default HOG people detector (64x128 windows) on luma resized to ``height`` px tall, so people from
-    half to all of the frame's height are found; detections under ``min_weight`` (SVM margin) are dropped."""
+    """OpenCV's default HOG people detector (64x128 windows, a person about 96 px tall in one) on luma, in two
+    passes: resized to ``height`` px tall (people from half to all of the frame's height) and to find people from
+    ``smallest`` of its height up to half of it (960 px tall at 0.1; OpenCV's vtest.avi's walkers are a tenth of its
+    height, and the first pass found none). Detections under ``min_weight`` (SVM margin) are dropped."""
 
-    def __init__(self, height: int = 256, min_weight: float = 0.6) -> None:
+    def __init__(self, height: int = 256, smallest: float = 0.1, min_weight: float = 0.6) -> None:
         self.hog = cv2.HOGDescriptor()
         self.hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
-        self.height, self.min_weight = height, min_weight
+        self.height, self.small_height, self.min_weight = height, round(96 / smallest), min_weight
+
+    def _pass(self, frame: np.ndarray, height: int) -> list[tuple[Box, float]]:
+        scale = height / frame.shape[0]
+        grey = cv2.cvtColor(cv2.resize(frame, (max(64, round(frame.shape[1] * scale)), height)), cv2.COLOR_RGB2GRAY)
+        rects, weights = self.hog.detectMultiScale(grey, winStride=(8, 8), padding=(8, 8), scale=1.08)
+        return [((x / scale, y / scale, (x + w) / scale, (y + h) / scale), float(wt))
+                for (x, y, w, h), wt in zip(rects, np.ravel(weights)) if wt >= self.min_weight]
 
     def detect(self, frame: np.ndarray) -> list[tuple[Box, float]]:
-        scale = self.height / frame.shape[0]
-        grey = cv2.cvtColor(cv2.resize(frame, (max(64, round(frame.shape[1] * scale)), self.height)),
-                            cv2.COLOR_RGB2GRAY)
-        rects, weights = self.hog.detectMultiScale(grey, winStride=(8, 8), padding=(8, 8), scale=1.08)
-        found = [((x / scale, y / scale, (x + w) / scale, (y + h) / scale), float(wt))
-                 for (x, y, w, h), wt in zip(rects, np.ravel(weights)) if wt >= self.min_weight]
-        return _nms(found)
+        """People ``((x0, y0, x1, y1), weight)`` of ``uint8 [H, W, 3]`` of half its height or more."""
+        return _nms(self._pass(frame, self.height))
+
+    def detect_small(self, frame: np.ndarray) -> list[tuple[Box, float]]:
+        """People from ``smallest`` to half of the frame's height."""
+        half = frame.shape[0] / 2
+        return _nms([(box, wt) for box, wt in self._pass(frame, self.small_height) if box[3] - box[1] < half])
 
 
 def salient_box(frame: np.ndarray, side: int = 64, min_area: float = 0.01) -> Box | None:
@@ -176,14 +206,17 @@ def salient_box(frame: np.ndarray, side: int = 64, min_area: float = 0.01) -> Bo
     return (x / scale, y / scale, (x + w) / scale, (y + h) / scale)
 
 
-def carry_track(track: Track, frames: np.ndarray) -> None:
+def carry_track(track: Track, frames: np.ndarray, min_match: float = 0.4) -> None:
     """Fill ``track``'s missing frames (of ``uint8 [F, h, w, 3]``), nearest found frames first, with the box where
-    the nearest filled frame's box content matches best (normalised cross-correlation within one box size)."""
+    the nearest filled frame's box content matches best (normalised cross-correlation within one box size); a frame
+    whose best match is under ``min_match`` stays missing (the element left or is hidden: a walker's box carried
+    past the picture's edge matched a kerb, OpenCV's vtest.avi)."""
     height, width = frames.shape[1:3]
     grey = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
-    while len(track.frames) < len(frames):
+    lost: set[int] = set()
+    while len(track.frames) + len(lost) < len(frames):
         found = track.frames
-        f = min((g for g in range(len(frames)) if track.detections[g] is None),
+        f = min((g for g in range(len(frames)) if track.detections[g] is None and g not in lost),
                 key=lambda g: (min(abs(g - h) for h in found), g))
         nearest = min(found, key=lambda h: (abs(f - h), h))
         source = track.detections[nearest]
@@ -193,7 +226,10 @@ def carry_track(track: Track, frames: np.ndarray) -> None:
         sx0, sy0, sx1, sy1 = max(0, x0 - w), max(0, y0 - h), min(width, x1 + w), min(height, y1 + h)
         template = grey[nearest][y0:y1, x0:x1]
         score = cv2.matchTemplate(grey[f][sy0:sy1, sx0:sx1], template, cv2.TM_CCOEFF_NORMED)
-        _, _, _, (bx, by) = cv2.minMaxLoc(score)
+        _, best, _, (bx, by) = cv2.minMaxLoc(score)
+        if best < min_match:
+            lost.add(f)
+            continue
         box = (float(sx0 + bx), float(sy0 + by), float(sx0 + bx + w), float(sy0 + by + h))
         track.detections[f] = Detection(box, None, source.kind, source.score)
 
@@ -203,7 +239,8 @@ class PackagedDetector:
     """People (faces grown to a torso box, HOG), moving regions and salient regions, masked by GrabCut (see the
     module docstring). Works on frames resized to ``side`` px; detects on every ``key_every``-th frame (and the
     last); keeps at most ``max_elements`` tracks (people weigh ``person_weight`` times their area); boxes covering
-    under ``min_area`` or (other than people) over ``max_area`` of the frame are ignored. A track found on some key
+    under ``min_area`` (people: ``min_person_area``) or (other than people) over ``max_area`` of the frame are
+    ignored. A track found on some key
     frames is carried to the others by template matching. ``faces``: a ``face_detector`` spec (dlib
     falls back to ``haar`` when dlib is not installed); ``people``: HOG and the upper-body cascade on or off;
     ``detect_side``: the shorter side (px, never above the video's) of the key frames faces and people are sought in;
@@ -213,7 +250,8 @@ class PackagedDetector:
 
     def __init__(self, faces: Any = "dlib", people: bool = True, motion: float | None = 30.0, saliency: bool = True,
                  grabcut: int = 3, side: int = 256, detect_side: int = 360, key_every: int = 4, max_elements: int = 3,
-                 min_area: float = 0.01, max_area: float = 0.8, person_weight: float = 2.0, join: float = 0.03) -> None:
+                 min_area: float = 0.01, min_person_area: float = 0.002, max_area: float = 0.8,
+                 person_weight: float = 2.0, join: float = 0.03) -> None:
         try:
             self.faces = registry.build("face_detector", faces) if faces is not None else None
         except ImportError as err:
@@ -228,6 +266,7 @@ class PackagedDetector:
         self.saliency, self.grabcut, self.side, self.detect_side = saliency, grabcut, side, detect_side
         self.key_every = key_every
         self.max_elements, self.min_area, self.max_area = max_elements, min_area, max_area
+        self.min_person_area = min_person_area
         self.person_weight, self.join = person_weight, join
 
     def _moving(self, small: np.ndarray, plate: np.ndarray | None) -> np.ndarray | None:
@@ -242,10 +281,13 @@ class PackagedDetector:
             plate = cv2.resize(plate, small.shape[2:0:-1], interpolation=cv2.INTER_AREA)
         return self.motion.masks(small, plate)
 
-    def _people(self, frame: np.ndarray, detail: np.ndarray, scale: float) -> list[tuple[Detection, Seeds]]:
+    def _people(self, frame: np.ndarray, detail: np.ndarray, scale: float,
+                parts: tuple[np.ndarray, np.ndarray] | None) -> list[tuple[Detection, Seeds]]:
         """People of a key frame (``frame``, the resized one, and ``detail``, it at ``scale`` x that size) in
         resized-frame pixels: faces of either (big faces are found at the coarser scale, small ones at the finer),
-        then walkers and upper bodies in ``detail`` that hold none of them."""
+        then walkers and upper bodies in ``detail`` that hold none of them. A walker under half the frame's height
+        counts only where it moves in a moving region of its own (``parts``: the moving pixels' joined regions,
+        see :func:`_walks`): small HOG windows also fire on a held box's print or a cartoon's shoulder."""
         def back(box: Box) -> Box:
             return tuple(v / scale for v in box)
 
@@ -260,6 +302,8 @@ class PackagedDetector:
         walkers, upper = self.people if self.people is not None else (None, None)
         found = [(back(box), 1.0 + weight, body_seeds(back(box))) for box, weight in
                  (walkers.detect(detail) if walkers is not None else [])]
+        found += [(back(box), 1.0 + weight, body_seeds(back(box))) for box, weight in
+                  (walkers.detect_small(detail) if walkers is not None else []) if _walks(back(box), parts)]
         found += [(person_from_upper_body(back(box), height, width), 1.5, upper_body_seeds(back(box)))
                   for box in (upper.detect(detail) if upper is not None else [])]
         for box, score, seeds in found:
@@ -274,24 +318,33 @@ class PackagedDetector:
         chest; beside their heads)."""
         height, width = frame.shape[:2]
         area = float(height * width)
-        people = self._people(frame, detail, scale)
-        found = list(people)
+        parts = None
         if moving is not None:
             grow = 2 * round(self.join * max(height, width)) + 1  # fragments of one element join
             count, labels, stats, _ = cv2.connectedComponentsWithStats(
                 cv2.dilate(moving.astype(np.uint8), np.ones((grow, grow), np.uint8)))
+            parts = (np.where(moving, labels, 0), stats)
+        people = self._people(frame, detail, scale, parts)
+        found = list(people)
+        if moving is not None:
+            on_small = np.zeros((height, width), bool)  # small people: walkers side by side join in one region
+            for person, _ in people:
+                x0, y0, x1, y1 = (int(round(v)) for v in person.box)
+                on_small[max(0, y0):y1, max(0, x0):x1] |= y1 - y0 < height / 2
             for label in range(1, count):
                 x, y, w, h, _ = stats[label]
-                if (moving & (labels == label)).sum() < self.min_area * area:
-                    continue
+                part = moving & (labels == label)
                 box = (float(x), float(y), float(x + w), float(y + h))
-                if all(box_inside(box, p.box) < 0.5 for p, _ in people):
+                if part.sum() >= self.min_area * area and (part & on_small).sum() < 0.5 * part.sum() \
+                        and all(box_inside(box, p.box) < 0.5 for p, _ in people):  # not people's own motion
                     found.append((Detection(box, None, "object", 1.0), ([], [])))
         if not found and self.saliency:
             box = salient_box(frame, min_area=self.min_area)
             found += [(Detection(box, None, "object", 0.5), ([], []))] if box is not None else []
-        sized = [(d, seeds) for d, seeds in found if self.min_area <= (d.box[2] - d.box[0]) * (d.box[3] - d.box[1])
-                 / area <= (1.0 if d.kind == "human" else self.max_area)]  # a close-up person may fill the frame
+        people_sizes, other_sizes = (self.min_person_area, 1.0), (self.min_area, self.max_area)
+        sized = [(d, seeds) for d, seeds in found  # a close-up person may fill the frame, a far walker 0.3% of it
+                 if _within((d.box[2] - d.box[0]) * (d.box[3] - d.box[1]) / area,
+                            people_sizes if d.kind == "human" else other_sizes)]
         for d, _ in sized:
             d.score = (d.box[2] - d.box[0]) * (d.box[3] - d.box[1]) / area * (self.person_weight
                                                                                if d.kind == "human" else 1.0)
