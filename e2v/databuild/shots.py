@@ -195,7 +195,8 @@ class CutDetector:
     changes of the ``window`` frames before it and of those after it, or the change is at least ``min_change``, stands
     out ``ratio`` times over those medians and twice over each neighbour's (a cut inside one location: the background
     stays, the subjects jump); but not into or out of a flash: when the frames either side of it, or of the frame
-    before it, differ by under half its change. A cut within ``min_scene_len`` frames after another is not taken.
+    before it, differ by under half its change. A cut within ``min_scene_len`` frames after another is not taken (the
+    video's start is no cut: a black frame or a title card before the first picture is a shot of its own).
 
     Gradual transitions (dissolves, fades to or from black) are cut at their middle, the first frame of their run
     that is at least half the incoming picture, and no hard cut is taken within ``2 span`` frames of that middle (a
@@ -250,7 +251,7 @@ class CutDetector:
         """Frames that start a shot (sorted, without 0), from the per-frame signals ``[N, 4]`` of ``_signals`` and
         the gradual transitions :meth:`gradual_runs` found in them."""
         change, histogram, bridge, local = signals.T
-        cuts, last = [], 0
+        cuts, last = [], -self.min_scene_len
         gradual = {cut for _, _, cut in runs}
         near_gradual = {g for f in gradual for g in range(f - 2 * self.span, f + 2 * self.span + 1)}
         for f in range(1, len(change) - 1):  # the last frame starts none: no frame after it tells a cut from a flash
