@@ -217,6 +217,10 @@ def test_captioners_template_and_sidecar(tmp_path):
     (tmp_path / "v.txt").write_text("one caption for the video\n")
     assert sidecar.caption(context) == "one caption for the video"
     assert colour_name(np.full((2, 2, 3), (200, 30, 30), np.uint8)) == "red"
+    lawn_and_bricks = np.concatenate([np.full((11, 10, 3), (40, 130, 60)), np.full((9, 10, 3), (170, 40, 40))])
+    assert colour_name(lawn_and_bricks.astype(np.uint8)) == "green"  # most of it; its mean colour is a yellow
+    assert colour_name(np.full((2, 2, 3), (45, 8, 5), np.uint8)) == "dark red"  # a dim red room, no black one
+    assert colour_name(np.full((2, 2, 3), (12, 10, 10), np.uint8)) == "black"
 
 
 def test_sidecar_captions_reach_the_manifest(raw, tmp_path):
