@@ -12,10 +12,11 @@ from e2v import registry
 from e2v.databuild import raw_synth
 from e2v.databuild.camera import frame_shifts, translate
 from e2v.databuild.config import BuildConfig
-from e2v.databuild.detectors import person_from_face
+from e2v.databuild.detectors import _walks, person_from_face
 from e2v.databuild.elements import box_iou
 from e2v.databuild.shots import cut_positions
-from e2v.databuild.video import _windows
+from e2v.databuild.video import _plate_frames, _windows
+from e2v.datamodules.video_io import write_video
 
 
 def _plan(kind: str = "normal", seed: int = 0, count: int = 2, **change) -> raw_synth.ShotPlan:
@@ -34,6 +35,36 @@ def test_short_shots_give_one_clip_spread_over_them_and_shorter_ones_none():
     assert (s0, frames0[0], frames0[-1], s1, frames1[0]) == (0, 0, 29, 1, 30)  # spread over the whole 1.2 s shot
     assert len(frames0) == len(frames1) == 17 and speed0 == pytest.approx(29 / 25 / 2, abs=1e-3) and speed1 == 1.0
     assert frames1[-1] == 80  # 2 s at the native rate from frame 30
+
+
+def test_a_clip_s_plate_comes_from_the_stretch_of_a_long_shot_around_it():
+    """POOR (OpenCV's 40 s vtest.avi): the plate was the median of the whole shot, in which parked vans came and went,
+    so a van became a "moving" subject. Now the frames are spread over the ``plate_seconds`` around the clip (moved
+    to stay inside the shot), a shorter shot's over all of it."""
+    config = BuildConfig(plate_seconds=10.0, plate_frames=48)
+    times = np.arange(400) / 10.0  # one 40 s shot at 10 fps
+    clip = tuple(range(200, 221))  # 20-22 s
+    picked = _plate_frames((0, 400), clip, times, config)
+    assert len(picked) == 48 and (times[picked[0]], times[picked[-1]]) == pytest.approx((16.0, 26.0))
+    assert times[_plate_frames((0, 400), tuple(range(0, 21)), times, config)[-1]] == pytest.approx(10.0)
+    assert _plate_frames((0, 400), tuple(range(380, 400)), times, config)[0] == 299  # 29.9 s: 10 s before the end
+    assert _plate_frames((100, 140), tuple(range(100, 121)), times, config) == list(range(100, 140))  # all of a 4 s shot
+
+
+def test_a_walker_counts_only_where_it_moves_in_a_region_of_its_own():
+    """Small HOG windows fire on a held box's print and a cartoon's shoulder (OpenCV's box.mp4, Megamind.avi): a
+    person box under half the frame counts where a tenth of it moves, in moving regions at most 8 times its size."""
+    import cv2
+
+    moving = np.zeros((100, 100), np.uint8)
+    moving[40:60, 10:16] = 1  # a walker alone
+    moving[40:60, 30:36] = moving[40:60, 40:46] = 1  # two side by side, one region after joining
+    moving[0:90, 60:100] = 1  # a big moving region (an arm and a box)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(cv2.dilate(moving, np.ones((7, 7), np.uint8)))
+    parts = (np.where(moving > 0, labels, 0), stats)
+    assert _walks((9, 38, 17, 62), parts) and _walks((29, 38, 37, 62), parts)
+    assert not _walks((70, 30, 78, 54), parts)  # inside the big region
+    assert not _walks((9, 70, 17, 94), parts) and not _walks((9, 38, 17, 62), None)  # still; no motion measured
 
 
 def test_frame_shifts_recover_a_pan():
@@ -75,6 +106,16 @@ def test_cut_detector_sees_grey_and_same_place_cuts_but_no_flash(tmp_path):
     assert len(found) == len(cuts) and all(abs(a - b) <= 2 for a, b in zip(found, cuts)), (found, cuts)
     content = registry.build("shot_detector", "content").detect(str(tmp_path / "videos" / "grey.mp4"))
     assert len(content) < len(shots)  # PySceneDetect's content score misses at least one of them
+
+
+def test_a_black_frame_before_the_first_picture_is_a_shot_of_its_own(tmp_path):
+    """POOR (OpenCV's Megamind.avi): the video opens on one black frame; the first shot began there (a cut within
+    ``min_scene_len`` of the video's start was not taken) and its clip opened on black."""
+    frames = raw_synth.render_shot(_plan(seed=5, count=1), 96, 96)[0][:40]
+    frames[0] = 0
+    write_video(tmp_path / "opens_black.mp4", frames, fps=raw_synth.RAW_FPS)
+    shots = registry.build("shot_detector", "cuts").detect(str(tmp_path / "opens_black.mp4"))
+    assert shots == [(0, 1), (1, 40)]
 
 
 @pytest.mark.parametrize("handheld", [0.0, 0.04])
@@ -215,6 +256,40 @@ def test_packaged_detector_gives_a_whole_subject_and_a_plate_without_it():
     best = _best_frame(tracks[0], 128, 160)
     mask = tracks[0].detections[best].mask
     assert (mask & truth[best]).sum() >= 0.9 * truth[best].sum() and mask.sum() <= 2 * truth[best].sum()
+
+
+def test_a_reference_frame_is_not_one_where_the_track_took_something_far_bigger():
+    """POOR (OpenCV's vtest.avi): a walker's track took, in one key frame, a box over a lamp post and a sign (24x
+    its size) and that frame, the largest, became the walker's reference. Frames over twice the track's median size
+    are passed over; a subject that grows (up to twice) still gives its largest frame."""
+    from e2v.databuild.elements import Track
+    from e2v.databuild.stages import Detection
+    from e2v.databuild.video import _best_frame
+
+    def track(scores):
+        return Track([Detection((10, 10, 20, 30), None, "human", s) for s in scores])
+
+    assert _best_frame(track([0.01, 0.012, 0.24, 0.011, 0.01]), 100, 100) == 1
+    assert _best_frame(track([0.01, 0.012, 0.014, 0.016, 0.018]), 100, 100) == 4
+
+
+def test_a_carried_track_follows_its_element_and_stops_where_it_is_gone():
+    """A textured patch found in the first frame moves 3 px a frame for 4 frames, then leaves: the carried boxes
+    follow it; the frames without it stay missing (they took the best match anywhere, a kerb in OpenCV's vtest.avi)."""
+    from e2v.databuild.detectors import carry_track
+    from e2v.databuild.elements import Track
+    from e2v.databuild.stages import Detection
+
+    rng = np.random.default_rng(0)
+    patch = rng.integers(0, 255, (12, 12, 3), np.uint8)
+    frames = np.full((7, 64, 64, 3), 120, np.uint8)
+    frames += rng.integers(0, 6, frames.shape, np.uint8)  # a nearly flat, noisy ground
+    for f in range(4):
+        frames[f, 20:32, 10 + 3 * f: 22 + 3 * f] = patch
+    track = Track([Detection((10.0, 20.0, 22.0, 32.0), None, "object", 1.0)] + [None] * 6)
+    carry_track(track, frames)
+    assert track.frames == [0, 1, 2, 3]
+    assert [track.detections[f].box[0] for f in range(4)] == [10.0, 13.0, 16.0, 19.0]
 
 
 def test_plate_inpaints_what_no_frame_shows_and_keeps_masked_rims_out():
