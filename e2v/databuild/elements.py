@@ -170,12 +170,17 @@ class Track:
         return float(np.mean([d.score for d in self.detections if d is not None]))
 
 
+def _area(box: Box) -> float:
+    return max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
+
+
 def link_tracks(per_frame: list[list[Detection]], frame_side: int, min_iou: float = 0.1, max_jump: float = 0.2,
-                min_coverage: float = 0.5) -> list[Track]:
+                min_coverage: float = 0.5, max_growth: float = 4.0) -> list[Track]:
     """Greedy frame-to-frame linking: a detection joins the track whose latest box overlaps it most (IoU >=
-    ``min_iou``), else the nearest track centre within ``max_jump`` of ``frame_side``; tracks present in fewer than
-    ``min_coverage`` of the frames are dropped. A track's kind is the one its detections name most often. Tracks are
-    returned ordered by their first box's centre x."""
+    ``min_iou``), else the nearest track centre within ``max_jump`` of ``frame_side`` whose box is within
+    ``max_growth`` times its area either way (a walker's box does not jump onto a box 24 times its size around it:
+    OpenCV's vtest.avi); tracks present in fewer than ``min_coverage`` of the frames are dropped. A track's kind is the
+    one its detections name most often. Tracks are returned ordered by their first box's centre x."""
     count = len(per_frame)
     tracks: list[Track] = []
     for f, detections in enumerate(per_frame):
@@ -193,7 +198,9 @@ def link_tracks(per_frame: list[list[Detection]], frame_side: int, min_iou: floa
                 cx, cy = (det.box[0] + det.box[2]) / 2, (det.box[1] + det.box[3]) / 2
                 jumps = [(np.hypot(cx - tracks[t].centre(tracks[t].frames[-1])[0],
                                    cy - tracks[t].centre(tracks[t].frames[-1])[1]), t) for t in free]
-                jumps = [(d, t) for d, t in jumps if d <= max_jump * frame_side]
+                jumps = [(d, t) for d, t in jumps if d <= max_jump * frame_side
+                         and _area(last(tracks[t]).box) <= max_growth * _area(det.box)
+                         and _area(det.box) <= max_growth * _area(last(tracks[t]).box)]
                 best = min(jumps)[1] if jumps else None
             if best is None:
                 tracks.append(Track([None] * count))

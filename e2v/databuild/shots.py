@@ -195,7 +195,8 @@ class CutDetector:
     changes of the ``window`` frames before it and of those after it, or the change is at least ``min_change``, stands
     out ``ratio`` times over those medians and twice over each neighbour's (a cut inside one location: the background
     stays, the subjects jump); but not into or out of a flash: when the frames either side of it, or of the frame
-    before it, differ by under half its change. A cut within ``min_scene_len`` frames after another is not taken (the
+    before it, differ by under half its change and under twice ``threshold`` (the same picture either side of the
+    flash, fast subjects moved; a shot that ends on a flash and cuts to another picture is a cut). A cut within ``min_scene_len`` frames after another is not taken (the
     video's start is no cut: a black frame or a title card before the first picture is a shot of its own).
 
     Gradual transitions (dissolves, fades to or from black) are cut at their middle, the first frame of their run
@@ -256,7 +257,7 @@ class CutDetector:
         near_gradual = {g for f in gradual for g in range(f - 2 * self.span, f + 2 * self.span + 1)}
         for f in range(1, len(change) - 1):  # the last frame starts none: no frame after it tells a cut from a flash
             spans = [bridge[g] for g in (f, f - 1) if 1 <= g < len(change) - 1]  # over the frame, or the one before
-            flash = bool(spans) and min(spans) < change[f] / 2
+            flash = bool(spans) and min(spans) < min(change[f] / 2, 2 * self.threshold)
             if f in gradual or f not in near_gradual and not flash and (
                     histogram[f] >= self.histogram
                     or (change[f] >= self.threshold and self._stands_out(change, f, 2.0))
