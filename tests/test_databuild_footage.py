@@ -291,39 +291,6 @@ def test_a_reference_frame_is_not_one_where_the_track_took_something_far_bigger(
     assert _best_frame(track([0.01, 0.012, 0.014, 0.016, 0.018]), 100, 100) == 4
 
 
-def test_a_carried_track_follows_its_element_and_stops_where_it_is_gone():
-    """A textured patch found in the first frame moves 3 px a frame for 4 frames, then leaves: the carried boxes
-    follow it; the frames without it stay missing (they took the best match anywhere, a kerb in OpenCV's vtest.avi)."""
-    from e2v.databuild.detectors import carry_track
-    from e2v.databuild.elements import Track
-    from e2v.databuild.stages import Detection
-
-    rng = np.random.default_rng(0)
-    patch = rng.integers(0, 255, (12, 12, 3), np.uint8)
-    frames = np.full((7, 64, 64, 3), 120, np.uint8)
-    frames += rng.integers(0, 6, frames.shape, np.uint8)  # a nearly flat, noisy ground
-    for f in range(4):
-        frames[f, 20:32, 10 + 3 * f: 22 + 3 * f] = patch
-    track = Track([Detection((10.0, 20.0, 22.0, 32.0), None, "object", 1.0)] + [None] * 6)
-    carry_track(track, frames)
-    assert track.frames == [0, 1, 2, 3]
-    assert [track.detections[f].box[0] for f in range(4)] == [10.0, 13.0, 16.0, 19.0]
-
-
-def test_a_track_does_not_jump_onto_a_box_far_bigger_than_its_own():
-    """POOR (OpenCV's vtest.avi): a walker's track jumped (nearest centre, no overlap) onto an upper-body cascade's
-    false person around a lamp post 24 times its size, and its reference became the lamp post. A jump to a box of
-    another size starts another track; a jump to one of a similar size (a fast subject) still links."""
-    from e2v.databuild.elements import link_tracks
-    from e2v.databuild.stages import Detection
-
-    walker = [Detection((50, 50, 60, 80), None, "human", 1.0), Detection((62, 50, 72, 80), None, "human", 1.0)]
-    big = Detection((40, 10, 120, 130), None, "human", 1.0)
-    far_walker = Detection((85, 50, 95, 80), None, "human", 1.0)
-    assert len(link_tracks([walker[:1], [big]], 200, min_coverage=0.5)) == 2
-    assert len(link_tracks([walker[:1], [far_walker]], 200, min_coverage=0.5)) == 1
-
-
 def test_plate_inpaints_what_no_frame_shows_and_keeps_masked_rims_out():
     """A subject that sits still under its mask: no frame shows the photo there, so the plate is inpainted from
     around it, never the subject's colour, even though the segmenter missed it in three of the 17 frames (what

@@ -207,17 +207,14 @@ def salient_box(frame: np.ndarray, side: int = 64, min_area: float = 0.01) -> Bo
     return (x / scale, y / scale, (x + w) / scale, (y + h) / scale)
 
 
-def carry_track(track: Track, frames: np.ndarray, min_match: float = 0.4) -> None:
+def carry_track(track: Track, frames: np.ndarray) -> None:
     """Fill ``track``'s missing frames (of ``uint8 [F, h, w, 3]``), nearest found frames first, with the box where
-    the nearest filled frame's box content matches best (normalised cross-correlation within one box size); a frame
-    whose best match is under ``min_match`` stays missing (the element left or is hidden: a walker's box carried
-    past the picture's edge matched a kerb, OpenCV's vtest.avi)."""
+    the nearest filled frame's box content matches best (normalised cross-correlation within one box size)."""
     height, width = frames.shape[1:3]
     grey = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
-    lost: set[int] = set()
-    while len(track.frames) + len(lost) < len(frames):
+    while len(track.frames) < len(frames):
         found = track.frames
-        f = min((g for g in range(len(frames)) if track.detections[g] is None and g not in lost),
+        f = min((g for g in range(len(frames)) if track.detections[g] is None),
                 key=lambda g: (min(abs(g - h) for h in found), g))
         nearest = min(found, key=lambda h: (abs(f - h), h))
         source = track.detections[nearest]
@@ -227,10 +224,7 @@ def carry_track(track: Track, frames: np.ndarray, min_match: float = 0.4) -> Non
         sx0, sy0, sx1, sy1 = max(0, x0 - w), max(0, y0 - h), min(width, x1 + w), min(height, y1 + h)
         template = grey[nearest][y0:y1, x0:x1]
         score = cv2.matchTemplate(grey[f][sy0:sy1, sx0:sx1], template, cv2.TM_CCOEFF_NORMED)
-        _, best, _, (bx, by) = cv2.minMaxLoc(score)
-        if best < min_match:
-            lost.add(f)
-            continue
+        _, _, _, (bx, by) = cv2.minMaxLoc(score)
         box = (float(sx0 + bx), float(sy0 + by), float(sx0 + bx + w), float(sy0 + by + h))
         track.detections[f] = Detection(box, None, source.kind, source.score)
 
