@@ -373,7 +373,7 @@ def process_video(job: VideoJob) -> dict:
         if min(info["width"], info["height"]) < config.min_side:
             reject("too_small", f"{info['width']}x{info['height']} is below min_side {config.min_side}")
         elif not config.fps - 1e-6 <= rate <= config.max_fps:
-            why = (f" ({len(times)} frames over {length:.1f} s: the header's {info['fps']:g} fps counts frames the "
+            why = (f" ({len(times)} frames over {length:.1f} s: the header's {info['fps']:.3g} fps counts frames the "
                    f"file leaves out)" if skips else "")
             reject("odd_fps", f"{rate:.3g} fps is outside [{config.fps:g}, {config.max_fps:g}]{why}")
         elif len(times) < info["frames"] - slack and not skips:
