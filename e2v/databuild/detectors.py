@@ -5,7 +5,8 @@
 - ``element_detector`` ``packaged`` (the default): on key frames (seen at up to 360 px on their shorter side, so a
   face or a rider a tenth of the frame tall is still found), people from faces (dlib or Haar; a face grows into a
   head-and-shoulders box), OpenCV's Haar upper-body cascade (people seated, riding, seen from the waist up) and
-  its HOG people detector (walkers), moving regions against the plate (aligned to
+  its HOG people detector (walkers; those under half the frame's height, down to a tenth, where they move),
+  moving regions against the plate (aligned to
   the camera's pan, :mod:`e2v.databuild.camera`) and, where nothing else is found, the most salient region
   (spectral residual); linked through the clip, masked by GrabCut seeded with the box (a face's middle and the chest
   below it, a walker's torso and the moving core as sure foreground, what is level with a face beside it as sure
@@ -248,8 +249,7 @@ class PackagedDetector:
     module docstring). Works on frames resized to ``side`` px; detects on every ``key_every``-th frame (and the
     last); keeps at most ``max_elements`` tracks (people weigh ``person_weight`` times their area); boxes covering
     under ``min_area`` (people: ``min_person_area``) or (other than people) over ``max_area`` of the frame are
-    ignored. A track found on some key
-    frames is carried to the others by template matching. ``faces``: a ``face_detector`` spec (dlib
+    ignored. A track found on some key frames is carried to the others by template matching. ``faces``: a ``face_detector`` spec (dlib
     falls back to ``haar`` when dlib is not installed); ``people``: HOG and the upper-body cascade on or off;
     ``detect_side``: the shorter side (px, never above the video's) of the key frames faces and people are sought in;
     ``motion``: the moving-pixel threshold (0..255; None: off); ``grabcut``: GrabCut iterations (0: the box, or the
