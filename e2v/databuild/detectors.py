@@ -48,22 +48,19 @@ def _within(value: float, bounds: tuple[float, float]) -> bool:
     return bounds[0] <= value <= bounds[1]
 
 
-def _walks(box: Box, parts: tuple[np.ndarray, np.ndarray] | None, crowd: float = 4.0) -> bool:
+def _walks(box: Box, labels: np.ndarray | None, crowd: float = 4.0) -> bool:
     """Whether a person ``box`` moves on its own: a tenth of it or more moving, in regions whose moving pixels add up
     to at most ``crowd`` times its area (a few walkers side by side: OpenCV's vtest.avi, 1-3x; not a moving arm and
-    box or a cartoon's shoulder a person box sits in: box.mp4, Megamind.avi, 9-25x). ``parts``: ``int [h, w]``
-    region labels of the moving pixels (0: still) and the region count's ``connectedComponentsWithStats`` stats
-    (only their number is used); None (no motion measured): False."""
-    if parts is None:
+    box or a cartoon's shoulder a person box sits in: box.mp4, Megamind.avi, 9-25x). ``labels``: ``int [h, w]``
+    region labels of the moving pixels (0: still); None (no motion measured): False."""
+    if labels is None:
         return False
-    labels, stats = parts
     x0, y0, x1, y1 = (int(round(v)) for v in box)
     inside = labels[max(0, y0):y1, max(0, x0):x1]
     size = max(1, (x1 - x0) * (y1 - y0))
     if inside.size == 0 or (inside > 0).sum() < 0.1 * size:
         return False
-    counts = np.bincount(labels.ravel(), minlength=len(stats))
-    return float(counts[np.unique(inside[inside > 0])].sum()) <= crowd * size
+    return float(np.bincount(labels.ravel())[np.unique(inside[inside > 0])].sum()) <= crowd * size
 
 
 def _nms(boxes: list[tuple[Box, float]], iou: float = 0.3) -> list[tuple[Box, float]]:
@@ -249,12 +246,12 @@ class PackagedDetector:
     module docstring). Works on frames resized to ``side`` px; detects on every ``key_every``-th frame (and the
     last); keeps at most ``max_elements`` tracks (people weigh ``person_weight`` times their area); boxes covering
     under ``min_area`` (people: ``min_person_area``) or (other than people) over ``max_area`` of the frame are
-    ignored. A track found on some key frames is carried to the others by template matching. ``faces``: a ``face_detector`` spec (dlib
-    falls back to ``haar`` when dlib is not installed); ``people``: HOG and the upper-body cascade on or off;
-    ``detect_side``: the shorter side (px, never above the video's) of the key frames faces and people are sought in;
-    ``motion``: the moving-pixel threshold (0..255; None: off); ``grabcut``: GrabCut iterations (0: the box, or the
-    moving pixels in it, is the mask); ``join``: moving fragments closer than this share of the frame side are one
-    element."""
+    ignored. A track found on some key frames is carried to the others by template matching. ``faces``: a
+    ``face_detector`` spec (dlib falls back to ``haar`` when dlib is not installed); ``people``: HOG and the
+    upper-body cascade on or off; ``detect_side``: the shorter side (px, never above the video's) of the key frames
+    faces and people are sought in; ``motion``: the moving-pixel threshold (0..255; None: off); ``grabcut``: GrabCut
+    iterations (0: the box, or the moving pixels in it, is the mask); ``join``: moving fragments closer than this
+    share of the frame side are one element."""
 
     def __init__(self, faces: Any = "dlib", people: bool = True, motion: float | None = 30.0, saliency: bool = True,
                  grabcut: int = 3, side: int = 256, detect_side: int = 360, key_every: int = 4, max_elements: int = 3,
@@ -314,7 +311,7 @@ class PackagedDetector:
             stats = parts[1][1:]
             small = [tuple(float(v * scale) for v in (x, y, x + w, y + h)) for x, y, w, h, _ in stats if h < height / 2]
             found += [(back(box), 1.0 + weight, body_seeds(back(box))) for box, weight in
-                      (walkers.detect_small(detail, small) if small else []) if _walks(back(box), parts)]
+                      (walkers.detect_small(detail, small) if small else []) if _walks(back(box), parts[0])]
         found += [(person_from_upper_body(back(box), height, width), 1.5, upper_body_seeds(back(box)))
                   for box in (upper.detect(detail) if upper is not None else [])]
         for box, score, seeds in found:

@@ -196,8 +196,9 @@ class CutDetector:
     out ``ratio`` times over those medians and twice over each neighbour's (a cut inside one location: the background
     stays, the subjects jump); but not into or out of a flash: when the frames either side of it, or of the frame
     before it, differ by under half its change and under twice ``threshold`` (the same picture either side of the
-    flash, fast subjects moved; a shot that ends on a flash and cuts to another picture is a cut). A cut within ``min_scene_len`` frames after another is not taken (the
-    video's start is no cut: a black frame or a title card before the first picture is a shot of its own).
+    flash, fast subjects moved; a shot that ends on a flash and cuts to another picture is a cut). A cut within
+    ``min_scene_len`` frames after another is not taken (the video's start is no cut: a black frame or a title card
+    before the first picture is a shot of its own).
 
     Gradual transitions (dissolves, fades to or from black) are cut at their middle, the first frame of their run
     that is at least half the incoming picture, and no hard cut is taken within ``2 span`` frames of that middle (a
