@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import cv2
 import numpy as np
 import pytest
 
@@ -55,8 +56,6 @@ def test_a_walker_counts_only_where_it_moves_in_a_region_of_its_own():
     """Small HOG windows fire on a held box's print and a cartoon's shoulder (OpenCV's box.mp4, Megamind.avi): a
     person box under half the frame counts where a tenth of it moves, in moving regions of at most 4 times its area
     of moving pixels."""
-    import cv2
-
     moving = np.zeros((100, 100), np.uint8)
     moving[40:60, 10:16] = 1  # a walker alone
     moving[40:60, 30:36] = moving[40:60, 40:46] = 1  # two side by side, one region after joining
@@ -66,6 +65,29 @@ def test_a_walker_counts_only_where_it_moves_in_a_region_of_its_own():
     assert _walks((9, 38, 17, 62), parts) and _walks((29, 38, 37, 62), parts)
     assert not _walks((70, 30, 78, 54), parts)  # inside the big region
     assert not _walks((9, 70, 17, 94), parts) and not _walks((9, 38, 17, 62), None)  # still; no motion measured
+
+
+def test_a_far_walker_s_mask_follows_his_outline_at_full_resolution_not_the_working_size_blocks():
+    # a walker 16 x 64 px (with a head) on a textured street, 1024 px wide: 4 x 16 px at the 256 px working size
+    rng = np.random.default_rng(0)
+    frame = np.clip(rng.normal(150, 12, (768, 1024, 3)), 0, 255).astype(np.uint8)
+    truth = np.zeros((768, 1024), bool)
+    truth[412:470, 501:517] = True
+    ys, xs = np.ogrid[:768, :1024]
+    truth |= (ys - 405) ** 2 + (xs - 509) ** 2 <= 36
+    frame[truth] = (40, 30, 90)
+    detector = registry.build("element_detector", {"name": "packaged", "faces": "haar"})
+    coarse = cv2.resize(truth.astype(np.uint8), (256, 192), interpolation=cv2.INTER_AREA) > 0
+    coarse = cv2.dilate(coarse.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)  # GrabCut at 256 px overreaches
+
+    def iou(mask):
+        return (mask & truth).sum() / (mask | truth).sum()
+
+    blocks = cv2.resize(coarse.astype(np.uint8), (1024, 768), interpolation=cv2.INTER_NEAREST).astype(bool)
+    person = detector._full_mask(frame, coarse, person=True)
+    assert person.shape == truth.shape
+    assert iou(blocks) < 0.65 and iou(person) > 0.85  # the blocks hold a rim of street; the refined mask does not
+    assert np.array_equal(detector._full_mask(frame, coarse, person=False), blocks)  # other elements: as they were
 
 
 def test_frame_shifts_recover_a_pan():
