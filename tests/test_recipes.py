@@ -113,3 +113,19 @@ def test_registry_spec_errors_are_clear():
         registry.parse_spec("solver", "heun")
     with pytest.raises(ValueError, match="has no 'name' key"):
         registry.parse_spec("dit", {"preset": "tiny"})
+
+
+@pytest.mark.parametrize("recipe", ["tiny/base.yaml", "tiny/e2v.yaml"])
+def test_tiny_recipes_read_every_open_world_caption_whole(recipe):
+    """The caption names the drift ("... drift left across ..."); the tiny tokenizer spells most of the open world's
+    words letter by letter, and a text encoder that cuts a caption short loses the direction at its end (at 32
+    tokens the base moved its subjects the same whichever direction the prompt named)."""
+    from e2v.modules.text_encoder import TextEncoder
+    from e2v.synth import plan_clip
+
+    text = yaml.safe_load((RECIPE_DIR / recipe).read_text())["model"]["init_args"]["text_encoder"]
+    tokenizer = TextEncoder.from_preset("tiny", max_length=text["max_length"]).tokenizer
+    captions = [plan_clip(i, split, seed, [], 17, 32, 32, 8.0, 3, 1.0, 0.5, "open").caption
+                for seed in (0, 5) for split in ("train", "zeroshot") for i in range(100)]
+    longest = max(captions, key=lambda c: len(tokenizer(c)["input_ids"]))
+    assert len(tokenizer(longest)["input_ids"]) <= text["max_length"], longest
