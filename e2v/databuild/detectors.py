@@ -26,7 +26,8 @@ import numpy as np
 
 from e2v import registry
 from e2v.databuild.camera import frame_shifts, translate
-from e2v.databuild.elements import MotionSegmenter, Track, box_inside, box_iou, link_tracks, whole_parts
+from e2v.databuild.elements import (MotionSegmenter, Track, box_area, box_inside, box_iou, link_tracks,
+                                    whole_parts)
 from e2v.databuild.stages import Box, Detection
 from e2v.registry import register
 
@@ -199,6 +200,18 @@ class PeopleHOG:
         return _nms([(box, wt) for box, wt in found if box[3] - box[1] < height / 2])
 
 
+def _grabcut(frame: np.ndarray, labels: np.ndarray, iterations: int, sure: np.ndarray) -> np.ndarray | None:
+    """``bool [h, w]``: GrabCut of RGB ``frame`` from its ``labels`` (``cv2.GC_*``, updated in place), the parts
+    :func:`whole_parts` keeps of its (probable) foreground given the ``sure`` pixels; None when OpenCV refuses."""
+    cv2.setRNGSeed(0)  # GrabCut's k-means draws from OpenCV's process-wide RNG: the same mask in any worker
+    try:
+        cv2.grabCut(np.ascontiguousarray(frame[..., ::-1]), labels, None, np.zeros((1, 65)), np.zeros((1, 65)),
+                    iterations, cv2.GC_INIT_WITH_MASK)
+    except cv2.error:
+        return None
+    return whole_parts((labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD), sure)
+
+
 def salient_box(frame: np.ndarray, side: int = 64, min_area: float = 0.01) -> Box | None:
     """The box of the most salient region of ``uint8 [H, W, 3]`` (spectral residual saliency of luma at ``side`` px,
     thresholded at 3x its mean; the largest connected part), or None."""
@@ -353,11 +366,9 @@ class PackagedDetector:
             found += [(Detection(box, None, "object", 0.5), ([], []))] if box is not None else []
         people_sizes, other_sizes = (self.min_person_area, 1.0), (self.min_area, self.max_area)
         sized = [(d, seeds) for d, seeds in found  # a close-up person may fill the frame, a far walker 0.3% of it
-                 if _within((d.box[2] - d.box[0]) * (d.box[3] - d.box[1]) / area,
-                            people_sizes if d.kind == "human" else other_sizes)]
+                 if _within(box_area(d.box) / area, people_sizes if d.kind == "human" else other_sizes)]
         for d, _ in sized:
-            d.score = (d.box[2] - d.box[0]) * (d.box[3] - d.box[1]) / area * (self.person_weight
-                                                                               if d.kind == "human" else 1.0)
+            d.score = box_area(d.box) / area * (self.person_weight if d.kind == "human" else 1.0)
         return sized
 
     def _mask(self, frame: np.ndarray, box: Box, moving: np.ndarray | None, seeds: Seeds) -> np.ndarray:
@@ -391,14 +402,8 @@ class PackagedDetector:
         labels[sure] = cv2.GC_FGD
         if (labels == cv2.GC_BGD).sum() < 16:  # GrabCut needs background samples: the frame's rim
             labels[[0, -1]], labels[:, [0, -1]] = cv2.GC_PR_BGD, cv2.GC_PR_BGD
-        cv2.setRNGSeed(0)  # GrabCut's k-means draws from OpenCV's process-wide RNG: the same mask in any worker
-        try:
-            cv2.grabCut(np.ascontiguousarray(frame[..., ::-1]), labels, None, np.zeros((1, 65)), np.zeros((1, 65)),
-                        self.grabcut, cv2.GC_INIT_WITH_MASK)
-        except cv2.error:
-            return fallback
-        mask = whole_parts((labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD), sure)
-        return mask if mask.sum() >= 0.1 * region.sum() else fallback
+        mask = _grabcut(frame, labels, self.grabcut, sure)
+        return mask if mask is not None and mask.sum() >= 0.1 * region.sum() else fallback
 
     def _full_mask(self, frame: np.ndarray, coarse: np.ndarray, person: bool) -> np.ndarray:
         """``bool [H, W]``: a working-size mask ``coarse`` brought to the full frame ``[H, W, 3]``. A person's is
@@ -427,14 +432,8 @@ class PackagedDetector:
         labels = np.where(near, cv2.GC_PR_BGD, cv2.GC_BGD).astype(np.uint8)
         labels[crop.astype(bool)] = cv2.GC_PR_FGD
         labels[core] = cv2.GC_FGD
-        cv2.setRNGSeed(0)
-        try:
-            cv2.grabCut(np.ascontiguousarray(frame[y0:y1, x0:x1, ::-1]), labels, None, np.zeros((1, 65)),
-                        np.zeros((1, 65)), self.grabcut, cv2.GC_INIT_WITH_MASK)
-        except cv2.error:
-            return up
-        refined = whole_parts((labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD), core)
-        if refined.sum() < 0.5 * crop.sum():
+        refined = _grabcut(frame[y0:y1, x0:x1], labels, self.grabcut, core)
+        if refined is None or refined.sum() < 0.5 * crop.sum():
             return up
         out = np.zeros((height, width), bool)
         out[y0:y1, x0:x1] = refined

@@ -170,7 +170,8 @@ class Track:
         return float(np.mean([d.score for d in self.detections if d is not None]))
 
 
-def _area(box: Box) -> float:
+def box_area(box: Box) -> float:
+    """Area of an ``(x0, y0, x1, y1)`` box (0 when it is empty)."""
     return max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
 
 
@@ -199,8 +200,8 @@ def link_tracks(per_frame: list[list[Detection]], frame_side: int, min_iou: floa
                 jumps = [(np.hypot(cx - tracks[t].centre(tracks[t].frames[-1])[0],
                                    cy - tracks[t].centre(tracks[t].frames[-1])[1]), t) for t in free]
                 jumps = [(d, t) for d, t in jumps if d <= max_jump * frame_side
-                         and _area(last(tracks[t]).box) <= max_growth * _area(det.box)
-                         and _area(det.box) <= max_growth * _area(last(tracks[t]).box)]
+                         and box_area(last(tracks[t]).box) <= max_growth * box_area(det.box)
+                         and box_area(det.box) <= max_growth * box_area(last(tracks[t]).box)]
                 best = min(jumps)[1] if jumps else None
             if best is None:
                 tracks.append(Track([None] * count))
