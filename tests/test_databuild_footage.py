@@ -144,18 +144,33 @@ def test_a_black_frame_before_the_first_picture_is_a_shot_of_its_own(tmp_path):
 def test_a_shot_that_ends_on_a_flash_and_cuts_to_another_picture_is_a_cut(tmp_path):
     """POOR (harder raw world, seed 23): a grey shot ending on a white flash frame, then another grey picture 50
     levels brighter: the frames either side of the flash differ by under half the flash's change, so the cut was
-    taken for a flash and the next shot joined the flashing one (the flash frame may open the next shot). The same
-    picture either side of a flash is no cut."""
+    taken for a flash and the next shot joined the flashing one; then the flash frame opened the next shot (its
+    clip began on white, and the truth's shot had no clip). The flash stays with the shot it ends, the cut is the
+    frame after it; the same picture either side of a flash is no cut."""
     rng = np.random.default_rng(0)
     a = np.clip(100 + rng.normal(0, 20, (96, 96, 1)), 0, 255).repeat(3, 2)
     b = np.clip(150 + rng.normal(0, 20, (96, 96, 1)), 0, 255).repeat(3, 2)
     frames = np.stack([a] * 30 + [np.full_like(a, 255)] + [b] * 30).astype(np.uint8)
     write_video(tmp_path / "flash_cut.mp4", frames, fps=raw_synth.RAW_FPS)
     detector = registry.build("shot_detector", "cuts")
-    assert cut_positions(detector.detect(str(tmp_path / "flash_cut.mp4"))) in ([30], [31])  # either side of it
+    assert cut_positions(detector.detect(str(tmp_path / "flash_cut.mp4"))) == [31]
     frames[31:] = a.astype(np.uint8)
     write_video(tmp_path / "flash.mp4", frames, fps=raw_synth.RAW_FPS)
     assert detector.detect(str(tmp_path / "flash.mp4")) == [(0, 61)]
+
+
+def test_a_flash_between_two_pictures_of_one_tone_is_a_cut_when_their_histograms_differ(tmp_path):
+    """POOR (harder raw world, seed 23): a dark grey mast on a dim sky, a white flash frame, then a grey brick wall:
+    the pictures either side of the flash differ by 19 levels on average (under the hard cut's 20) and each frame's
+    own change is into or out of the flash, so no cut was taken and the wall's shot joined the flashing one. Their
+    luma histograms, compared across the flash, differ: a cut, the frame after the flash."""
+    ys, xs = np.mgrid[:96, :96]
+    mast = np.where(np.abs(xs - 30) < 4, 40.0, 90.0 + ys / 4)  # a dark post on a graded sky
+    wall = np.where((ys % 16 < 2) | ((xs + 8 * (ys // 16 % 2)) % 24 < 2), 60.0, 110.0)  # mortar lines on bricks
+    frames = np.stack([mast] * 30 + [np.full_like(mast, 250.0)] + [wall] * 30)
+    write_video(tmp_path / "flash_cut.mp4", np.repeat(frames[..., None], 3, 3).astype(np.uint8),
+                fps=raw_synth.RAW_FPS)
+    assert cut_positions(registry.build("shot_detector", "cuts").detect(str(tmp_path / "flash_cut.mp4"))) == [31]
 
 
 @pytest.mark.parametrize("handheld", [0.0, 0.04])
@@ -203,6 +218,41 @@ def test_cut_detector_takes_no_cut_when_a_subject_leaves_the_picture_at_once(tmp
     assert cut_positions(detector.detect(write("jumping.mp4", creeping + [(50, 50)] * 30))) == [40]
     assert cut_positions(registry.build("shot_detector", {"name": "cuts", "min_local": float("inf")})
                          .detect(str(tmp_path / "jumping.mp4"))) == []  # the frame's mean change misses it
+
+
+def _hard_world_video(tmp_path, monkeypatch, seed: int, video: int, shots: list[int]) -> tuple[str, list[int]]:
+    """A video of some of the harder raw world's shots (seed ``seed``, video ``video``, shot indices ``shots``; its
+    plans drawn as ``synthesize_raw`` draws them, only that video written) and its true cuts."""
+    plans = {}
+    monkeypatch.setattr(raw_synth, "_write_video_and_truth", lambda out, name, found, *args: plans.setdefault(name, found))
+    raw_synth.synthesize_raw(tmp_path / "plans", videos=video + 1, heldout=0, height=128, width=128, seed=seed,
+                             hard=True, broken=False, progress=False)
+    monkeypatch.undo()
+    raw_synth._write_video_and_truth(tmp_path, "v", [plans[f"video_{video:04d}"][k] for k in shots], 128, 128,
+                                     raw_synth.RAW_FPS)
+    truth = json.loads((tmp_path / "truth" / "v.json").read_text())
+    return str(tmp_path / "videos" / "v.mp4"), [s["start"] for s in truth["shots"][1:]]
+
+
+@pytest.mark.parametrize("seed,video,shot", [(13, 3, 5), (23, 5, 7)])
+def test_cut_detector_takes_no_cut_when_a_face_drifts_out_over_a_plain_sky(tmp_path, monkeypatch, seed, video, shot):
+    """POOR (harder raw world, seeds 13 and 23): a grey face drifting out of the picture over a plain sky. The
+    camera's translation (phase correlation) followed the face, the only texture, so the frames' change with the
+    "shake" taken out was small, until the frame where the face was half gone and the correlation fell back to the
+    sky: there the change looked like a jump (a same-place cut) and the shot was cut in two, 40 frames in. As the
+    frames are, that change was smaller than the frame before's: no jump."""
+    path, cuts = _hard_world_video(tmp_path, monkeypatch, seed, video, [shot])
+    assert cuts == [] and len(registry.build("shot_detector", "cuts").detect(path)) == 1
+
+
+def test_cut_detector_takes_no_gradual_cut_in_a_shaking_shot_of_stripes(tmp_path, monkeypatch):
+    """POOR (harder raw world, seed 23, video 2): a hand-held camera over diagonal stripes between a hard cut and a
+    dissolve into a flashing shot: two frames a few apart, shaken by half a stripe, anticorrelated, and the frame
+    between them fitted their blend, so a dissolve was cut in the middle of the shot. Moved onto each other they
+    are one picture: no transition; the two true cuts are found."""
+    path, cuts = _hard_world_video(tmp_path, monkeypatch, 23, 2, [5, 6, 7])
+    found = cut_positions(registry.build("shot_detector", "cuts").detect(path))
+    assert len(found) == len(cuts) == 2 and all(abs(a - b) <= 2 for a, b in zip(found, cuts)), (found, cuts)
 
 
 def test_packaged_detector_masks_a_person_on_a_panning_photo():

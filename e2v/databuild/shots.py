@@ -135,8 +135,9 @@ def _blend_fit(a: np.ndarray, m: np.ndarray, b: np.ndarray, window: np.ndarray) 
     from ``a`` to ``b`` (:func:`_change`, translation taken out, so a pan or shake changes little); the residual of
     the best blend ``(1 - t) a + t b`` (``t`` by least squares, 0..1) over the smaller of ``m``'s differences from
     ``a`` and from ``b`` (largest RGB channel means; small: the blend explains ``m`` far better than either end,
-    as inside a dissolve; about 1 next to a hard cut or for motion); the correlation of ``a``'s and ``b``'s luma
-    (near 1: one picture, brighter or darker; 0 when either is flat, as a black frame); and ``t``."""
+    as inside a dissolve; about 1 next to a hard cut or for motion); the correlation of ``a``'s and ``b``'s luma, as
+    they are or ``b`` moved onto ``a``, the larger (near 1: one picture, brighter, darker or shaken: a striped
+    background shaken by half a stripe anticorrelates as it is; 0 when either is flat, as a black frame); and ``t``."""
     change = _change(a, b, window)
     fits = []
     for x, y in ((a, b), (_aligned(a, m, window), _aligned(b, m, window))):  # as they are, and moved onto m
@@ -146,23 +147,30 @@ def _blend_fit(a: np.ndarray, m: np.ndarray, b: np.ndarray, window: np.ndarray) 
         ends = min(float(np.abs(m - e).mean(axis=(0, 1)).max()) for e in (x, y))
         fits.append((residual / max(ends, 1.0), t))
     fit, t = min(fits)
+    return change, fit, max(_correlation(a, b), _correlation(a, _aligned(b, a, window))), t
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """The correlation of ``a``'s and ``b``'s luma (``float32 [h, w, 3]``); 0 when either is flat."""
     ya, yb = (cv2.cvtColor(x, cv2.COLOR_RGB2GRAY).ravel() for x in (a, b))
     sa, sb = float(ya.std()), float(yb.std())
-    correlation = float(np.mean((ya - ya.mean()) * (yb - yb.mean())) / (sa * sb)) if min(sa, sb) > 2 else 0.0
-    return change, fit, correlation, t
+    return float(np.mean((ya - ya.mean()) * (yb - yb.mean())) / (sa * sb)) if min(sa, sb) > 2 else 0.0
 
 
 def _signals(path: str, side: int, span: int = 4) -> tuple[np.ndarray, np.ndarray]:
-    """Per frame ``f`` (0 for the first), ``float [N, 4]``: the colour change from frame ``f - 1`` (:func:`_change`),
+    """Per frame ``f`` (0 for the first), ``float [N, 6]``: the colour change from frame ``f - 1`` (:func:`_change`),
     the luma-histogram distance (half the L1 distance of 32-bin histograms, 0..1) from ``f - 1``, the colour change
     from ``f - 1`` to ``f + 1`` (a flash frame changes a lot from both neighbours, which are alike; 0 for the first
-    and last frames) and the local change from ``f - 1`` (:func:`_local`; the camera's shake taken out when the moved
+    and last frames), the local change from ``f - 1`` (:func:`_local`; the camera's shake taken out when the moved
     picture keeps three quarters of the frame, a move of up to a sixteenth of each side: farther is a subject's jump,
-    which the phase correlation found); ``float [N, 4]`` :func:`_blend_fit` of frame ``f`` between frames ``f - span``
-    and ``f + span`` (zeros where those are outside the video). Both ``[0, 4]`` for a video without frames."""
-    change, histogram, bridge, local, blend = [0.0], [0.0], [0.0], [0.0], []
+    which the phase correlation found), that change as the frames are (no shake taken out) and the luma-histogram
+    distance from ``f - 1`` to ``f + 1`` (0 for the first and last frames); ``float [N, 4]`` :func:`_blend_fit` of
+    frame ``f`` between frames ``f - span`` and ``f + span`` (zeros where those are outside the video). ``[0, 6]``
+    and ``[0, 4]`` for a video without frames."""
+    change, histogram, bridge, local, raw_local, bridge_histogram, blend = [0.0], [0.0], [0.0], [0.0], [0.0], [0.0], []
     frames: deque[np.ndarray] = deque(maxlen=2 * span)
-    last_hist, window = None, None
+    hists: deque[np.ndarray] = deque(maxlen=2)
+    window = None
     for image in iter_frames(path, side):
         frame = image.astype(np.float32)
         window = cv2.createHanningWindow(image.shape[1::-1], cv2.CV_32F) if window is None else window
@@ -170,18 +178,22 @@ def _signals(path: str, side: int, span: int = 4) -> tuple[np.ndarray, np.ndarra
         if frames:
             differences = _differences(frames[-1], frame, window)
             change.append(min(map(_level, differences)))
-            local.append(min(map(_local, differences[: 2 if differences[1].size > 0.75 * frame.size else 1])))
-            histogram.append(0.5 * float(np.abs(hist - last_hist).sum()))
+            locals_ = [_local(d) for d in differences[: 2 if differences[1].size > 0.75 * frame.size else 1]]
+            local.append(min(locals_))
+            raw_local.append(locals_[0])
+            histogram.append(0.5 * float(np.abs(hist - hists[-1]).sum()))
         if len(frames) >= 2:
             bridge.append(_change(frames[-2], frame, window))
+            bridge_histogram.append(0.5 * float(np.abs(hist - hists[0]).sum()))
         if len(frames) == 2 * span:
             blend.append(_blend_fit(frames[0], frames[span], frame, window))
         frames.append(frame)
-        last_hist = hist
+        hists.append(hist)
     if not frames:
-        return np.zeros((0, 4)), np.zeros((0, 4))
-    signals = np.array([change, histogram, (bridge + [0.0])[: len(change)], local]).T
-    fits = np.zeros_like(signals)
+        return np.zeros((0, 6)), np.zeros((0, 4))
+    signals = np.array([change, histogram, (bridge + [0.0])[: len(change)], local, raw_local,
+                        (bridge_histogram + [0.0])[: len(change)]]).T
+    fits = np.zeros((len(signals), 4))
     if blend:
         fits[span: span + len(blend)] = blend
     return signals, fits
@@ -194,9 +206,13 @@ class CutDetector:
     mean, 0..255, the camera's shake taken out: :func:`_change`) is at least ``threshold`` and twice the median
     changes of the ``window`` frames before it and of those after it, or the change is at least ``min_change``, stands
     out ``ratio`` times over those medians and twice over each neighbour's (a cut inside one location: the background
-    stays, the subjects jump); but not into or out of a flash: when the frames either side of it, or of the frame
-    before it, differ by under half its change and under twice ``threshold`` (the same picture either side of the
-    flash, fast subjects moved; a shot that ends on a flash and cuts to another picture is a cut). A cut within
+    stays, the subjects jump; in the local change of the ``4%`` of pixels that changed most, that change also no
+    smaller than its neighbours' with the frames as they are, no shake taken out); but not into or out of a flash:
+    when the frames either side of it, or of the frame before it, differ by under half its change and under twice
+    ``threshold`` (the same picture either side of the flash, fast subjects moved). One frame unlike both its
+    neighbours, which are more alike (a flash frame), starts no shot: it stays with the shot it ends, and the frame
+    after it starts one when the frames either side of the flash differ (luma histograms by ``histogram``, or
+    colours by ``threshold``: a shot that ends on a flash and cuts to another picture). A cut within
     ``min_scene_len`` frames after another is not taken (the video's start is no cut: a black frame or a title card
     before the first picture is a shot of its own).
 
@@ -249,21 +265,42 @@ class CutDetector:
         """Whether ``values[f]`` is twice each of its neighbours' (one frame's jump, not a burst of fast motion)."""
         return all(values[f] >= 2 * values[g] for g in (f - 1, f + 1) if 1 <= g < len(values))
 
+    @staticmethod
+    def _no_less(values: np.ndarray, f: int) -> bool:
+        """Whether ``values[f]`` is at least each of its neighbours' (a jump adds change to the frames as they are;
+        where the phase correlation followed a subject across a flat background, the frames before had their change
+        taken out and the frame where it let go looked like a jump: a face leaving the picture)."""
+        return all(values[f] >= values[g] for g in (f - 1, f + 1) if 1 <= g < len(values))
+
     def cut_frames(self, signals: np.ndarray, runs: list[tuple[int, int, int]] = ()) -> list[int]:
-        """Frames that start a shot (sorted, without 0), from the per-frame signals ``[N, 4]`` of ``_signals`` and
+        """Frames that start a shot (sorted, without 0), from the per-frame signals ``[N, 6]`` of ``_signals`` and
         the gradual transitions :meth:`gradual_runs` found in them."""
-        change, histogram, bridge, local = signals.T
+        change, histogram, bridge, local, raw_local, bridge_histogram = signals.T
         cuts, last = [], -self.min_scene_len
         gradual = {cut for _, _, cut in runs}
         near_gradual = {g for f in gradual for g in range(f - 2 * self.span, f + 2 * self.span + 1)}
+        def lone(g: int) -> bool:  # frame g unlike both neighbours, which are more alike: one flash frame
+            return 1 <= g < len(change) - 1 and min(change[g], change[g + 1]) >= self.threshold \
+                and bridge[g] < min(change[g], change[g + 1]) / 2
+
         for f in range(1, len(change) - 1):  # the last frame starts none: no frame after it tells a cut from a flash
-            spans = [bridge[g] for g in (f, f - 1) if 1 <= g < len(change) - 1]  # over the frame, or the one before
-            flash = bool(spans) and min(spans) < min(change[f] / 2, 2 * self.threshold)
-            if f in gradual or f not in near_gradual and not flash and (
+            if f in gradual:
+                starts = True
+            elif lone(f) or f in near_gradual:
+                starts = False
+            elif lone(f - 1):  # the frames either side of the flash before it tell whether the picture changed
+                starts = bridge_histogram[f - 1] >= self.histogram or bridge[f - 1] >= self.threshold
+            else:
+                spans = [bridge[g] for g in (f, f - 1) if 1 <= g < len(change) - 1]  # over the frame, or the one before
+                flash = bool(spans) and min(spans) < min(change[f] / 2, 2 * self.threshold)
+                starts = not flash and (
                     histogram[f] >= self.histogram
                     or (change[f] >= self.threshold and self._stands_out(change, f, 2.0))
-                    or any(values[f] >= floor and self._stands_out(values, f, self.ratio) and self._spike(values, f)
-                           for values, floor in ((change, self.min_change), (local, self.min_local)))):
+                    or (change[f] >= self.min_change and self._stands_out(change, f, self.ratio)
+                        and self._spike(change, f))
+                    or (local[f] >= self.min_local and self._stands_out(local, f, self.ratio) and self._spike(local, f)
+                        and self._no_less(raw_local, f)))
+            if starts:
                 if f - last >= self.min_scene_len:  # a short last shot stays one (rejected too short, not joined)
                     cuts.append(f)
                     last = f
