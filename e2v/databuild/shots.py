@@ -207,7 +207,8 @@ class CutDetector:
     changes of the ``window`` frames before it and of those after it, or the change is at least ``min_change``, stands
     out ``ratio`` times over those medians and twice over each neighbour's (a cut inside one location: the background
     stays, the subjects jump; in the local change of the ``4%`` of pixels that changed most, that change also no
-    smaller than its neighbours' with the frames as they are, no shake taken out); but not into or out of a flash:
+    smaller than its neighbours' with the frames as they are, no shake taken out, and twice, not ``ratio`` times,
+    the median after it: a cut into a hand-held shot, whose shake stays in the local change); but not into or out of a flash:
     when the frames either side of it, or of the frame before it, differ by under half its change and under twice
     ``threshold`` (the same picture either side of the flash, fast subjects moved). One frame unlike both its
     neighbours, which are more alike (a flash frame), starts no shot: it stays with the shot it ends, and the frame
@@ -254,12 +255,12 @@ class CutDetector:
                          int(over[0]) if over else (int(run[0]) + int(run[-1]) + 1) // 2))
         return runs
 
-    def _stands_out(self, values: np.ndarray, f: int, ratio: float) -> bool:
-        """Whether ``values[f]`` is ``ratio`` times over the median of the ``window`` values before it and of those
-        after it, each (not the start or end of a faster stretch, nor part of a shaking camera's)."""
-        sides = [values[max(1, f - self.window): f], values[f + 1: f + 1 + self.window]]
-        level = max([float(np.median(side)) for side in sides if len(side)], default=np.inf)
-        return values[f] >= ratio * max(level, 0.5)
+    def _stands_out(self, values: np.ndarray, f: int, ratio: float, after: float | None = None) -> bool:
+        """Whether ``values[f]`` is ``ratio`` times over the median of the ``window`` values before it and
+        ``after`` times (default ``ratio``) over that of those after it (not the start or end of a faster stretch,
+        nor part of a shaking camera's)."""
+        sides = [(values[max(1, f - self.window): f], ratio), (values[f + 1: f + 1 + self.window], after or ratio)]
+        return all(values[f] >= times * max(float(np.median(side)), 0.5) for side, times in sides if len(side))
 
     def _spike(self, values: np.ndarray, f: int) -> bool:
         """Whether ``values[f]`` is twice each of its neighbours' (one frame's jump, not a burst of fast motion)."""
@@ -298,8 +299,8 @@ class CutDetector:
                     or (change[f] >= self.threshold and self._stands_out(change, f, 2.0))
                     or (change[f] >= self.min_change and self._stands_out(change, f, self.ratio)
                         and self._spike(change, f))
-                    or (local[f] >= self.min_local and self._stands_out(local, f, self.ratio) and self._spike(local, f)
-                        and self._no_less(raw_local, f)))
+                    or (local[f] >= self.min_local and self._stands_out(local, f, self.ratio, after=2.0)
+                        and self._spike(local, f) and self._no_less(raw_local, f)))
             if starts:
                 if f - last >= self.min_scene_len:  # a short last shot stays one (rejected too short, not joined)
                     cuts.append(f)
