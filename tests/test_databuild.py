@@ -169,6 +169,18 @@ def test_identity_grouping_joins_close_embeddings():
     assert labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
 
 
+def test_two_elements_of_one_clip_are_never_one_identity():
+    """POOR (OpenCV's vtest.avi): two dark walkers in one shot looked alike to the appearance embedding, were one
+    identity, and both of the clip's references were the same crop of one of them. Walkers A and B in two clips,
+    all four within the threshold of each other, A nearer A and B nearer B: two identities, one per clip each."""
+    base = np.eye(16)[0]
+    a, b = base + 0.15 * np.eye(16)[1], base + 0.15 * np.eye(16)[2]
+    points = np.stack([a, b, a + 0.03 * np.eye(16)[3], b + 0.03 * np.eye(16)[4]])
+    points /= np.linalg.norm(points, axis=1, keepdims=True)
+    assert group_identities(points, threshold=0.12).tolist() == [0, 0, 0, 0]  # alike: one identity, unconstrained
+    assert group_identities(points, threshold=0.12, apart=["clip1", "clip1", "clip2", "clip2"]).tolist() == [0, 1, 0, 1]
+
+
 def test_faces_are_grouped_by_their_face_descriptor_apart_from_objects():
     from e2v.databuild.build import identity_labels
     from e2v.databuild.video import encode_vector

@@ -266,10 +266,12 @@ def remove_near_duplicates(clips: list[dict], distance: int, tolerance: float) -
     return kept, removed
 
 
-def identity_labels(elements: list[dict], config: BuildConfig, videos: list[str] | None = None) -> np.ndarray:
+def identity_labels(elements: list[dict], config: BuildConfig, videos: list[str] | None = None,
+                    clips: list[str] | None = None) -> np.ndarray:
     """Identity label per element: faces with a face embedding are grouped among themselves by it (at
     ``face_identity_threshold``), every other element by its image embedding (at ``identity_threshold``); with
-    ``videos`` (each element's source video) and ``config.cross_video`` off, only within each video."""
+    ``videos`` (each element's source video) and ``config.cross_video`` off, only within each video; with
+    ``clips`` (each element's clip), two elements of one clip are never one identity."""
     labels = np.zeros(len(elements), np.int64)
     scopes = [None] if videos is None or config.cross_video else sorted(set(videos))
     offset = 0
@@ -280,7 +282,8 @@ def identity_labels(elements: list[dict], config: BuildConfig, videos: list[str]
         for members, key, threshold in ((others, "embedding", config.identity_threshold),
                                         (faces, "face_embedding", config.face_identity_threshold)):
             if members:
-                found = group_identities(np.stack([decode_vector(elements[i][key]) for i in members]), threshold)
+                found = group_identities(np.stack([decode_vector(elements[i][key]) for i in members]), threshold,
+                                         None if clips is None else [clips[i] for i in members])
                 labels[members] = found + offset
                 offset += int(found.max()) + 1
     return labels
@@ -328,7 +331,8 @@ def merge(out: str | os.PathLike, config: BuildConfig, names: list[str] | None =
     kept, duplicates = remove_near_duplicates(clips, config.dedup_distance, config.dedup_tolerance)
     counts["clips_rejected"]["near_duplicate"] += len(duplicates)
     elements = [(clip, n, element) for clip in kept for n, element in enumerate(clip["elements"])]
-    labels = identity_labels([e for _, _, e in elements], config, [clip["video_key"] for clip, _, _ in elements])
+    labels = identity_labels([e for _, _, e in elements], config, [clip["video_key"] for clip, _, _ in elements],
+                             [clip["id"] for clip, _, _ in elements])
     vectors = [{k: decode_vector(e[k]) for k in ("embedding", "face_embedding") if k in e} for _, _, e in elements]
     by_identity: dict[int, list[int]] = defaultdict(list)
     for i, label in enumerate(labels):

@@ -49,14 +49,31 @@ class Appearance:
         return _unit(joined).astype(np.float32)
 
 
-def group_identities(embeddings: np.ndarray, threshold: float) -> np.ndarray:
+def _clusters(distances: np.ndarray, threshold: float, method: str) -> np.ndarray:
+    """Cluster labels ``int [N]`` of a square distance matrix cut at ``threshold`` (scipy ``linkage``)."""
+    if len(distances) < 2:
+        return np.ones(len(distances), np.int64)
+    condensed = distances[np.triu_indices(len(distances), 1)]
+    return fcluster(linkage(condensed, method=method), t=threshold, criterion="distance")
+
+
+def group_identities(embeddings: np.ndarray, threshold: float, apart: list | None = None) -> np.ndarray:
     """Identity labels ``int [N]`` (0.. in order of first appearance) from L2-normalised ``[N, D]`` embeddings:
-    average-linkage clusters whose mean cosine distance stays under ``threshold``."""
-    count = len(embeddings)
-    if count < 2:
-        return np.zeros(count, np.int64)
+    average-linkage clusters whose mean cosine distance stays under ``threshold``. ``apart``: a key per element
+    (its clip); elements with one key are never one identity (two walkers in one shot are two people, however
+    alike their dark silhouettes): their distance counts as the largest, and a cluster that still holds two of
+    them is split by complete linkage, under which no two members lie farther apart than ``threshold``."""
     distances = np.clip(1 - embeddings @ embeddings.T, 0, 2)
-    condensed = distances[np.triu_indices(count, 1)]
-    raw = fcluster(linkage(condensed, method="average"), t=threshold, criterion="distance")
+    if apart is not None:
+        keys = np.array([str(k) for k in apart])
+        same = (keys[:, None] == keys[None, :]) & ~np.eye(len(keys), dtype=bool)
+        distances = np.where(same, 2.0, distances)
+    raw = _clusters(distances, threshold, "average")
+    if apart is not None:
+        for label in np.unique(raw):
+            members = np.flatnonzero(raw == label)
+            if len(set(keys[members])) < len(members):
+                split = _clusters(distances[np.ix_(members, members)], threshold, "complete")
+                raw[members] = raw.max() + split
     order = {label: n for n, label in enumerate(dict.fromkeys(raw.tolist()))}
     return np.array([order[label] for label in raw], np.int64)
