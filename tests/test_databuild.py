@@ -181,6 +181,18 @@ def test_two_elements_of_one_clip_are_never_one_identity():
     assert group_identities(points, threshold=0.12, apart=["clip1", "clip1", "clip2", "clip2"]).tolist() == [0, 1, 0, 1]
 
 
+def test_rgb_to_hsv_equals_colorsys_on_every_row():
+    import colorsys
+
+    from e2v.databuild.captions import rgb_to_hsv
+
+    rng = np.random.default_rng(0)
+    pixels = np.concatenate([rng.uniform(0, 1, (500, 3)), np.round(rng.uniform(0, 1, (200, 3)) * 4) / 4,
+                             np.zeros((1, 3)), np.ones((1, 3))])  # ties between channels, black, white
+    expected = np.array([colorsys.rgb_to_hsv(*px) for px in pixels.tolist()])
+    assert np.allclose(rgb_to_hsv(pixels), expected, atol=1e-9)
+
+
 def test_faces_are_grouped_by_their_face_descriptor_apart_from_objects():
     from e2v.databuild.build import identity_labels
     from e2v.databuild.video import encode_vector

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import colorsys
 import json
 from pathlib import Path
 
@@ -26,10 +25,20 @@ HUES = ((15, "red"), (40, "orange"), (70, "yellow"), (165, "green"), (255, "blue
         (360, "red"))
 
 
+def rgb_to_hsv(rgb: np.ndarray) -> np.ndarray:
+    """``float [N, 3]`` HSV, each in [0, 1], of ``float [N, 3]`` RGB pixels in [0, 1] (:func:`colorsys.rgb_to_hsv`
+    on every row at once)."""
+    high, spread = rgb.max(axis=1), np.ptp(rgb, axis=1)
+    r, g, b = ((high - rgb.T) / np.maximum(spread, 1e-12))
+    hue = np.where(rgb[:, 0] == high, b - g, np.where(rgb[:, 1] == high, 2.0 + r - b, 4.0 + g - r))
+    hue = np.where(spread > 0, (hue / 6.0) % 1.0, 0.0)
+    return np.stack([hue, np.where(high > 0, spread / np.maximum(high, 1e-12), 0.0), high], axis=1)
+
+
 def _pixel_words(rgb: np.ndarray) -> np.ndarray:
     """A basic colour word per ``float [N, 3]`` RGB pixel in [0, 1] (str ``[N]``): black, white, grey, brown, a hue
     word, or "dark" + a hue word for a dark but strongly coloured pixel (a dim red room is no black one)."""
-    hsv = np.stack([np.asarray(colorsys.rgb_to_hsv(*map(float, px))) for px in rgb]) if len(rgb) else np.zeros((0, 3))
+    hsv = rgb_to_hsv(rgb.reshape(-1, 3))
     hue, saturation, value = hsv[:, 0] * 360, hsv[:, 1], hsv[:, 2]
     hues = np.array([word for _, word in HUES])[np.searchsorted([limit for limit, _ in HUES], hue, side="right")
                                                   .clip(0, len(HUES) - 1)]
