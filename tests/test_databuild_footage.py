@@ -245,6 +245,14 @@ def test_cut_detector_takes_no_cut_when_a_face_drifts_out_over_a_plain_sky(tmp_p
     assert cuts == [] and len(registry.build("shot_detector", "cuts").detect(path)) == 1
 
 
+def test_a_flash_inside_a_flashing_shot_with_fast_subjects_is_no_cut(tmp_path, monkeypatch):
+    """A flashing shot of the harder world (seed 31, video 4) whose subjects move the colours by 24 levels across a
+    flash frame (over the hard cut's 20, under twice it): the same picture either side of the flash, no cut."""
+    path, cuts = _hard_world_video(tmp_path, monkeypatch, 31, 4, [0, 1])
+    found = cut_positions(registry.build("shot_detector", "cuts").detect(path))
+    assert len(found) == len(cuts) == 1 and abs(found[0] - cuts[0]) <= 2, (found, cuts)
+
+
 @pytest.mark.parametrize("video,shots", [(1, [4, 5]), (4, [0, 1])])
 def test_cut_detector_sees_a_same_place_cut_into_a_hand_held_shot(tmp_path, monkeypatch, video, shots):
     """POOR (harder raw world, seed 17): cuts within one place into a hand-held shot: the subjects' jump stood out

@@ -213,7 +213,8 @@ class CutDetector:
     ``threshold`` (the same picture either side of the flash, fast subjects moved). One frame unlike both its
     neighbours, which are more alike (a flash frame), starts no shot: it stays with the shot it ends, and the frame
     after it starts one when the frames either side of the flash differ (luma histograms by ``histogram``, or
-    colours by ``threshold``: a shot that ends on a flash and cuts to another picture). A cut within
+    colours by twice ``threshold``, as for a flash above: a shot that ends on a flash and cuts to another picture;
+    a flashing shot's fast subjects move its colours by more than ``threshold`` across a flash). A cut within
     ``min_scene_len`` frames after another is not taken (the video's start is no cut: a black frame or a title card
     before the first picture is a shot of its own).
 
@@ -290,7 +291,7 @@ class CutDetector:
             elif lone(f) or f in near_gradual:
                 starts = False
             elif lone(f - 1):  # the frames either side of the flash before it tell whether the picture changed
-                starts = bridge_histogram[f - 1] >= self.histogram or bridge[f - 1] >= self.threshold
+                starts = bridge_histogram[f - 1] >= self.histogram or bridge[f - 1] >= 2 * self.threshold
             else:
                 spans = [bridge[g] for g in (f, f - 1) if 1 <= g < len(change) - 1]  # over the frame, or the one before
                 flash = bool(spans) and min(spans) < min(change[f] / 2, 2 * self.threshold)
