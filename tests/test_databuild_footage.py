@@ -224,7 +224,8 @@ def _hard_world_video(tmp_path, monkeypatch, seed: int, video: int, shots: list[
     """A video of some of the harder raw world's shots (seed ``seed``, video ``video``, shot indices ``shots``; its
     plans drawn as ``synthesize_raw`` draws them, only that video written) and its true cuts."""
     plans = {}
-    monkeypatch.setattr(raw_synth, "_write_video_and_truth", lambda out, name, found, *args: plans.setdefault(name, found))
+    monkeypatch.setattr(raw_synth, "_write_video_and_truth",
+                        lambda out, name, found, *args: plans.setdefault(name, found))
     raw_synth.synthesize_raw(tmp_path / "plans", videos=video + 1, heldout=0, height=128, width=128, seed=seed,
                              hard=True, broken=False, progress=False)
     monkeypatch.undo()
@@ -494,9 +495,10 @@ def test_phase_shift_leaves_its_pictures_as_they_are():
 
 def test_frame_shifts_follow_a_pan_over_faint_gravel_past_two_large_subjects():
     """POOR (harder raw world, seed 9): the camera pans 3.75 px a frame over faint grey gravel while a dark cup and a
-    bright star, each about a third of the frame tall, drift up and out; the whole picture's phase correlation followed the
-    subjects (the chain read 70 px up and 33 px left where the camera had moved 90 px left), so the plate was a
-    blur and the element the whole frame. Most blocks of the picture show the gravel: their shift is the camera's."""
+    bright star, each about a third of the frame tall, drift up and out; the whole picture's phase correlation
+    followed the subjects (the chain read 70 px up and 33 px left where the camera had moved 90 px left), so the
+    plate was a blur and the element the whole frame. Most blocks of the picture show the gravel: their shift is
+    the camera's."""
     from e2v.databuild.camera import frame_shifts
 
     rng = np.random.default_rng(1)

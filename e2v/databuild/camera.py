@@ -2,8 +2,9 @@
 plate can be made from a panning shot (align, then median) and moving elements found against it.
 
 Shifts are ``float [F, 2]`` ``(dx, dy)`` in pixels: the content at ``(x, y)`` of the reference is at
-``(x + dx, y + dy)`` in the frame. Estimated by phase correlation of luma at ``side`` px (window-weighted; at 128 px chained errors reach a pixel), chained
-frame to frame so that pans wider than the correlation's reach still line up.
+``(x + dx, y + dy)`` in the frame. Estimated by phase correlation of luma at ``side`` px (window-weighted; at 128 px
+chained errors reach a pixel), each step the shift most textured blocks of the picture agree on (:func:`step_shift`),
+chained frame to frame so that pans wider than the correlation's reach still line up.
 """
 
 from __future__ import annotations

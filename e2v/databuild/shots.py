@@ -208,15 +208,15 @@ class CutDetector:
     out ``ratio`` times over those medians and twice over each neighbour's (a cut inside one location: the background
     stays, the subjects jump; in the local change of the ``4%`` of pixels that changed most, that change also no
     smaller than its neighbours' with the frames as they are, no shake taken out, and twice, not ``ratio`` times,
-    the median after it: a cut into a hand-held shot, whose shake stays in the local change); but not into or out of a flash:
-    when the frames either side of it, or of the frame before it, differ by under half its change and under twice
-    ``threshold`` (the same picture either side of the flash, fast subjects moved). One frame unlike both its
-    neighbours, which are more alike (a flash frame), starts no shot: it stays with the shot it ends, and the frame
-    after it starts one when the frames either side of the flash differ (luma histograms by ``histogram``, or
-    colours by twice ``threshold``, as for a flash above: a shot that ends on a flash and cuts to another picture;
-    a flashing shot's fast subjects move its colours by more than ``threshold`` across a flash). A cut within
-    ``min_scene_len`` frames after another is not taken (the video's start is no cut: a black frame or a title card
-    before the first picture is a shot of its own).
+    the median after it: a cut into a hand-held shot, whose shake stays in the local change); but not into or out
+    of a flash: when the frames either side of it, or of the frame before it, differ by under half its change and
+    under twice ``threshold`` (the same picture either side of the flash, fast subjects moved). One frame unlike
+    both its neighbours, which are more alike (a flash frame), starts no shot: it stays with the shot it ends, and
+    the frame after it starts one when the frames either side of the flash differ (luma histograms by
+    ``histogram``, or colours by twice ``threshold``, as for a flash above: a shot that ends on a flash and cuts to
+    another picture; a flashing shot's fast subjects move its colours by more than ``threshold`` across a flash).
+    A cut within ``min_scene_len`` frames after another is not taken (the video's start is no cut: a black frame or
+    a title card before the first picture is a shot of its own).
 
     Gradual transitions (dissolves, fades to or from black) are cut at their middle, the first frame of their run
     that is at least half the incoming picture, and no hard cut is taken within ``2 span`` frames of that middle (a
@@ -281,6 +281,7 @@ class CutDetector:
         cuts, last = [], -self.min_scene_len
         gradual = {cut for _, _, cut in runs}
         near_gradual = {g for f in gradual for g in range(f - 2 * self.span, f + 2 * self.span + 1)}
+
         def lone(g: int) -> bool:  # frame g unlike both neighbours, which are more alike: one flash frame
             return 1 <= g < len(change) - 1 and min(change[g], change[g + 1]) >= self.threshold \
                 and bridge[g] < min(change[g], change[g + 1]) / 2
