@@ -45,25 +45,25 @@ def step_shift(a: np.ndarray, b: np.ndarray, window: np.ndarray, prior: np.ndarr
     if not found:
         return whole
 
-    def supporters(shift: np.ndarray) -> list[tuple[slice, slice]]:
-        return [block for block, s in found if np.abs(s - shift).max() <= near]
+    def support(shift: np.ndarray) -> int:
+        return sum(1 for _, s in found if np.abs(s - shift).max() <= near)
 
     candidates = [whole, *(s for _, s in found)]
-    best = max(len(supporters(c)) for c in candidates)
-    contenders = [c for c in candidates if 4 * len(supporters(c)) >= 3 * best]
-    pick = min(contenders, key=lambda c: np.abs(c - prior).max()) if prior is not None else \
-        max(contenders, key=lambda c: len(supporters(c)))
+    best = max(map(support, candidates))
+    contenders = [c for c in candidates if 4 * support(c) >= 3 * best]
+    pick = min(contenders, key=lambda c: np.abs(c - prior).max()) if prior is not None else max(contenders, key=support)
     if np.abs(pick - whole).max() <= near:
         return whole
+    agreed = [(block, s) for block, s in found if np.abs(s - pick).max() <= near]
     on = np.zeros(a.shape, bool)
-    for block in supporters(pick):
+    for block, _ in agreed:
         on[block] = True
     on[: h // 4], on[-(h // 4):], on[:, : w // 4], on[:, -(w // 4):] = False, False, False, False  # moved-in edges
 
     def cost(shift: np.ndarray) -> float:
         return float(np.abs(translate(b, -shift) - a)[on].mean())
 
-    centre = np.mean([s for block, s in found if block in supporters(pick)], axis=0)
+    centre = np.mean([s for _, s in agreed], axis=0)
     for step in (0.5, 0.25):  # the supporters' mean runs a few percent short of a long shift: refined on them
         centre = min((centre + step * np.array([dx, dy]) for dy in (-2, -1, 0, 1, 2) for dx in (-2, -1, 0, 1, 2)),
                      key=cost)

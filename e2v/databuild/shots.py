@@ -92,11 +92,13 @@ def _translation(onto: np.ndarray, x: np.ndarray, window: np.ndarray) -> np.ndar
                    -reach, reach)
 
 
-def _differences(a: np.ndarray, b: np.ndarray, window: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _differences(a: np.ndarray, b: np.ndarray, window: np.ndarray,
+                 shift: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per-pixel absolute colour changes ``[h, w, 3]`` from ``float32 [h, w, 3]`` ``a`` to ``b``: as they are, and
-    ``[h', w', 3]`` once ``b`` is moved back by the camera's translation between them (a hand-held camera's shake
-    is no change), over the pixels both show. Each measure takes the smaller of the two."""
-    shift = _translation(a, b, window)
+    ``[h', w', 3]`` once ``b`` is moved back by the camera's translation between them (``shift``, found when not
+    given; a hand-held camera's shake is no change), over the pixels both show. Each measure takes the smaller of
+    the two."""
+    shift = _translation(a, b, window) if shift is None else shift
     back = translate(b, -shift)
     bx, by = (int(abs(v)) + 1 for v in shift)
     return np.abs(b - a), np.abs(back - a)[by:-by, bx:-bx]
@@ -118,10 +120,10 @@ def _local(difference: np.ndarray, share: float = 0.04, border: float = 0.125) -
     return float(np.partition(values, -top)[-top:].mean())
 
 
-def _change(a: np.ndarray, b: np.ndarray, window: np.ndarray) -> float:
+def _change(a: np.ndarray, b: np.ndarray, window: np.ndarray, shift: np.ndarray | None = None) -> float:
     """Mean colour change from ``float32 [h, w, 3]`` ``a`` to ``b``: the smaller :func:`_level` of
     :func:`_differences`."""
-    return min(map(_level, _differences(a, b, window)))
+    return min(map(_level, _differences(a, b, window, shift)))
 
 
 def _aligned(a: np.ndarray, m: np.ndarray, window: np.ndarray) -> np.ndarray:
@@ -138,7 +140,8 @@ def _blend_fit(a: np.ndarray, m: np.ndarray, b: np.ndarray, window: np.ndarray) 
     as inside a dissolve; about 1 next to a hard cut or for motion); the correlation of ``a``'s and ``b``'s luma, as
     they are or ``b`` moved onto ``a``, the larger (near 1: one picture, brighter, darker or shaken: a striped
     background shaken by half a stripe anticorrelates as it is; 0 when either is flat, as a black frame); and ``t``."""
-    change = _change(a, b, window)
+    shift = _translation(a, b, window)  # the camera's, from a to b: for the change and the correlation
+    change = _change(a, b, window, shift)
     fits = []
     for x, y in ((a, b), (_aligned(a, m, window), _aligned(b, m, window))):  # as they are, and moved onto m
         d = (y - x).ravel()
@@ -147,7 +150,7 @@ def _blend_fit(a: np.ndarray, m: np.ndarray, b: np.ndarray, window: np.ndarray) 
         ends = min(float(np.abs(m - e).mean(axis=(0, 1)).max()) for e in (x, y))
         fits.append((residual / max(ends, 1.0), t))
     fit, t = min(fits)
-    return change, fit, max(_correlation(a, b), _correlation(a, _aligned(b, a, window))), t
+    return change, fit, max(_correlation(a, b), _correlation(a, translate(b, -shift))), t
 
 
 def _correlation(a: np.ndarray, b: np.ndarray) -> float:
