@@ -46,6 +46,8 @@ class BuildConfig:
     max_subjects: int = 2  # largest moving elements kept per clip (references = subjects + background)
     crop_margin: float = 0.15  # white margin around a subject crop, each way, share of its longest side
     crop_erode: int = 1  # pixels a segmentation mask is eroded by before cropping (drops background-blended rims)
+    crop_holders: bool = True  # an object's crop leaves out the skin-coloured hand and arm holding it (it moves
+    # with them: OpenCV's box.mp4 and cup.mp4 gave the object with the forearm); people and faces are never split
     reference_turn: float = 0.0  # > 0: a cross-clip reference is its source crop turned by this many degrees
     # (either way) and shrunk 0.9 on white, a pose no clip shows. Off by default: another clip's crop already shows
     # another pose, and turning small crops blends their colours (raw world: colour match 0.685 -> 0.661 at 15)

@@ -29,6 +29,7 @@ from e2v.atomic import write_json_atomic
 from e2v.databuild.captions import colour_name
 from e2v.databuild.config import BuildConfig
 from e2v.databuild.elements import Track, completeness, link_tracks, merge_duplicates
+from e2v.databuild.holders import split_holder
 from e2v.databuild.shots import iter_frames
 from e2v.databuild.stages import ClipContext
 from e2v.datamodules.video_io import VideoDecodeError, frame_times, probe_video, save_image, write_video
@@ -228,10 +229,17 @@ def _even(frames: np.ndarray) -> np.ndarray:
 
 
 def _crop(track: Track, clip: np.ndarray, frame: int, config: BuildConfig) -> np.ndarray:
-    """The element's crop on white in ``frame`` (its box when the detector gave no mask)."""
+    """The element's crop on white in ``frame`` (its box when the detector gave no mask); an object's without the
+    hand and arm holding it (``config.crop_holders``, :func:`e2v.databuild.holders.split_holder`)."""
     detection = track.detections[frame]
     mask = detection.mask if detection.mask is not None else np.ones(clip.shape[1:3], bool)  # erosion keeps all-ones
-    return crop_on_white(clip[frame], mask, detection.box, config.crop_margin, config.crop_erode)
+    box = detection.box
+    if config.crop_holders and track.kind == "object" and detection.mask is not None:
+        held, holder = split_holder(clip[frame], mask)
+        if holder is not None:
+            ys, xs = np.nonzero(held)
+            mask, box = held, (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+    return crop_on_white(clip[frame], mask, box, config.crop_margin, config.crop_erode)
 
 
 def _element(track: Track, clip: np.ndarray, clip_id: str, index: int, out: Path,
