@@ -16,7 +16,7 @@ SHIPPED: dict[tuple[str, str], tuple[str, str, str]] = {
         "tiny_world_vae", "model.safetensors", "1efecb27cebb039ced100e989fdcf2ddfedbb5814d4695607d983841b4e131f3"),
     ("dit", "tiny-world-base"): (
         "tiny_world_base/transformer", "diffusion_pytorch_model.safetensors",
-        "d3bf3d6f8071c6babb50c5dcb087d98d57a3a31aca4f559066b6798e2f09cf17"),
+        "fc3ba700788fa80df9160a139b1090b7e2f58539e84c3222ee7104ceb9f2db98"),
     ("image_encoder", "tiny-world"): (
         "tiny_world_refenc", "model.safetensors", "71aeebaf12b62355ab64bcaa48945aef2c39e9fdc0a90435ba0d489ddedd08eb"),
 }

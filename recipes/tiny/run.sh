@@ -4,7 +4,7 @@
 # (exits non-zero when a margin is missed). The VAE, the reference encoder and the base DiT are shipped tiny-world
 # assets (e2v/assets/tiny_world_*), as real E2V training starts from pretrained Wan2.1-I2V / CLIP weights.
 # `bash recipes/tiny/run.sh --from-scratch` trains them too (VAE, reference encoder, base DiT on its own
-# video-prediction world: about an hour on 2 cores; the margins are printed, not enforced). Run from the
+# video-prediction world: about an hour and a half on 2 cores; the margins are printed, not enforced). Run from the
 # repository root (the recipes' paths are relative to it). Each stage's wall time is printed at the end.
 set -euo pipefail
 from_scratch=false
@@ -30,7 +30,7 @@ rm -rf "$world/cache"  # the E2V fit encodes the fresh world with this run's com
 fit_args=()
 check=(--check)
 if $from_scratch; then
-  rm -rf runs/tiny/vae runs/tiny/refenc runs/tiny/base
+  rm -rf runs/tiny/vae runs/tiny/refenc runs/tiny/base runs/tiny/base-long
   base_world=data/tiny_base_world
   stage "base world" e2v data synth --out "$base_world" --clips 3000 --heldout 0 --zeroshot 0 --frames 17 \
     --height 32 --width 32 --background-ref-prob 1.0 --prediction --seed 1 --workers 2
@@ -42,8 +42,15 @@ if $from_scratch; then
   stage "base DiT" e2v fit --config recipes/tiny/base.yaml --model.init_args.vae "$vae" \
     --model.init_args.image_encoder "$encoder"
   e2v export runs/tiny/base/checkpoints/last.ckpt --out runs/tiny/base/export --weights ema
+  # the shipped base trains on from there: 16000 more steps at half the learning rate (e2v/assets/tiny_world_base)
+  stage "base DiT, continued" e2v fit --config recipes/tiny/base.yaml --model.init_args.vae "$vae" \
+    --model.init_args.image_encoder "$encoder" \
+    --model.init_args.dit '{"name": "wan", "weights": "runs/tiny/base/export/transformer"}' \
+    --model.init_args.optimizer.init_args.lr 5e-4 --trainer.max_steps 16000 --trainer.val_check_interval 4000 \
+    --trainer.default_root_dir runs/tiny/base-long
+  e2v export runs/tiny/base-long/checkpoints/last.ckpt --out runs/tiny/base-long/export --weights ema
   fit_args=(--model.init_args.vae "$vae" --model.init_args.image_encoder "$encoder"
-            --model.init_args.dit '{"name": "wan", "weights": "runs/tiny/base/export/transformer"}')
+            --model.init_args.dit '{"name": "wan", "weights": "runs/tiny/base-long/export/transformer"}')
   check=()
 fi
 rm -rf runs/tiny/e2v  # this run's E2V fit starts fresh (a run folder holding another run is refused)
