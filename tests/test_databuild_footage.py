@@ -674,21 +674,24 @@ def test_a_held_object_s_crop_leaves_out_the_skin_coloured_arm_holding_it():
 
 
 def test_a_skin_coloured_object_is_no_holder_whole_away_from_the_border_or_beside_an_object_cut_by_it():
-    """The skin box holds wood, browns and dark reds: an element that is all skin, skin that reaches no border, or
-    an object that itself reaches the border (a car coming in with dark red shading) is left whole; a blue cup
-    inside the picture with skin out to the border is split."""
+    """The skin box holds wood, browns and dark reds: an element that is all skin, skin that reaches no border, an
+    object that itself reaches the border, or skin over half the element (a dark red car coming in) is left whole;
+    a blue cup inside the picture with a forearm of skin out to the border is split."""
     from e2v.databuild.holders import split_holder
 
-    def scene(cup: slice, skin: slice) -> tuple[np.ndarray, np.ndarray]:
+    def scene(cup: slice, skin: slice) -> tuple[np.ndarray, np.ndarray]:  # a cup 40 px tall, skin 10 px tall
         frame = np.full((60, 80, 3), 200, np.uint8)
-        frame[20:40, skin] = (150, 100, 60)
-        frame[20:40, cup] = (30, 40, 90)
+        frame[25:35, skin] = (150, 100, 60)
+        frame[10:50, cup] = (30, 40, 90)
         return frame, frame[..., 0] < 180
 
-    for cup, skin in [(slice(0, 0), slice(30, 80)), (slice(10, 30), slice(30, 70)), (slice(0, 20), slice(20, 80))]:
+    for cup, skin in [(slice(0, 0), slice(30, 80)),  # all skin
+                      (slice(10, 30), slice(30, 70)),  # skin off the border
+                      (slice(0, 20), slice(20, 80)),  # the cup at the border itself
+                      (slice(46, 50), slice(50, 80))]:  # skin over half the element
         frame, element = scene(cup, skin)
         mask, holder = split_holder(frame, element)
         assert holder is None and (mask == element).all()
-    frame, element = scene(slice(10, 30), slice(30, 80))
+    frame, element = scene(slice(10, 40), slice(40, 80))
     mask, holder = split_holder(frame, element)
-    assert mask.sum() == 400 and mask[20:40, 10:30].all() and holder.sum() == 1000
+    assert mask.sum() == 1200 and mask[10:50, 10:40].all() and holder.sum() == 400

