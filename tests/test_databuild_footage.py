@@ -622,13 +622,13 @@ def test_identities_are_grouped_within_each_video_unless_cross_video():
     assert identity_labels(elements, dataclasses.replace(BuildConfig(), cross_video=True), videos).tolist() == [0] * 4
 
 
-def _held_clip(arm_colour=(214, 164, 132), frames: int = 17) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _held_clip(frames: int = 17) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A dark blue textured cup held by a forearm that enters from the right border, both rising 2 px a frame
     over a light grey wall: ``(frames uint8 [F, 120, 160, 3], cup masks bool [F, 120, 160], arm masks)``."""
     rng = np.random.default_rng(1)
     wall = np.clip(200 + rng.normal(0, 4, (120, 160, 3)), 0, 255)
     cup_texture = np.clip(np.array([30, 40, 90]) + rng.normal(0, 12, (120, 160, 3)), 0, 255)
-    arm_texture = np.clip(np.array(arm_colour) + rng.normal(0, 6, (120, 160, 3)), 0, 255)
+    arm_texture = np.clip(np.array([214, 164, 132]) + rng.normal(0, 6, (120, 160, 3)), 0, 255)
     clip, cups, arms = [], [], []
     for f in range(frames):
         top = 66 - 2 * f
