@@ -27,7 +27,7 @@ import numpy as np
 from e2v import registry
 from e2v.databuild.camera import frame_shifts, translate
 from e2v.databuild.elements import (MotionSegmenter, Track, box_area, box_inside, box_iou, link_tracks,
-                                    whole_parts)
+                                    mask_box, whole_parts)
 from e2v.databuild.stages import Box, Detection
 from e2v.registry import register
 
@@ -473,8 +473,6 @@ class PackagedDetector:
                                                                cv2.BORDER_CONSTANT, cv2.INTER_NEAREST).astype(bool)
                 if not full.any():
                     continue
-                ys, xs = np.nonzero(full)
-                found_box = (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
                 share = float(full.mean()) * (1.0 if f in masks else 0.99)  # key frames are the best frames
-                out[f].append(Detection(found_box, full, track.kind, share))
+                out[f].append(Detection(mask_box(full), full, track.kind, share))
         return out

@@ -125,9 +125,7 @@ class MotionSegmenter:
                 area = int(part.sum())
                 if area < min_pixels:
                     continue
-                ys, xs = np.nonzero(part)
-                box = (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
-                found.append(Detection(box, part, "object", area / (height * width)))
+                found.append(Detection(mask_box(part), part, "object", area / (height * width)))
             out.append(found)
         return out
 
@@ -168,6 +166,12 @@ class Track:
     @property
     def mean_area(self) -> float:
         return float(np.mean([d.score for d in self.detections if d is not None]))
+
+
+def mask_box(mask: np.ndarray) -> Box:
+    """The bounding box ``(x0, y0, x1, y1)`` (x1/y1 exclusive) of a non-empty ``bool [H, W]`` mask."""
+    ys, xs = np.nonzero(mask)
+    return float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)
 
 
 def box_area(box: Box) -> float:

@@ -28,7 +28,7 @@ from e2v import registry
 from e2v.atomic import write_json_atomic
 from e2v.databuild.captions import colour_name
 from e2v.databuild.config import BuildConfig
-from e2v.databuild.elements import Track, completeness, link_tracks, merge_duplicates
+from e2v.databuild.elements import Track, completeness, link_tracks, mask_box, merge_duplicates
 from e2v.databuild.holders import split_holder
 from e2v.databuild.shots import iter_frames
 from e2v.databuild.stages import ClipContext
@@ -237,8 +237,7 @@ def _crop(track: Track, clip: np.ndarray, frame: int, config: BuildConfig) -> np
     if config.crop_holders and track.kind == "object" and detection.mask is not None:
         held, holder = split_holder(clip[frame], mask)
         if holder is not None:
-            ys, xs = np.nonzero(held)
-            mask, box = held, (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+            mask, box = held, mask_box(held)
     return crop_on_white(clip[frame], mask, box, config.crop_margin, config.crop_erode)
 
 
