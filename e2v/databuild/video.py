@@ -288,7 +288,7 @@ def _process_clip(stages: Stages, config: BuildConfig, job: VideoJob, clip: np.n
     plate = clean_plate(stages.plate, stages.detector, shot_frames)
     height, width = clip.shape[1:3]
     tracks = merge_duplicates(link_tracks(stages.detector.detect(clip, plate), max(height, width),
-                                          min_coverage=config.min_track))
+                                          min_coverage=config.min_track, same_kind=True))
     if not tracks:
         return None, "no_elements", values
     tracks = sorted(sorted(tracks, key=lambda t: -t.mean_area)[: config.max_subjects],
