@@ -200,17 +200,18 @@ def link_tracks(per_frame: list[list[Detection]], frame_side: int, min_iou: floa
             def other_kind(t: int) -> bool:
                 return same_kind and last(tracks[t]).kind != det.kind
 
-            overlaps = [(other_kind(t), -box_iou(last(tracks[t]).box, det.box), -t) for t in free]
-            overlaps = [key for key in overlaps if -key[1] >= min_iou]
-            best = -min(overlaps)[2] if overlaps else None
+            iou = {t: box_iou(last(tracks[t]).box, det.box) for t in free}
+            # the most overlapping (the latest track on ties)
+            best = min((t for t in free if iou[t] >= min_iou), key=lambda t: (other_kind(t), -iou[t], -t),
+                       default=None)
             if best is None:
                 cx, cy = (det.box[0] + det.box[2]) / 2, (det.box[1] + det.box[3]) / 2
-                jumps = [(other_kind(t), np.hypot(cx - tracks[t].centre(tracks[t].frames[-1])[0],
-                                                  cy - tracks[t].centre(tracks[t].frames[-1])[1]), t) for t in free]
-                jumps = [(k, d, t) for k, d, t in jumps if d <= max_jump * frame_side
-                         and box_area(last(tracks[t]).box) <= max_growth * box_area(det.box)
-                         and box_area(det.box) <= max_growth * box_area(last(tracks[t]).box)]
-                best = min(jumps)[2] if jumps else None
+                jump = {t: np.hypot(cx - tracks[t].centre(tracks[t].frames[-1])[0],
+                                    cy - tracks[t].centre(tracks[t].frames[-1])[1]) for t in free}
+                near = [t for t in free if jump[t] <= max_jump * frame_side
+                        and box_area(last(tracks[t]).box) <= max_growth * box_area(det.box)
+                        and box_area(det.box) <= max_growth * box_area(last(tracks[t]).box)]
+                best = min(near, key=lambda t: (other_kind(t), jump[t], t), default=None)
             if best is None:
                 tracks.append(Track([None] * count))
                 best = len(tracks) - 1
