@@ -15,7 +15,7 @@ from e2v.databuild.camera import frame_shifts, translate
 from e2v.databuild.config import BuildConfig
 from e2v.databuild.detectors import _walks, person_from_face
 from e2v.databuild.elements import box_iou
-from e2v.databuild.shots import cut_positions
+from e2v.databuild.shots import cut_positions, iter_frames
 from e2v.databuild.video import _plate_frames, _windows
 from e2v.datamodules.video_io import write_video
 
@@ -190,6 +190,24 @@ def test_cut_detector_sees_near_still_subjects_jump_within_one_grey_place(tmp_pa
     assert len(found) == 1 and abs(found[0] - cut) <= 2, (found, cut)
     mean_only = registry.build("shot_detector", {"name": "cuts", "min_local": float("inf")})
     assert cut_positions(mean_only.detect(video)) == []
+
+
+def test_cut_detector_takes_no_cut_between_held_frames_and_finds_the_cuts(tmp_path):
+    """Footage at a lower frame rate shown at a higher one, or animation drawn on twos and threes: each picture
+    held for 2 or 3 frames (a 10 fps shot at 25 fps: 3, 2, 3, 2...). Its held frames change by nothing, so each
+    moving frame between them stood out as a cut (OpenCV's vtest.avi at 25 fps: a false cut every 12 frames, the
+    true cut after them lost to the minimum shot length). Two grey shots of one place and one of another."""
+    first = _plan(seed=21, saturation=0.0)
+    same_place = _plan(seed=22, saturation=0.0, background=first.background, window=first.window, photo=first.photo)
+    other = _plan(seed=23, saturation=0.0)
+    raw_synth._write_video_and_truth(tmp_path, "v", [first, same_place, other], 96, 96, raw_synth.RAW_FPS)
+    truth = json.loads((tmp_path / "truth" / "v.json").read_text())
+    frames = list(iter_frames(str(tmp_path / "videos" / "v.mp4")))
+    source = np.repeat(np.arange(len(frames)), [3 - i % 2 for i in range(len(frames))])  # held 3, 2, 3, 2, ...
+    write_video(tmp_path / "held.mp4", np.stack([frames[i] for i in source]), fps=25.0)
+    cuts = [int(np.searchsorted(source, s["start"])) for s in truth["shots"][1:]]  # first frame showing each shot
+    found = cut_positions(registry.build("shot_detector", "cuts").detect(str(tmp_path / "held.mp4")))
+    assert len(found) == len(cuts) and all(abs(a - b) <= 2 for a, b in zip(found, cuts)), (found, cuts)
 
 
 def test_cut_detector_takes_no_cut_when_a_subject_leaves_the_picture_at_once(tmp_path):

@@ -259,23 +259,44 @@ class CutDetector:
                          int(over[0]) if over else (int(run[0]) + int(run[-1]) + 1) // 2))
         return runs
 
-    def _stands_out(self, values: np.ndarray, f: int, ratio: float, after: float | None = None) -> bool:
+    def held_frames(self, change: np.ndarray, raw_local: np.ndarray) -> np.ndarray:
+        """``bool [N]``: frames that repeat the one before (footage at a lower frame rate, animation drawn on twos
+        or threes): almost no change (under ``1``), and a local change under a tenth of a neighbour's. Their
+        near-zero changes would make every moving frame between them stand out as a cut; the tests below compare a
+        frame with the frames around it that are not holds."""
+        neighbours = np.maximum(np.r_[0.0, raw_local[:-1]], np.r_[raw_local[1:], 0.0])
+        return (change < 1.0) & (raw_local < 0.1 * neighbours)
+
+    def _around(self, f: int, moving: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The ``window`` frames of ``moving`` (sorted frame indices, no holds, frame 0 left out) before ``f`` and
+        those after it."""
+        i = int(np.searchsorted(moving, f))
+        j = i + 1 if i < len(moving) and moving[i] == f else i
+        return moving[max(0, i - self.window): i], moving[j: j + self.window]
+
+    def _stands_out(self, values: np.ndarray, f: int, moving: np.ndarray, ratio: float,
+                    after: float | None = None) -> bool:
         """Whether ``values[f]`` is ``ratio`` times over the median of the ``window`` values before it and
         ``after`` times (default ``ratio``) over that of those after it (not the start or end of a faster stretch,
-        nor part of a shaking camera's)."""
-        sides = [(values[max(1, f - self.window): f], ratio), (values[f + 1: f + 1 + self.window], after or ratio)]
+        nor part of a shaking camera's); holds left out (``moving``: :meth:`_around`)."""
+        before, later = self._around(f, moving)
+        sides = [(values[before], ratio), (values[later], after or ratio)]
         return all(values[f] >= times * max(float(np.median(side)), 0.5) for side, times in sides if len(side))
 
-    def _spike(self, values: np.ndarray, f: int) -> bool:
-        """Whether ``values[f]`` is twice each of its neighbours' (one frame's jump, not a burst of fast motion)."""
-        return all(values[f] >= 2 * values[g] for g in (f - 1, f + 1) if 1 <= g < len(values))
+    def _neighbours(self, f: int, moving: np.ndarray) -> list[int]:
+        """The nearest frames before and after ``f`` that are not holds (``moving``), where there are."""
+        before, later = self._around(f, moving)
+        return [int(g) for g in (*before[-1:], *later[:1])]
 
-    @staticmethod
-    def _no_less(values: np.ndarray, f: int) -> bool:
+    def _spike(self, values: np.ndarray, f: int, moving: np.ndarray) -> bool:
+        """Whether ``values[f]`` is twice each of its neighbours' (one frame's jump, not a burst of fast motion)."""
+        return all(values[f] >= 2 * values[g] for g in self._neighbours(f, moving))
+
+    def _no_less(self, values: np.ndarray, f: int, moving: np.ndarray) -> bool:
         """Whether ``values[f]`` is at least each of its neighbours' (a jump adds change to the frames as they are;
         where the phase correlation followed a subject across a flat background, the frames before had their change
         taken out and the frame where it let go looked like a jump: a face leaving the picture)."""
-        return all(values[f] >= values[g] for g in (f - 1, f + 1) if 1 <= g < len(values))
+        return all(values[f] >= values[g] for g in self._neighbours(f, moving))
 
     def cut_frames(self, signals: np.ndarray, runs: list[tuple[int, int, int]] = ()) -> list[int]:
         """Frames that start a shot (sorted, without 0), from the per-frame signals ``[N, 6]`` of ``_signals`` and
@@ -284,6 +305,8 @@ class CutDetector:
         cuts, last = [], -self.min_scene_len
         gradual = {cut for _, _, cut in runs}
         near_gradual = {g for f in gradual for g in range(f - 2 * self.span, f + 2 * self.span + 1)}
+        moving = np.flatnonzero(~self.held_frames(change, raw_local))
+        moving = moving[moving >= 1]
 
         def lone(g: int) -> bool:  # frame g unlike both neighbours, which are more alike: one flash frame
             return 1 <= g < len(change) - 1 and min(change[g], change[g + 1]) >= self.threshold \
@@ -301,11 +324,11 @@ class CutDetector:
                 flash = bool(spans) and min(spans) < min(change[f] / 2, 2 * self.threshold)
                 starts = not flash and (
                     histogram[f] >= self.histogram
-                    or (change[f] >= self.threshold and self._stands_out(change, f, 2.0))
-                    or (change[f] >= self.min_change and self._stands_out(change, f, self.ratio)
-                        and self._spike(change, f))
-                    or (local[f] >= self.min_local and self._stands_out(local, f, self.ratio, after=2.0)
-                        and self._spike(local, f) and self._no_less(raw_local, f)))
+                    or (change[f] >= self.threshold and self._stands_out(change, f, moving, 2.0))
+                    or (change[f] >= self.min_change and self._stands_out(change, f, moving, self.ratio)
+                        and self._spike(change, f, moving))
+                    or (local[f] >= self.min_local and self._stands_out(local, f, moving, self.ratio, after=2.0)
+                        and self._spike(local, f, moving) and self._no_less(raw_local, f, moving)))
             if starts:
                 if f - last >= self.min_scene_len:  # a short last shot stays one (rejected too short, not joined)
                     cuts.append(f)
