@@ -254,8 +254,8 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--max-references", type=int, default=3)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--solver", default="euler")
-    parser.add_argument("--shift", type=float, default=3.0)
+    parser.add_argument("--solver", default=None, help="the sampler (default: the checkpoint's sample_solver)")
+    parser.add_argument("--shift", type=float, default=None, help="its shift (default: the checkpoint's)")
     parser.add_argument("--guidance", type=float, default=1.0, help="text guidance (1 = off)")
     parser.add_argument("--image-guidance", type=float, default=None,
                         help="reference guidance of dual guidance (None = off; every arm uses the same sampler)")
@@ -271,7 +271,9 @@ def main() -> None:
     if args.clips < 2:
         parser.error("--clips must be >= 2 (the shuffled baseline needs another clip)")
     splits = parse_splits(args, parser)
-    solver = {"name": args.solver, "shift": args.shift}
+    solver = None  # the run's own sample_solver, as `e2v generate` samples it
+    if args.solver or args.shift is not None:
+        solver = {"name": args.solver or "euler", **({} if args.shift is None else {"shift": args.shift})}
     trained = E2VPipeline.from_checkpoint(args.checkpoint, solver=solver, device="cpu")
     untrained = None
     if args.untrained:
