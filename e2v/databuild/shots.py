@@ -219,7 +219,9 @@ class CutDetector:
     ``histogram``, or colours by twice ``threshold``, as for a flash above: a shot that ends on a flash and cuts to
     another picture; a flashing shot's fast subjects move its colours by more than ``threshold`` across a flash).
     A cut within ``min_scene_len`` frames after another is not taken (the video's start is no cut: a black frame or
-    a title card before the first picture is a shot of its own).
+    a title card before the first picture is a shot of its own). The medians and neighbours these tests compare a
+    frame with leave out held frames (:meth:`held_frames`: a picture repeated, as in footage shown above its frame
+    rate or animation drawn on twos).
 
     Gradual transitions (dissolves, fades to or from black) are cut at their middle, the first frame of their run
     that is at least half the incoming picture, and no hard cut is taken within ``2 span`` frames of that middle (a
