@@ -46,6 +46,7 @@ from e2v.datamodules.triplets import TripletDataModule
 from e2v.datamodules.video_io import save_image
 from e2v.modules.weights import load_checkpoint
 from e2v.pipeline.pipeline import E2VPipeline
+from e2v.pipeline.sampling import read_saved, resolve
 
 # per split: margin name -> required value; (a) own - flat, (p) own - plate, (b) own - shuffled,
 # (c) colour match own - swapped, (d) shape match own - swapped: a share of the truth clips' own - swapped shape
@@ -271,9 +272,9 @@ def main() -> None:
     if args.clips < 2:
         parser.error("--clips must be >= 2 (the shuffled baseline needs another clip)")
     splits = parse_splits(args, parser)
-    solver = None  # the run's own sample_solver, as `e2v generate` samples it
-    if args.solver or args.shift is not None:
-        solver = {"name": args.solver or "euler", **({} if args.shift is None else {"shift": args.shift})}
+    # the run's saved sampling settings (as `e2v generate` samples it), --solver / --shift over them
+    sampling = resolve(read_saved(args.checkpoint), {"solver": args.solver, "shift": args.shift}, where=args.checkpoint)
+    solver = sampling.settings.solver_spec()
     trained = E2VPipeline.from_checkpoint(args.checkpoint, solver=solver, device="cpu")
     untrained = None
     if args.untrained:
