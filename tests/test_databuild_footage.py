@@ -159,6 +159,20 @@ def test_a_shot_that_ends_on_a_flash_and_cuts_to_another_picture_is_a_cut(tmp_pa
     assert detector.detect(str(tmp_path / "flash.mp4")) == [(0, 61)]
 
 
+def test_a_flash_frame_before_a_cut_stays_with_the_shot_it_ends_when_the_pictures_differ_by_more_than_half(tmp_path):
+    """POOR (harder raw world, seed 73): a flashing grey shot's last frame is a flash (150 levels from the frame
+    before it, 100 to the next), then a cut to a picture 60 levels from the one before the flash: over half the
+    smaller change, so the flash frame was not taken for a flash but for the cut, and the next shot's clip began on
+    it (its two subjects were missed). One frame unlike both neighbours, which are more alike, is a flash: the cut
+    is the frame after it."""
+    rng = np.random.default_rng(1)
+    a = np.clip(100 + rng.normal(0, 10, (96, 96, 1)), 0, 255).repeat(3, 2)
+    b = np.clip(160 + rng.normal(0, 10, (96, 96, 1)), 0, 255).repeat(3, 2)
+    frames = np.stack([a] * 30 + [np.full_like(a, 250)] + [b] * 30).astype(np.uint8)
+    write_video(tmp_path / "flash_cut.mp4", frames, fps=raw_synth.RAW_FPS)
+    assert cut_positions(registry.build("shot_detector", "cuts").detect(str(tmp_path / "flash_cut.mp4"))) == [31]
+
+
 def test_a_flash_between_two_pictures_of_one_tone_is_a_cut_when_their_histograms_differ(tmp_path):
     """POOR (harder raw world, seed 23): a dark grey mast on a dim sky, a white flash frame, then a grey brick wall:
     the pictures either side of the flash differ by 19 levels on average (under the hard cut's 20) and each frame's

@@ -312,7 +312,7 @@ class CutDetector:
 
         def lone(g: int) -> bool:  # frame g unlike both neighbours, which are more alike: one flash frame
             return 1 <= g < len(change) - 1 and min(change[g], change[g + 1]) >= self.threshold \
-                and bridge[g] < min(change[g], change[g + 1]) / 2
+                and bridge[g] < min(change[g], change[g + 1])
 
         for f in range(1, len(change) - 1):  # the last frame starts none: no frame after it tells a cut from a flash
             if f in gradual:
