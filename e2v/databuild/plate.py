@@ -20,15 +20,23 @@ class MedianPlate:
     Telea) or left as the plain median (``fill: none``). With ``align`` a moving camera's frames (a pan, a
     hand-held shake) are first moved onto the middle frame by the shifts that fit the background best
     (:func:`e2v.databuild.camera.fitted_shifts`: a still camera stays still when subjects drift), so the plate is
-    the middle frame's view."""
+    the middle frame's view. :meth:`estimate` is the plate detectors compare frames with; :meth:`reference`, the
+    background reference, also leaves each frame's element pixels out of the ``hold`` frames either side of it: a
+    subject that stands still for a while is masked whole only in some frames (the motion hints a detector's masks
+    start from cover its moving parts), and without the hold the median kept the rest of it (Big Buck Bunny's body,
+    standing in his burrow, stayed in the plate). Detectors keep the plate without the hold: where a subject
+    lingered it is inpainted there, and masks found against the inpainted patch stray into the photo around it."""
 
     def __init__(self, fill: str = "inpaint", radius: int = 3, grow: float = 0.02, align: bool = True,
-                 min_seen: float = 0.2) -> None:
+                 min_seen: float = 0.2, hold: int = 4) -> None:
         if fill not in ("inpaint", "none"):
             raise ValueError(f"plate_estimator median: fill must be 'inpaint' or 'none', got {fill!r}")
         if not 0 <= min_seen < 1:
             raise ValueError(f"plate_estimator median: min_seen must be in [0, 1), got {min_seen!r}")
+        if hold < 0:
+            raise ValueError(f"plate_estimator median: hold must be >= 0 frames, got {hold!r}")
         self.fill, self.radius, self.grow, self.align, self.min_seen = fill, radius, grow, align, min_seen
+        self.hold = hold
         self._last: tuple[np.ndarray, np.ndarray] | None = None  # the frames last aligned and their shifts
 
     def _aligned(self, frames: np.ndarray, masks: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -48,7 +56,21 @@ class MedianPlate:
                           for m, s in zip(masks, shifts)]) | unseen
         return moved, masks
 
+    def _held(self, masks: np.ndarray | None) -> np.ndarray | None:
+        """``bool [F, H, W]``: each frame's mask joined with those of the ``hold`` frames either side."""
+        if masks is None or not self.hold:
+            return masks
+        return np.stack([masks[max(0, f - self.hold): f + self.hold + 1].any(axis=0) for f in range(len(masks))])
+
     def estimate(self, frames: np.ndarray, masks: np.ndarray | None) -> np.ndarray:
+        """``uint8 [H, W, 3]``: the median of ``frames`` ``[F, H, W, 3]`` without the ``masks`` ``bool [F, H, W]``."""
+        return self._median(frames, masks)
+
+    def reference(self, frames: np.ndarray, masks: np.ndarray | None) -> np.ndarray:
+        """The background reference: :meth:`estimate` with each mask also held over the ``hold`` frames either side."""
+        return self._median(frames, self._held(masks))
+
+    def _median(self, frames: np.ndarray, masks: np.ndarray | None) -> np.ndarray:
         frames, masks = self._aligned(frames, masks)
         plain = np.median(frames, axis=0)
         if masks is None or not masks.any():

@@ -261,13 +261,15 @@ def _element(track: Track, clip: np.ndarray, clip_id: str, index: int, out: Path
     return element, crop
 
 
-def clean_plate(estimator: Any, detector: Any, frames: np.ndarray) -> np.ndarray:
+def clean_plate(estimator: Any, detector: Any, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A shot's background with its elements removed: a first plate of every pixel, the elements ``detector`` finds
-    against it, then the plate of ``frames`` without their pixels (``estimator``: a ``plate_estimator``)."""
+    against it, then the plates of ``frames`` without their pixels (``estimator``: a ``plate_estimator``): the one
+    the clip's elements are found against and the background reference (``estimator.reference`` where it has one)."""
     masks = np.stack([np.any([_box_mask(d.box, frames.shape[1:3]) if d.mask is None else d.mask for d in found],
                              axis=0) if found else np.zeros(frames.shape[1:3], bool)
                       for found in detector.detect(frames, estimator.estimate(frames, None))])
-    return estimator.estimate(frames, masks)
+    reference = getattr(estimator, "reference", estimator.estimate)
+    return estimator.estimate(frames, masks), reference(frames, masks)
 
 
 def _box_mask(box: tuple, shape: tuple[int, int]) -> np.ndarray:
@@ -285,7 +287,7 @@ def _process_clip(stages: Stages, config: BuildConfig, job: VideoJob, clip: np.n
         passes, values[check.name] = check.check(clip)
         if not passes:
             return None, check.name, values
-    plate = clean_plate(stages.plate, stages.detector, shot_frames)
+    plate, reference = clean_plate(stages.plate, stages.detector, shot_frames)
     height, width = clip.shape[1:3]
     tracks = merge_duplicates(link_tracks(stages.detector.detect(clip, plate), max(height, width),
                                           min_coverage=config.min_track, same_kind=True))
@@ -309,7 +311,7 @@ def _process_clip(stages: Stages, config: BuildConfig, job: VideoJob, clip: np.n
         for i, vector in zip(faces, stages.face_embedder.embed([crops[i] for i in faces])):
             elements[i]["face_embedding"] = encode_vector(vector)
     direction = motion_direction(tracks, max(height, width))
-    background = f"a {colour_name(plate)} background"
+    background = f"a {colour_name(reference)} background"
     context = ClipContext(clip, [dict(e) for e in elements], direction, background, job.path, shot, time_s)
     caption, source = None, None
     for spec, captioner in zip(config.captioners, stages.captioners):
@@ -318,7 +320,7 @@ def _process_clip(stages: Stages, config: BuildConfig, job: VideoJob, clip: np.n
             source = registry.split_spec("captioner", spec)[0]
             break
     write_video(out / "clips" / f"{clip_id}.mp4", clip, fps=config.fps, threads=1)
-    save_image(out / "plates" / f"{clip_id}.png", plate)
+    save_image(out / "plates" / f"{clip_id}.png", reference)
     entry = {"id": clip_id, "shot": shot, "video": f"clips/{clip_id}.mp4", "plate": f"plates/{clip_id}.png",
              "caption": caption or "", "caption_source": source, "direction": direction, "background": background,
              "elements": list(elements), "values": values}
