@@ -64,28 +64,41 @@ class MedianPlate:
 
     def estimate(self, frames: np.ndarray, masks: np.ndarray | None) -> np.ndarray:
         """``uint8 [H, W, 3]``: the median of ``frames`` ``[F, H, W, 3]`` without the ``masks`` ``bool [F, H, W]``."""
-        return self._median(frames, masks)
+        return self._median(frames, masks)[0]
 
     def reference(self, frames: np.ndarray, masks: np.ndarray | None) -> np.ndarray:
         """The background reference: :meth:`estimate` with each mask also held over the ``hold`` frames either side."""
-        return self._median(frames, self._held(masks))
+        return self.plates(frames, masks)[1]
 
-    def _median(self, frames: np.ndarray, masks: np.ndarray | None) -> np.ndarray:
+    def plates(self, frames: np.ndarray, masks: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """``(estimate, reference)`` of the same frames and masks, the medians taken once: the reference's again
+        only at the pixels where holding the masks changed the frames they are taken from."""
+        plate, work = self._median(frames, masks)
+        if work is None or not self.hold:
+            return plate, plate
+        return plate, self._median(frames, self._held(masks), work)[0]
+
+    def _median(self, frames: np.ndarray, masks: np.ndarray | None, reuse: tuple | None = None
+                ) -> tuple[np.ndarray, tuple | None]:
+        """The plate and ``(plain median, grown masks, masked median)`` (aligned frames), which a later call with
+        other masks of the same frames may ``reuse``: its medians are taken only where its grown masks differ."""
         frames, masks = self._aligned(frames, masks)
-        plain = np.median(frames, axis=0)
+        plain = np.median(frames, axis=0) if reuse is None else reuse[0]
         if masks is None or not masks.any():
-            return np.round(plain).astype(np.uint8)
+            return np.round(plain).astype(np.uint8), None
         size = 2 * round(self.grow * max(frames.shape[1:3])) + 1
         if size > 1:
             kernel = np.ones((size, size), np.uint8)
             masks = np.stack([cv2.dilate(m.astype(np.uint8), kernel).astype(bool) for m in masks])
         never = masks.all(axis=0) | (1 - masks.mean(axis=0) < self.min_seen)
-        values = frames.astype(np.float32)
-        values[masks | never] = np.nan
+        todo = np.ones(never.shape, bool) if reuse is None else (masks != reuse[1]).any(axis=0)
+        values = frames[:, todo].astype(np.float32)  # [F, n, 3]
+        values[masks[:, todo]] = np.nan
+        median = np.full(frames.shape[1:], np.nan, np.float32) if reuse is None else reuse[2].copy()
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels: replaced just below
-            plate = np.where(never[..., None], plain, np.nanmedian(values, axis=0))
-        plate = np.round(np.nan_to_num(plate)).astype(np.uint8)
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels: never seen, replaced just below
+            median[todo] = np.nanmedian(values, axis=0)
+        plate = np.round(np.nan_to_num(np.where(never[..., None], plain, median))).astype(np.uint8)
         if self.fill == "inpaint" and never.any():
             plate = cv2.inpaint(plate, never.astype(np.uint8), self.radius, cv2.INPAINT_TELEA)
-        return plate
+        return plate, (plain, masks, median)

@@ -264,12 +264,14 @@ def _element(track: Track, clip: np.ndarray, clip_id: str, index: int, out: Path
 def clean_plate(estimator: Any, detector: Any, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A shot's background with its elements removed: a first plate of every pixel, the elements ``detector`` finds
     against it, then the plates of ``frames`` without their pixels (``estimator``: a ``plate_estimator``): the one
-    the clip's elements are found against and the background reference (``estimator.reference`` where it has one)."""
+    the clip's elements are found against and the background reference (``estimator.plates`` where it has them)."""
     masks = np.stack([np.any([_box_mask(d.box, frames.shape[1:3]) if d.mask is None else d.mask for d in found],
                              axis=0) if found else np.zeros(frames.shape[1:3], bool)
                       for found in detector.detect(frames, estimator.estimate(frames, None))])
-    reference = getattr(estimator, "reference", estimator.estimate)
-    return estimator.estimate(frames, masks), reference(frames, masks)
+    if hasattr(estimator, "plates"):
+        return estimator.plates(frames, masks)
+    plate = estimator.estimate(frames, masks)
+    return plate, plate
 
 
 def _box_mask(box: tuple, shape: tuple[int, int]) -> np.ndarray:
