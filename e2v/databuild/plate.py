@@ -20,12 +20,13 @@ class MedianPlate:
     Telea) or left as the plain median (``fill: none``). With ``align`` a moving camera's frames (a pan, a
     hand-held shake) are first moved onto the middle frame by the shifts that fit the background best
     (:func:`e2v.databuild.camera.fitted_shifts`: a still camera stays still when subjects drift), so the plate is
-    the middle frame's view. :meth:`estimate` is the plate detectors compare frames with; :meth:`reference`, the
-    background reference, also leaves each frame's element pixels out of the ``hold`` frames either side of it: a
-    subject that stands still for a while is masked whole only in some frames (the motion hints a detector's masks
-    start from cover its moving parts), and without the hold the median kept the rest of it (Big Buck Bunny's body,
-    standing in his burrow, stayed in the plate). Detectors keep the plate without the hold: where a subject
-    lingered it is inpainted there, and masks found against the inpainted patch stray into the photo around it."""
+    the middle frame's view. :meth:`estimate` is the plate detectors compare frames with; the background reference
+    (the second of :meth:`plates`) also leaves each frame's element pixels out of the ``hold`` frames either side
+    of it: a subject that stands still for a while is masked whole only in some frames (the motion hints a
+    detector's masks start from cover its moving parts), and without the hold the median kept the rest of it (Big
+    Buck Bunny's body, standing in his burrow, stayed in the plate). Detectors keep the plate without the hold:
+    where a subject lingered it is inpainted there, and masks found against the inpainted patch stray into the
+    photo around it."""
 
     def __init__(self, fill: str = "inpaint", radius: int = 3, grow: float = 0.02, align: bool = True,
                  min_seen: float = 0.2, hold: int = 4) -> None:
@@ -66,13 +67,10 @@ class MedianPlate:
         """``uint8 [H, W, 3]``: the median of ``frames`` ``[F, H, W, 3]`` without the ``masks`` ``bool [F, H, W]``."""
         return self._median(frames, masks)[0]
 
-    def reference(self, frames: np.ndarray, masks: np.ndarray | None) -> np.ndarray:
-        """The background reference: :meth:`estimate` with each mask also held over the ``hold`` frames either side."""
-        return self.plates(frames, masks)[1]
-
     def plates(self, frames: np.ndarray, masks: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """``(estimate, reference)`` of the same frames and masks, the medians taken once: the reference's again
-        only at the pixels where holding the masks changed the frames they are taken from."""
+        """``(estimate, background reference)`` of the same frames and masks, the reference with each mask also held
+        over the ``hold`` frames either side; the medians taken once, the reference's again only at the pixels where
+        holding the masks changed the frames they are taken from."""
         plate, work = self._median(frames, masks)
         if work is None or not self.hold:
             return plate, plate
