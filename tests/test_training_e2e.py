@@ -71,6 +71,31 @@ def test_resume_continues_the_uninterrupted_run(world, tmp_path):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
+def test_per_step_diagnostics_are_logged_at_the_steps_lightning_writes(world, tmp_path, monkeypatch):
+    """Grad norm, skip counts and the loss by noise level are computed only on the steps whose logs are written
+    (``log_every_n_steps``), and they are written on each of those steps."""
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    norms = []
+    total_norm = torch.nn.utils.get_total_norm
+    monkeypatch.setattr(torch.nn.utils, "get_total_norm", lambda *a, **k: norms.append(1) or total_norm(*a, **k))
+    logger = CSVLogger(str(tmp_path), name="run")
+    trainer = L.Trainer(accelerator="cpu", max_steps=5, logger=logger, log_every_n_steps=2, limit_val_batches=0,
+                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+    trainer.fit(E2VDiffusion(**MODEL), datamodule=datamodule(world))
+    logger.save()
+    rows = list(csv.DictReader(open(Path(logger.log_dir) / "metrics.csv")))
+    steps = {name: sorted(int(r["step"]) for r in rows if r.get(name)) for name in rows[0]}
+    assert steps["train/loss"] == [1, 3]  # Lightning writes after steps 2 and 4 (0-based step 1 and 3)
+    assert len(norms) == 2  # not on the other three steps
+    for name in ("train/grad_norm", "data/skipped_samples", "data/skipped_fraction"):
+        assert steps[name] == steps["train/loss"], name
+    assert [float(r["train/grad_norm"]) > 0 for r in rows if r.get("train/grad_norm")] == [True, True]
+    assert any(name.startswith("train/loss_t") for name in steps)
+
+
 def write_recipe(world, root, strategy):
     recipe = {
         "seed_everything": 0,
