@@ -247,6 +247,21 @@ def test_captioners_template_and_sidecar(tmp_path):
     assert colour_name(np.full((2, 2, 3), (12, 10, 10), np.uint8)) == "black"
 
 
+def test_an_element_is_named_by_its_pixels_unlike_the_plate_not_by_the_background_its_mask_took_in():
+    from e2v.databuild.video import element_colour
+
+    rng = np.random.default_rng(0)
+    grass = np.clip(rng.normal((50, 140, 60), 12, (64, 64, 3)), 0, 255).astype(np.uint8)  # the plate: a green bank
+    frame = grass.copy()
+    frame[22:42, 22:42] = (150, 150, 160)  # a grey subject, 400 px
+    mask = np.zeros((64, 64), bool)
+    mask[14:50, 14:50] = True  # its mask took a ring of grass too: 896 px
+    assert colour_name(frame[mask]) == "green"  # what the crop's pixels say
+    assert element_colour(frame, mask, grass) == "grey"
+    assert element_colour(frame, mask, frame) == "green"  # the subject stood still in the plate: all of the mask
+    assert element_colour(frame, np.zeros((64, 64), bool), grass) is None
+
+
 def test_sidecar_captions_reach_the_manifest(raw, tmp_path):
     shutil.copytree(raw / "truth", tmp_path / "raw" / "truth")
     (tmp_path / "raw" / "videos").mkdir()

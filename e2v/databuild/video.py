@@ -108,6 +108,8 @@ def frame_signature(frames: np.ndarray) -> tuple[str, str]:
 
 MIN_CROP_SIDE = 16  # crops are enlarged to at least this on their shorter side (references need 8x8)
 ERODE_MAX_LOSS = 0.2  # largest share of a mask's area the rim erosion may remove
+SUBJECT_LEVEL = 30  # an element's pixel this far (of 255, on some channel) from the plate shows it, not background
+SUBJECT_SHARE = 0.25  # below this share of such pixels an element's colour is named from all of its mask
 
 
 def crop_on_white(frame: np.ndarray, mask: np.ndarray, box: tuple, margin: float = 0.15,
@@ -228,9 +230,10 @@ def _even(frames: np.ndarray) -> np.ndarray:
     return frames[:, : height - height % 2, : width - width % 2]
 
 
-def _crop(track: Track, clip: np.ndarray, frame: int, config: BuildConfig) -> np.ndarray:
-    """The element's crop on white in ``frame`` (its box when the detector gave no mask); an object's without the
-    hand and arm holding it (``config.crop_holders``, :func:`e2v.databuild.holders.split_holder`)."""
+def _crop_mask(track: Track, clip: np.ndarray, frame: int, config: BuildConfig) -> tuple[np.ndarray, tuple]:
+    """``(mask [H, W] bool, box)`` of the element's crop in ``frame`` (all-ones and its box when the detector gave no
+    mask); an object's without the hand and arm holding it (``config.crop_holders``,
+    :func:`e2v.databuild.holders.split_holder`)."""
     detection = track.detections[frame]
     mask = detection.mask if detection.mask is not None else np.ones(clip.shape[1:3], bool)  # erosion keeps all-ones
     box = detection.box
@@ -238,14 +241,32 @@ def _crop(track: Track, clip: np.ndarray, frame: int, config: BuildConfig) -> np
         held, holder = split_holder(clip[frame], mask)
         if holder is not None:
             mask, box = held, mask_box(held)
-    return crop_on_white(clip[frame], mask, box, config.crop_margin, config.crop_erode)
+    return mask, box
 
 
-def _element(track: Track, clip: np.ndarray, clip_id: str, index: int, out: Path,
+def _crop(track: Track, clip: np.ndarray, frame: int, config: BuildConfig) -> np.ndarray:
+    """The element's crop on white in ``frame`` (:func:`_crop_mask`)."""
+    return crop_on_white(clip[frame], *_crop_mask(track, clip, frame, config), config.crop_margin, config.crop_erode)
+
+
+def element_colour(frame: np.ndarray, mask: np.ndarray, plate: np.ndarray) -> str | None:
+    """The colour word of what ``mask [H, W]`` covers in ``frame [H, W, 3]``, named from its pixels unlike the
+    ``plate [H, W, 3]`` there (over ``SUBJECT_LEVEL`` on a channel): a mask that took in background around its
+    subject (the grassy bank about Big Buck Bunny) is named by the subject. From all its pixels when under
+    ``SUBJECT_SHARE`` of them differ (a subject still enough to stay in the plate); None for an empty mask."""
+    if not mask.any():
+        return None
+    pixels = frame[mask]
+    unlike = np.abs(pixels.astype(np.int16) - plate[mask].astype(np.int16)).max(axis=1) > SUBJECT_LEVEL
+    return colour_name(pixels[unlike] if unlike.mean() >= SUBJECT_SHARE else pixels)
+
+
+def _element(track: Track, clip: np.ndarray, plate: np.ndarray, clip_id: str, index: int, out: Path,
              config: BuildConfig) -> tuple[dict, np.ndarray]:
     """Save the element's crops (best frame; the best frame far from it, augmented; the best frame turned when
-    ``config.reference_turn``) and describe it; returns the crop."""
+    ``config.reference_turn``) and describe it (its colour against the background ``plate``); returns the crop."""
     best = _best_frame(track, *clip.shape[1:3])
+    mask, _ = _crop_mask(track, clip, best, config)
     crop = _crop(track, clip, best, config)
     far_crop = augmented(_crop(track, clip, _best_frame(track, *clip.shape[1:3], away_from=best), config))
     names = {"crop": f"crops/{clip_id}_e{index}.png", "crop_same_clip": f"crops/{clip_id}_e{index}_aug.png"}
@@ -256,7 +277,8 @@ def _element(track: Track, clip: np.ndarray, clip_id: str, index: int, out: Path
         names["crop_turned"] = f"crops/{clip_id}_e{index}_turned.png"
         save_image(out / names["crop_turned"], augmented(crop, sign * config.reference_turn, mirror=False))
     boxes = [None if d is None else [round(v, 1) for v in d.box] for d in track.detections]
-    element = {"kind": track.kind, "colour": colour_name(crop), "area": round(track.mean_area, 5), "best_frame": best,
+    colour = element_colour(clip[best], mask, plate) or colour_name(crop)
+    element = {"kind": track.kind, "colour": colour, "area": round(track.mean_area, 5), "best_frame": best,
                "boxes": boxes, **names}
     return element, crop
 
@@ -304,7 +326,8 @@ def _process_clip(stages: Stages, config: BuildConfig, job: VideoJob, clip: np.n
             for fx0, fy0, fx1, fy1 in stages.faces.detect(clip[best]):
                 if x0 <= (fx0 + fx1) / 2 <= x1 and y0 <= (fy0 + fy1) / 2 <= y1:
                     track.kind = "face"
-    elements, crops = zip(*(_element(t, clip, clip_id, i, out, config) for i, t in enumerate(tracks)))
+    elements, crops = zip(*(_element(t, clip, reference, clip_id, i, out, config)
+                            for i, t in enumerate(tracks)))
     embeddings = stages.embedder.embed(list(crops))
     for element, vector in zip(elements, embeddings):
         element["embedding"] = encode_vector(vector)
