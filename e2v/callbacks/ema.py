@@ -82,8 +82,8 @@ class EMA(Callback):
         self._staging: list[torch.Tensor] | None = None  # cpu_offload: host copies of the weights for the next lerp
         self._worker: ThreadPoolExecutor | None = None
         self._applying: Future | None = None  # cpu_offload: the lerp of the last update, in the worker thread
-        # (FSDP2 modules, parameters, EMA tensors) of the fit, found at its first update: walking a model with frozen
-        # encoders for them took ~3 ms of each small CPU step; the trainable set is checked again at swaps and at the end
+        # (FSDP2 modules, parameters, EMA tensors) of the fit, found at its first update rather than by walking the
+        # whole model (frozen encoders included) every step; the trainable set is checked again at swaps and at the end
         self._update_targets: tuple[list, list[torch.Tensor], list[torch.Tensor]] | None = None
 
     @property

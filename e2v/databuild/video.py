@@ -266,8 +266,8 @@ def _element(track: Track, clip: np.ndarray, plate: np.ndarray, clip_id: str, in
     """Save the element's crops (best frame; the best frame far from it, augmented; the best frame turned when
     ``config.reference_turn``) and describe it (its colour against the background ``plate``); returns the crop."""
     best = _best_frame(track, *clip.shape[1:3])
-    mask, _ = _crop_mask(track, clip, best, config)
-    crop = _crop(track, clip, best, config)
+    mask, box = _crop_mask(track, clip, best, config)
+    crop = crop_on_white(clip[best], mask, box, config.crop_margin, config.crop_erode)
     far_crop = augmented(_crop(track, clip, _best_frame(track, *clip.shape[1:3], away_from=best), config))
     names = {"crop": f"crops/{clip_id}_e{index}.png", "crop_same_clip": f"crops/{clip_id}_e{index}_aug.png"}
     save_image(out / names["crop"], crop)

@@ -315,8 +315,8 @@ class E2VDiffusion(LightningModule):
 
     def writes_logs(self) -> bool:
         """Whether Lightning writes this step's logged values (its own ``log_every_n_steps`` decision, the same on
-        every rank): values only read when written (grad norm, skip counts, loss buckets) are computed then only; a
-        ``self.log`` costs about a millisecond of a ~80 ms small CPU step."""
+        every rank): values only read when written (grad norm, skip counts, loss buckets) are computed then only
+        (under FSDP2 the grad norm's ``full_tensor`` is a collective)."""
         connector = getattr(self._trainer, "_logger_connector", None)
         return connector is None or connector.should_update_logs
 
