@@ -262,6 +262,21 @@ def test_an_element_is_named_by_its_pixels_unlike_the_plate_not_by_the_backgroun
     assert element_colour(frame, np.zeros((64, 64), bool), grass) is None
 
 
+def test_a_detection_without_a_mask_is_named_by_its_box(tmp_path):
+    """A box-only detection's colour comes from the pixels in its box (what its crop shows), not the whole frame."""
+    from e2v.databuild.elements import Track
+    from e2v.databuild.stages import Detection
+    from e2v.databuild.video import _element
+
+    plate = np.full((64, 64, 3), (50, 140, 60), np.uint8)
+    frame = plate.copy()
+    frame[20:36, 20:36] = (150, 150, 160)  # the detected grey subject
+    frame[40:64, :] = (200, 30, 30)  # something red and bigger moves elsewhere in the frame
+    track = Track([Detection((20, 20, 36, 36))] * 3)
+    element, _ = _element(track, np.stack([frame] * 3), plate, "c", 0, tmp_path, BuildConfig())
+    assert element["colour"] == "grey"
+
+
 def test_sidecar_captions_reach_the_manifest(raw, tmp_path):
     shutil.copytree(raw / "truth", tmp_path / "raw" / "truth")
     (tmp_path / "raw" / "videos").mkdir()

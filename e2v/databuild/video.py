@@ -277,7 +277,8 @@ def _element(track: Track, clip: np.ndarray, plate: np.ndarray, clip_id: str, in
         names["crop_turned"] = f"crops/{clip_id}_e{index}_turned.png"
         save_image(out / names["crop_turned"], augmented(crop, sign * config.reference_turn, mirror=False))
     boxes = [None if d is None else [round(v, 1) for v in d.box] for d in track.detections]
-    colour = element_colour(clip[best], mask, plate) or colour_name(crop)
+    # the crop's pixels: its mask inside its box (a detection without a mask has the whole frame as mask here)
+    colour = element_colour(clip[best], mask & _box_mask(box, mask.shape), plate) or colour_name(crop)
     element = {"kind": track.kind, "colour": colour, "area": round(track.mean_area, 5), "best_frame": best,
                "boxes": boxes, **names}
     return element, crop
