@@ -386,8 +386,10 @@ class E2VDiffusion(LightningModule):
                                       self._trainer.max_steps if self._trainer is not None else None)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if not self.writes_logs():
+            return
         grads = [p.grad for p in self.dit.parameters() if p.grad is not None]
-        if grads and self.writes_logs():
+        if grads:
             norm = torch.nn.utils.get_total_norm(grads)
             norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
             self.log("train/grad_norm", norm, prog_bar=False)
