@@ -20,6 +20,10 @@ Margins (means over a split's clips; ``MARGINS`` per split, a split named otherw
       foreground vs the clip's own subject references; position-free, ``e2v.bench.pixel_metrics.subject_match``)
   (d) subject shape match own - swapped (``e2v.bench.pixel_metrics.shape_match``: silhouettes, not colours; the
       margin is calibrated on truth clips by ``benchmarks/bench_shape_measure.py``)
+Reported without a margin: where own's error lies, and how far own's subjects move against the truth's
+(``e2v.bench.pixel_metrics.subject_travel``). PSNR favours a still blur over a sharp subject a little off: sampling
+the main job's model with fewer Euler steps (blurrier videos) raises (a) and lowers (c) (zero-shot, 20 -> 10 -> 5
+steps: (a) +2.99 -> +3.29 -> +3.70 dB, (c) +0.038 -> +0.042 -> +0.008), so read (a) beside (c), (d) and the motion.
 ``--check`` exits 1 when a margin is missed. A preview PNG per split (per clip: references | own | truth |
 shuffled frames) is written to ``--out``. Run after the main job:
 
@@ -40,7 +44,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from e2v import registry
-from e2v.bench.pixel_metrics import flat_video, psnr, shape_match, subject_match
+from e2v.bench.pixel_metrics import flat_video, psnr, shape_match, subject_match, subject_travel
 from e2v.callbacks.samples import enlarged, evenly_spaced_frames
 from e2v.datamodules.triplets import TripletDataModule
 from e2v.datamodules.video_io import save_image
@@ -138,7 +142,8 @@ def evaluate(split: str, manifest: str, trained: E2VPipeline, untrained: E2VPipe
     rows, metrics = [], {k: [] for k in ("own", "flat", "plate", "plate_own", "shuffled", "untrained", "subj_own",
                                          "subj_swapped", "subj_truth", "shape_own", "shape_swapped",
                                          "shape_truth", "shape_truth_swapped", "err_subjects", "err_near",
-                                         "err_far", "plate_err_subjects")}
+                                         "err_far", "plate_err_subjects", "travel_own", "travel_truth",
+                                         "travel_agrees")}
     for i, item in enumerate(tqdm(items, desc=f"{split} clips")):
         n = item["refs"].shape[1]
         prefix = trained.layout.prefix_frames(n)
@@ -156,6 +161,11 @@ def evaluate(split: str, manifest: str, trained: E2VPipeline, untrained: E2VPipe
             for key, value in error_split(own, truth, plate).items():
                 metrics[f"err_{key}"].append(value)
             metrics["plate_err_subjects"].append(error_split(plate, truth, plate)["subjects"])
+            moved, drifted = subject_travel(own, plate[:, 0]), subject_travel(truth, plate[:, 0])
+            if not (moved.isnan().any() or drifted.isnan().any()):
+                metrics["travel_own"].append(moved.norm().item())
+                metrics["travel_truth"].append(drifted.norm().item())
+                metrics["travel_agrees"].append(float(F.cosine_similarity(moved, drifted, dim=0) > 0.5))
         metrics["subj_own"].append(subject_match(own, subject_refs))
         metrics["subj_truth"].append(subject_match(truth, subject_refs))
         metrics["shape_own"].append(shape_match(own, subject_refs))
@@ -214,6 +224,10 @@ def report(split: str, m: dict) -> dict:
     print(f"  where own's error lies (MSE share of all pixels): subjects {m['err_subjects']:.4f} (the plate's there "
           f"{m['plate_err_subjects']:.4f}) | background within 4 px of them {m['err_near']:.4f} | rest of the "
           f"background {m['err_far']:.4f}")
+    if not math.isnan(m["travel_truth"]):
+        print(f"  subject motion (centroid off the plate, first to last frame): own {m['travel_own']:.2f} px | truth "
+              f"{m['travel_truth']:.2f} px | own's direction within 60 degrees of the truth's in "
+              f"{m['travel_agrees']:.0%} of clips")
     result = {}
     for key, value in margins_of(m).items():
         need = required.get(key)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from e2v.bench.pixel_metrics import (colour_histogram, flat_video, moving_foreground, psnr, subject_match,
-                                     subject_pixels)
+                                     subject_pixels, subject_travel)
 
 RED, BLUE, GREY = (0.9, -0.8, -0.8), (-0.8, -0.6, 0.9), (0.0, 0.0, 0.0)
 
@@ -73,3 +73,16 @@ def test_histograms_and_subject_pixels():
     assert hist.shape == (512,) and hist.sum() == pytest.approx(1.0) and hist[0] == pytest.approx(1 / 3)
     assert colour_histogram(torch.zeros(0, 3)).sum() == 0
     assert subject_pixels(disc_reference(RED)).shape[0] == (disc_reference(RED)[0, 1] < 0.88).sum()
+
+
+def test_subject_travel_follows_the_centroid_from_the_first_frame_to_the_last():
+    plate = torch.tensor(GREY).view(3, 1, 1).expand(3, 32, 32)
+    assert torch.allclose(subject_travel(disc_video(RED, step=2), plate), torch.tensor([14.0, 0.0]), atol=1e-4)
+    left = disc_video(BLUE, step=1).flip(-1)  # moving left by 1 px a frame
+    assert torch.allclose(subject_travel(left, plate), torch.tensor([-7.0, 0.0]), atol=1e-4)
+    still = disc_video(RED, step=0)
+    assert torch.allclose(subject_travel(still, plate), torch.zeros(2))
+    down = disc_video(RED, step=2).transpose(2, 3)  # the same disc moving down
+    assert torch.allclose(subject_travel(down, plate), torch.tensor([0.0, 14.0]), atol=1e-4)
+    # a faint copy (within the foreground distance of the plate) has no subject to follow
+    assert subject_travel(0.2 * disc_video(RED), plate).isnan().all()

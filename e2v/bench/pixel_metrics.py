@@ -71,6 +71,22 @@ def subject_match(video: torch.Tensor, subject_refs: torch.Tensor) -> float:
     return torch.minimum(colour_histogram(moving), colour_histogram(subject_pixels(subject_refs))).sum().item()
 
 
+def subject_travel(video: torch.Tensor, plate: torch.Tensor, distance: float = FOREGROUND_DISTANCE) -> torch.Tensor:
+    """``[2]`` (x, y) pixels: how far the subjects of ``video`` ``[3, F, H, W]`` move from its first frame to its last,
+    as the shift of the centroid of the pixels more than ``distance`` (max over channels, [0, 1] units) from the
+    background ``plate`` ``[3, H, W]`` (both in [-1, 1]), each weighted by how far it is. NaN when either frame
+    has no such pixel. The caption names where subjects drift; a model unsure of it draws them still."""
+    gap = ((video.float() - plate.float()[:, None]).abs().amax(dim=0) / 2)  # [F, H, W], [0, 1] units
+    weight = torch.where(gap > distance, gap, torch.zeros_like(gap))[[0, -1]]
+    total = weight.sum(dim=(1, 2))
+    if not bool((total > 0).all()):
+        return torch.full((2,), float("nan"))
+    ys, xs = torch.meshgrid(torch.arange(gap.shape[1], dtype=gap.dtype), torch.arange(gap.shape[2], dtype=gap.dtype),
+                            indexing="ij")
+    centre = torch.stack([(weight * xs).sum(dim=(1, 2)), (weight * ys).sum(dim=(1, 2))], dim=1) / total[:, None]
+    return centre[1] - centre[0]
+
+
 # ----------------------------------------------------------------------------------------------- shape
 
 SHAPE_SIZES = (0.3, 0.36, 0.43, 0.52)  # template longest side searched, fractions of the frame's shorter side
