@@ -76,8 +76,9 @@ def subject_travel(video: torch.Tensor, plate: torch.Tensor, distance: float = F
     as the shift of the centroid of the pixels more than ``distance`` (max over channels, [0, 1] units) from the
     background ``plate`` ``[3, H, W]`` (both in [-1, 1]), each weighted by how far it is. NaN when either frame
     has no such pixel. The caption names where subjects drift; a model unsure of it draws them still."""
-    gap = ((video.float() - plate.float()[:, None]).abs().amax(dim=0) / 2)  # [F, H, W], [0, 1] units
-    weight = torch.where(gap > distance, gap, torch.zeros_like(gap))[[0, -1]]
+    ends = video.float()[:, [0, -1]]  # [3, 2, H, W]: the first and the last frame
+    gap = (ends - plate.float()[:, None]).abs().amax(dim=0) / 2  # [2, H, W], [0, 1] units
+    weight = torch.where(gap > distance, gap, torch.zeros_like(gap))
     total = weight.sum(dim=(1, 2))
     if not bool((total > 0).all()):
         return torch.full((2,), float("nan"))
