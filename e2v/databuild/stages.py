@@ -17,12 +17,14 @@ Box = tuple[float, float, float, float]
 
 @dataclass
 class Detection:
-    """One element in one frame: box, full-frame mask (None: the box is the mask), kind label and confidence."""
+    """One element in one frame: box, full-frame mask (None: the box is the mask), kind label and confidence;
+    ``seen``: found in this very frame (False: carried there from another frame the detector found it in)."""
 
     box: Box
     mask: np.ndarray | None = None
     kind: str = "object"
     score: float = 1.0
+    seen: bool = True
 
 
 @dataclass

