@@ -829,3 +829,37 @@ def test_packaged_detector_takes_no_region_over_half_the_frame_for_a_subject():
     kept = registry.build("element_detector", {**spec, "max_mask_area": 1.0}).detect(frames, plate)
     assert not any(d.mask.mean() > 0.5 for found in dropped for d in found)
     assert sum(d.mask.mean() > 0.5 for found in kept for d in found) >= 9
+
+
+def test_motion_direction_is_told_against_the_background_when_the_camera_pans():
+    """POOR (OpenCV's Megamind.avi): the camera panned across Roxanne, seated, and the caption said she moved right.
+    The camera's shifts (fitted to the plate) are taken out: a subject that stays put on the ground is still, one that
+    climbs while the camera pans moves up (in the picture it moves as much left as up)."""
+    import skimage.data
+
+    from e2v.databuild.camera import fitted_shifts
+    from e2v.databuild.elements import Track
+    from e2v.databuild.stages import Detection
+    from e2v.databuild.video import motion_direction
+
+    photo = cv2.resize(skimage.data.coffee(), (320, 200), interpolation=cv2.INTER_AREA)
+    pan = 3  # px a frame, to the right: the picture slides left
+
+    def clip(climb: int) -> tuple[np.ndarray, Track]:
+        frames, detections = [], []
+        for f in range(17):
+            x0 = 40 + pan * f
+            frame = photo[20:148, x0:x0 + 160].copy()
+            box = (150 - x0, 70 - climb * f, 174 - x0, 100 - climb * f)  # at x 150 on the photo: 110 to 62 here
+            cv2.rectangle(frame, (int(box[0]), int(box[1])), (int(box[2]) - 1, int(box[3]) - 1), (20, 200, 60), -1)
+            frames.append(frame)
+            detections.append(Detection(box, None, "object", 0.05))
+        return np.stack(frames), Track(detections)
+
+    plate = photo[20:148, 40 + 8 * pan:40 + 8 * pan + 160]  # the background of the middle frame
+    for climb, expected in ((0, "still"), (3, "up")):
+        frames, track = clip(climb)
+        shifts = fitted_shifts(plate, frames)
+        assert np.abs(shifts[-1] - shifts[0] - (-pan * 16, 0)).max() <= 2
+        assert motion_direction([track], 160) == "left"  # in the picture
+        assert motion_direction([track], 160, shifts) == expected

@@ -26,6 +26,7 @@ import numpy as np
 
 from e2v import registry
 from e2v.atomic import write_json_atomic
+from e2v.databuild.camera import fitted_shifts
 from e2v.databuild.captions import colour_name
 from e2v.databuild.config import BuildConfig
 from e2v.databuild.elements import Track, completeness, link_tracks, mask_box, merge_duplicates
@@ -168,13 +169,18 @@ def _best_frame(track: Track, height: int, width: int, away_from: int | None = N
     return max([f for f in frames if track.detections[f].score <= usual] or frames, key=lambda f: (whole(f), -f))
 
 
-def motion_direction(tracks: list[Track], side: int, min_travel: float = 0.05) -> str:
-    """The elements' common motion ("left", "right", "up", "down"), or "still" below ``min_travel`` of ``side``."""
+def motion_direction(tracks: list[Track], side: int, shifts: np.ndarray | None = None,
+                     min_travel: float = 0.05) -> str:
+    """The elements' common motion against the background ("left", "right", "up", "down"), or "still" below
+    ``min_travel`` of ``side``: ``shifts`` ``float [F, 2]`` (the camera's, :func:`e2v.databuild.camera.fitted_shifts`)
+    are taken out of the elements' own, so a pan is not told as subjects moving the other way (OpenCV's Megamind.avi:
+    Roxanne, seated, "moved right" as the camera panned) and a subject the camera follows still moves."""
     moves = []
     for track in tracks:
         first, last = track.frames[0], track.frames[-1]
         (ax, ay), (bx, by) = track.centre(first), track.centre(last)
-        moves.append((bx - ax, by - ay))
+        cx, cy = (0.0, 0.0) if shifts is None else shifts[last] - shifts[first]
+        moves.append((bx - ax - cx, by - ay - cy))
     dx, dy = np.mean(moves, axis=0) if moves else (0.0, 0.0)
     if max(abs(dx), abs(dy)) < min_travel * side:
         return "still"
@@ -338,7 +344,7 @@ def _process_clip(stages: Stages, config: BuildConfig, job: VideoJob, clip: np.n
     if stages.face_embedder is not None and faces:
         for i, vector in zip(faces, stages.face_embedder.embed([crops[i] for i in faces])):
             elements[i]["face_embedding"] = encode_vector(vector)
-    direction = motion_direction(tracks, max(height, width))
+    direction = motion_direction(tracks, max(height, width), fitted_shifts(plate, clip))
     background = f"a {colour_name(reference)} background"
     context = ClipContext(clip, [dict(e) for e in elements], direction, background, job.path, shot, time_s)
     caption, source = None, None
