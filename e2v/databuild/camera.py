@@ -131,31 +131,35 @@ def _best_offsets(frame: np.ndarray, plate: np.ndarray, edges: np.ndarray, centr
 
 def fitted_shifts(plate: np.ndarray, frames: np.ndarray, reach: float = 0.25, side: int = 96) -> np.ndarray:
     """``float [F, 2]`` shifts of each frame against ``plate`` (e.g. a shot's plate and a clip cut from it). At
-    ``side`` px: the one offset of the middle frame that fits best within ``reach`` of the side; then per frame the
-    three best fits near no shift, near that offset, and near the offset plus the frame's own chained shift
-    (:func:`frame_shifts`), each refined at up to 3x ``side``, the best kept. The fit is a trimmed mean absolute
-    difference on the plate's edges (:func:`_fit_cost`), so subjects hiding under 30% of them do not count, a still
-    camera stays still when drifting subjects pull the chained shifts, and a periodic background (checks, bricks)
-    cannot mislead it as it does a phase correlation against the plate."""
+    ``side`` px: the one offset of the middle frame that fits best within ``reach`` of the side; then per frame,
+    outward from the middle, the three best fits near no shift, near that offset, near the offset plus the frame's
+    own chained shift (:func:`frame_shifts`) and near the fit of the neighbour nearer the middle (a hand-held camera
+    moves little a frame, and along stripes the chain slips), each refined at up to 3x ``side``, the best kept. The
+    fit is a trimmed mean absolute difference on the plate's edges (:func:`_fit_cost`), so subjects hiding under 30%
+    of them do not count, a still camera stays still when drifting subjects pull the chained shifts, and a periodic
+    background (checks, bricks) cannot mislead it as it does a phase correlation against the plate."""
     if not len(frames):
         return np.zeros((0, 2))
+    middle = len(frames) // 2
     chain = frame_shifts(frames)
     coarse_plate, coarse = _small(plate, side)
     coarse_edges = _edges(coarse_plate)
     small = [_small(f, side)[0] for f in frames]
-    _, offset = _best_offsets(small[len(frames) // 2], coarse_plate, coarse_edges, [np.zeros(2)],
+    _, offset = _best_offsets(small[middle], coarse_plate, coarse_edges, [np.zeros(2)],
                               max(1, round(reach * max(coarse_plate.shape))))[0]
     fine_plate, fine = _small(plate, 3 * side)
     fine_edges = _edges(fine_plate)
     radius = max(1, round(fine / coarse / 2))
-    out = []
-    for frame, own, little in zip(frames, chain, small):
-        near = [np.zeros(2), offset, offset + np.round(own * coarse)]
-        rough = _best_offsets(little, coarse_plate, coarse_edges, near, max(1, round(0.03 * side)), count=3)
-        detail = _small(frame, 3 * side)[0]
+    out = np.zeros((len(frames), 2))
+    for i in [*range(middle, len(frames)), *range(middle - 1, -1, -1)]:
+        near = [np.zeros(2), offset, offset + np.round(chain[i] * coarse)]
+        if i != middle:  # the neighbour nearer the middle, already fitted
+            near.append(np.round(out[i - 1 if i > middle else i + 1] * coarse))
+        rough = _best_offsets(small[i], coarse_plate, coarse_edges, near, max(1, round(0.03 * side)), count=3)
+        detail = _small(frames[i], 3 * side)[0]
         refined = [_best_offsets(detail, fine_plate, fine_edges, [r / coarse * fine], radius)[0] for _, r in rough]
-        out.append(min(refined, key=lambda found: found[0])[1] / fine)
-    return np.stack(out)
+        out[i] = min(refined, key=lambda found: found[0])[1] / fine
+    return out
 
 
 def translate(image: np.ndarray, shift: np.ndarray, border: int = cv2.BORDER_REPLICATE,

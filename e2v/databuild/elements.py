@@ -2,9 +2,10 @@
 tracker that links per-frame detections into elements.
 
 ``motion``: pixels that differ from the shot's background plate, moved with the camera (hand-held shake, pans:
-:mod:`e2v.databuild.camera`), by more than ``threshold`` (0..255, any channel), cleaned (opening, closing, holes
-filled except those that show the plate, like a ring's), split into connected components, fragments within
-``merge`` pixels joined. It finds moving elements; people standing still need the ``packaged`` detectors or a
+:mod:`e2v.databuild.camera`), by more than ``threshold`` (0..255, any channel; lower on grey pixels), or, averaged
+over a few pixels, by more than ``faint`` times the picture's typical change (a grey subject a few levels off a
+clean still background), cleaned (opening, closing, holes filled except those that show the plate, like a ring's),
+split into connected components, fragments within ``merge`` pixels joined. It finds moving elements; people standing still need the ``packaged`` detectors or a
 detector plug-in (``grounded``: GroundingDINO/OWL-ViT + SAM from local folders).
 """
 
@@ -56,12 +57,13 @@ GREY_SPREAD = 10  # max-min of a pixel's channels (levels) under which it is gre
 @register("element_detector", "motion")
 class MotionSegmenter:
     """Moving regions against the background plate moved with the camera (``align``; off: a still camera):
-    threshold, clean, connected components."""
+    threshold, clean, connected components; ``faint`` None: no faint changes (only the thresholds)."""
 
     def __init__(self, threshold: float = 30.0, min_area: float = 0.003, merge: int = 2, align: bool = True,
-                 low: float = 0.4, reach: float = 0.025, grey: float = 0.6) -> None:
+                 low: float = 0.4, reach: float = 0.025, grey: float = 0.6, faint: float | None = 4.0,
+                 faint_floor: float = 2.5) -> None:
         self.threshold, self.min_area, self.merge, self.align = threshold, min_area, merge, align
-        self.low, self.reach, self.grey = low, reach, grey
+        self.low, self.reach, self.grey, self.faint, self.faint_floor = low, reach, grey, faint, faint_floor
 
     def frame_mask(self, frame: np.ndarray, plate: np.ndarray, slack: int = 0) -> np.ndarray:
         """``bool [H, W]``: the moving pixels of ``frame`` against ``plate`` (both ``uint8 [H, W, 3]``): over
@@ -88,6 +90,8 @@ class MotionSegmenter:
         if self.low < 1:  # hysteresis: weaker pixels near a strong part belong to it
             reach = 2 * max(1, round(self.reach * max(mask.shape))) + 1
             mask |= (diff > self.low * threshold) & cv2.dilate(mask, np.ones((reach, reach), np.uint8)).astype(bool)
+        if self.faint is not None:
+            mask |= self._faint(diff)
         mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel).astype(bool)
         filled = fill_holes(mask)
         count, holes = cv2.connectedComponents((filled & ~mask).astype(np.uint8), connectivity=4)
@@ -96,6 +100,17 @@ class MotionSegmenter:
             if hole.sum() >= self.min_area * mask.size and diff[hole].mean() < threshold[hole].mean() / 3:
                 filled &= ~hole
         return filled
+
+    def _faint(self, diff: np.ndarray) -> np.ndarray:
+        """``bool [H, W]``: regions whose change, averaged over a few pixels, exceeds ``faint`` times the picture's
+        typical one (its 75th percentile: the background's, subjects covering under a quarter) and ``faint_floor``
+        levels: a grey subject barely lighter or darker than a clean still background (under any threshold of
+        change a noisy picture needs), not the codec's speckle, whose averages stay under a level or two."""
+        size = 2 * max(1, round(0.015 * max(diff.shape))) + 1
+        smooth = cv2.blur(diff.astype(np.float32), (size, size))
+        level = max(self.faint_floor, self.faint * float(np.percentile(smooth, 75)))
+        faint = (smooth > level) & (diff > level / 2)
+        return cv2.morphologyEx(faint.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)).astype(bool)
 
     def masks(self, frames: np.ndarray, plate: np.ndarray) -> np.ndarray:
         """``bool [F, H, W]``: each frame's moving pixels against ``plate`` moved by the frame's camera shift (with
