@@ -138,6 +138,8 @@ def test_aligned_plate_of_a_pan_is_the_middle_view_without_the_subject():
     plain = registry.build("plate_estimator", {"name": "median", "align": False}).estimate(frames, masks)
     error = np.abs(aligned - middle)[20:-20, 40:-40].mean()
     assert error < 6 and error < 0.5 * np.abs(plain - middle)[20:-20, 40:-40].mean(), error
+    first = registry.build("plate_estimator", "median").estimate(frames, masks, view=1)  # a clip's view
+    assert np.abs(first - image[41:233, 104:360].astype(float))[20:-20, 40:-40].mean() < 6
 
 
 def test_cut_detector_sees_grey_and_same_place_cuts_but_no_flash(tmp_path):
@@ -880,13 +882,17 @@ def _shot_recall(tmp_path, monkeypatch, seed: int, video: int, shot: int) -> dic
     return score_build(tmp_path / "out", tmp_path)
 
 
-def test_a_hand_held_camera_over_stripes_gives_whole_subjects(tmp_path, monkeypatch):
-    """POOR (harder raw world, seed 127, video 4, shot 0): a hand-held camera over grey diagonal stripes, a cup and
-    a triangle drifting. Along the stripes the chained correlation slipped by a stripe, so 3 frames in 5 were
+@pytest.mark.parametrize("video,shot", [(4, 0), (2, 0)])
+def test_a_hand_held_camera_over_stripes_and_a_pan_s_first_clip_give_whole_subjects(tmp_path, monkeypatch, video,
+                                                                                      shot):
+    """POOR (harder raw world, seed 127). Video 4, shot 0: a hand-held camera over grey diagonal stripes, a cup and
+    a triangle drifting; along the stripes the chained correlation slipped by a stripe, so 3 frames in 5 were
     fitted to the plate out of phase and each element was the whole picture. A frame's fit now also starts from its
-    neighbour's."""
-    scores = _shot_recall(tmp_path, monkeypatch, 127, 4, 0)
-    assert scores["subjects"] == 2 and scores["subject_recall"] == 1.0, scores
+    neighbour's. Video 2, shot 0: a pan over a starry sky following a face; the plate was the shot's middle view,
+    66 px from the first clip's, beyond the reach of the fit to the clip's frames, and the element was the face with
+    half the stars; the plate is now made in the view of the frame nearest the clip's middle."""
+    scores = _shot_recall(tmp_path, monkeypatch, 127, video, shot)
+    assert scores["subjects"] >= 1 and scores["subject_recall"] == 1.0, scores
 
 
 @pytest.mark.parametrize("video,shot", [(4, 5), (5, 2)])

@@ -18,9 +18,10 @@ class MedianPlate:
     side, their blended rims) left out; pixels shown in under ``min_seen`` of the frames (the background there is
     unseen, or only where a mask missed part of a subject) are filled by OpenCV inpainting (``fill: inpaint``,
     Telea) or left as the plain median (``fill: none``). With ``align`` a moving camera's frames (a pan, a
-    hand-held shake) are first moved onto the middle frame by the shifts that fit the background best
-    (:func:`e2v.databuild.camera.fitted_shifts`: a still camera stays still when subjects drift), so the plate is
-    the middle frame's view. :meth:`estimate` is the plate detectors compare frames with; the background reference
+    hand-held shake) are first moved onto the ``view`` frame (default: the middle one) by the shifts that fit the
+    background best against the middle one (:func:`e2v.databuild.camera.fitted_shifts`: a still camera stays still
+    when subjects drift), so the plate is that frame's view: the build passes the frame nearest its clip's middle,
+    so a clip at a long pan's start gets its own view, not one beyond the reach of the fit to its frames. :meth:`estimate` is the plate detectors compare frames with; the background reference
     (the second of :meth:`plates`) also leaves each frame's element pixels out of the ``hold`` frames either side
     of it: a subject that stands still for a while is masked whole only in some frames (the motion hints a
     detector's masks start from cover its moving parts), and without the hold the median kept the rest of it (Big
@@ -40,8 +41,10 @@ class MedianPlate:
         self.hold = hold
         self._last: tuple[np.ndarray, np.ndarray] | None = None  # the frames last aligned and their shifts
 
-    def _aligned(self, frames: np.ndarray, masks: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
-        """Frames (and masks) moved onto the middle frame when the camera pans; pixels no frame saw are masked."""
+    def _aligned(self, frames: np.ndarray, masks: np.ndarray | None, view: int | None
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Frames (and masks) moved onto frame ``view`` (None: the middle one) when the camera moves; pixels no frame
+        saw are masked."""
         if not self.align or len(frames) < 2:
             return frames, masks
         if self._last is None or self._last[0] is not frames:  # a clean plate estimates twice from the same frames
@@ -49,6 +52,8 @@ class MedianPlate:
         shifts = self._last[1]
         if not is_moving(shifts, max(frames.shape[1:3])):
             return frames, masks
+        if view is not None:
+            shifts = shifts - shifts[view]
         masks = np.zeros(frames.shape[:3], bool) if masks is None else masks
         moved = np.stack([translate(f, -s) for f, s in zip(frames, shifts)])
         unseen = np.stack([translate(np.ones(frames.shape[1:3], np.uint8), -s, cv2.BORDER_CONSTANT,
@@ -63,24 +68,26 @@ class MedianPlate:
             return masks
         return np.stack([masks[max(0, f - self.hold): f + self.hold + 1].any(axis=0) for f in range(len(masks))])
 
-    def estimate(self, frames: np.ndarray, masks: np.ndarray | None) -> np.ndarray:
-        """``uint8 [H, W, 3]``: the median of ``frames`` ``[F, H, W, 3]`` without the ``masks`` ``bool [F, H, W]``."""
-        return self._median(frames, masks)[0]
+    def estimate(self, frames: np.ndarray, masks: np.ndarray | None, view: int | None = None) -> np.ndarray:
+        """``uint8 [H, W, 3]``: the median of ``frames`` ``[F, H, W, 3]`` without the ``masks`` ``bool [F, H, W]``,
+        in the view of frame ``view``."""
+        return self._median(frames, masks, view)[0]
 
-    def plates(self, frames: np.ndarray, masks: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def plates(self, frames: np.ndarray, masks: np.ndarray | None, view: int | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
         """``(estimate, background reference)`` of the same frames and masks, the reference with each mask also held
         over the ``hold`` frames either side; the medians taken once, the reference's again only at the pixels where
         holding the masks changed the frames they are taken from."""
-        plate, work = self._median(frames, masks)
+        plate, work = self._median(frames, masks, view)
         if work is None or not self.hold:
             return plate, plate
-        return plate, self._median(frames, self._held(masks), work)[0]
+        return plate, self._median(frames, self._held(masks), view, work)[0]
 
-    def _median(self, frames: np.ndarray, masks: np.ndarray | None, reuse: tuple | None = None
+    def _median(self, frames: np.ndarray, masks: np.ndarray | None, view: int | None, reuse: tuple | None = None
                 ) -> tuple[np.ndarray, tuple | None]:
         """The plate and ``(plain median, grown masks, masked median)`` (aligned frames), which a later call with
         other masks of the same frames may ``reuse``: its medians are taken only where its grown masks differ."""
-        frames, masks = self._aligned(frames, masks)
+        frames, masks = self._aligned(frames, masks, view)
         plain = np.median(frames, axis=0) if reuse is None else reuse[0]
         if masks is None or not masks.any():
             return np.round(plain).astype(np.uint8), None

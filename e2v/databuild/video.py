@@ -292,16 +292,18 @@ def _element(track: Track, clip: np.ndarray, plate: np.ndarray, clip_id: str, in
     return element, crop
 
 
-def clean_plate(estimator: Any, detector: Any, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def clean_plate(estimator: Any, detector: Any, frames: np.ndarray, view: int | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
     """A shot's background with its elements removed: a first plate of every pixel, the elements ``detector`` finds
     against it, then the plates of ``frames`` without their pixels (``estimator``: a ``plate_estimator``): the one
-    the clip's elements are found against and the background reference (``estimator.plates`` where it has them)."""
+    the clip's elements are found against and the background reference (``estimator.plates`` where it has them),
+    in the camera's view at frame ``view`` (None: the middle one)."""
     masks = np.stack([np.any([_box_mask(d.box, frames.shape[1:3]) if d.mask is None else d.mask for d in found],
                              axis=0) if found else np.zeros(frames.shape[1:3], bool)
-                      for found in detector.detect(frames, estimator.estimate(frames, None))])
+                      for found in detector.detect(frames, estimator.estimate(frames, None, view))])
     if hasattr(estimator, "plates"):
-        return estimator.plates(frames, masks)
-    plate = estimator.estimate(frames, masks)
+        return estimator.plates(frames, masks, view)
+    plate = estimator.estimate(frames, masks, view)
     return plate, plate
 
 
@@ -313,14 +315,16 @@ def _box_mask(box: tuple, shape: tuple[int, int]) -> np.ndarray:
 
 
 def _process_clip(stages: Stages, config: BuildConfig, job: VideoJob, clip: np.ndarray, shot_frames: np.ndarray,
-                  clip_id: str, shot: int, time_s: float, out: Path) -> tuple[dict | None, str | None, dict]:
-    """``(clip entry, None, values)`` for a kept clip or ``(None, reason, values)`` for a rejected one."""
+                  view: int, clip_id: str, shot: int, time_s: float, out: Path
+                  ) -> tuple[dict | None, str | None, dict]:
+    """``(clip entry, None, values)`` for a kept clip or ``(None, reason, values)`` for a rejected one; the plate
+    from ``shot_frames`` in the camera's view at the one of them numbered ``view``."""
     values = {}
     for check in stages.filters:
         passes, values[check.name] = check.check(clip)
         if not passes:
             return None, check.name, values
-    plate, reference = clean_plate(stages.plate, stages.detector, shot_frames)
+    plate, reference = clean_plate(stages.plate, stages.detector, shot_frames, view)
     height, width = clip.shape[1:3]
     tracks = merge_duplicates(link_tracks(stages.detector.detect(clip, plate), max(height, width),
                                           min_coverage=config.min_track, same_kind=True))
@@ -481,8 +485,10 @@ def _cut(stages: Stages, config: BuildConfig, job: VideoJob, key: str, shots: li
         while pending and last[pending[0]] <= index:
             shot = pending.pop(0)
             for window in (w for w in windows if w[0] == shot):
+                middle = clip_frames[window][len(clip_frames[window]) // 2]
+                view = int(np.argmin(np.abs(np.array(plate_frames[window]) - middle)))  # the plate's camera view
                 _clip(stages, config, job, key, window, np.stack([frames[i] for i in clip_frames[window]]),
-                      np.stack([frames[i] for i in plate_frames[window]]), times, out, result)
+                      np.stack([frames[i] for i in plate_frames[window]]), view, times, out, result)
             for i in needed[shot]:
                 frames.pop(i, None)
         if not pending:
@@ -503,12 +509,12 @@ def _plate_frames(shot: tuple[int, int], clip: tuple[int, ...], times: np.ndarra
 
 
 def _clip(stages: Stages, config: BuildConfig, job: VideoJob, key: str, window: tuple, clip: np.ndarray,
-          shot_frames: np.ndarray, times: np.ndarray, out: Path, result: dict) -> None:
+          shot_frames: np.ndarray, view: int, times: np.ndarray, out: Path, result: dict) -> None:
     """One clip window through the clip stages, recorded in ``result`` as kept or rejected."""
     shot, n, source_frames, speed = window
     start = source_frames[0]
-    entry, reason, values = _process_clip(stages, config, job, clip, shot_frames, f"{key}_s{shot:03d}_{n}", shot,
-                                          float(times[start] - times[0]), out)
+    entry, reason, values = _process_clip(stages, config, job, clip, shot_frames, view, f"{key}_s{shot:03d}_{n}",
+                                          shot, float(times[start] - times[0]), out)
     values = {k: round(v, 5) for k, v in values.items()}
     if entry is None:
         result["rejected_clips"].append({"shot": shot, "start": start, "source_frames": list(source_frames),
