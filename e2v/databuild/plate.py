@@ -21,8 +21,9 @@ class MedianPlate:
     hand-held shake) are first moved onto the ``view`` frame (default: the middle one) by the shifts that fit the
     background best against the middle one (:func:`e2v.databuild.camera.fitted_shifts`: a still camera stays still
     when subjects drift), so the plate is that frame's view: the build passes the frame nearest its clip's middle,
-    so a clip at a long pan's start gets its own view, not one beyond the reach of the fit to its frames. :meth:`estimate` is the plate detectors compare frames with; the background reference
-    (the second of :meth:`plates`) also leaves each frame's element pixels out of the ``hold`` frames either side
+    so a clip at a long pan's start gets its own view, not one beyond the reach of the fit to its frames.
+    :meth:`estimate` is the plate detectors compare frames with; the background reference (the second of
+    :meth:`plates`) also leaves each frame's element pixels out of the ``hold`` frames either side
     of it: a subject that stands still for a while is masked whole only in some frames (the motion hints a
     detector's masks start from cover its moving parts), and without the hold the median kept the rest of it (Big
     Buck Bunny's body, standing in his burrow, stayed in the plate). Detectors keep the plate without the hold:

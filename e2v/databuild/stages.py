@@ -74,9 +74,10 @@ class FaceDetector(Protocol):
 
 @runtime_checkable
 class PlateEstimator(Protocol):
-    def estimate(self, frames: np.ndarray, masks: np.ndarray | None) -> np.ndarray:
-        """The clean background ``uint8 [H, W, 3]`` of a still-camera shot; ``masks``: ``bool [F, H, W]`` element
-        pixels to leave out (None: every pixel counts)."""
+    def estimate(self, frames: np.ndarray, masks: np.ndarray | None, view: int | None = None) -> np.ndarray:
+        """The clean background ``uint8 [H, W, 3]`` of a shot's ``frames`` ``[F, H, W, 3]``; ``masks``:
+        ``bool [F, H, W]`` element pixels to leave out (None: every pixel counts); ``view``: the frame whose view of
+        a moving camera's scene the plate shows (None: the middle one; a still-camera estimator may ignore it)."""
 
 
 @runtime_checkable
