@@ -570,6 +570,29 @@ def test_fitted_shifts_follow_a_shaking_camera_on_checks_and_keep_a_still_one_st
     assert np.abs(fitted_shifts(still[4], still)).max() == 0
 
 
+def test_a_fit_asked_again_is_remembered_until_its_frames_change(monkeypatch):
+    """A build fits each clip twice (for its elements and for its caption's motion): the second answer is the first,
+    not a second fit; frames changed in place, or another plate, are fitted anew."""
+    from e2v.databuild import camera
+
+    fits, real_fit = [], camera._fit_shifts
+    monkeypatch.setattr(camera, "_fit_shifts", lambda *a: fits.append(a) or real_fit(*a))  # counts the real fits
+    monkeypatch.setattr(camera, "_recent_fits", [])
+    board = _checks(240, 280)
+    true = np.array([[0, 0], [3, -2], [-4, 1], [5, 4]])
+    frames = np.stack([board[40 - dy: 200 - dy, 40 - dx: 240 - dx] for dx, dy in true])
+    plate = board[40:200, 40:240]
+    first = camera.fitted_shifts(plate, frames)
+    again = camera.fitted_shifts(plate.copy(), frames)
+    assert len(fits) == 1 and np.array_equal(first, again) and np.abs(first - true).max() <= 1
+    again[:] = 99  # the caller's copy: the remembered answer is not changed through it
+    assert np.array_equal(camera.fitted_shifts(plate, frames), first) and len(fits) == 1
+    frames[:] = frames[:1]  # a still camera now, changed in place
+    assert np.abs(camera.fitted_shifts(plate, frames)).max() == 0 and len(fits) == 2
+    camera.fitted_shifts(np.ascontiguousarray(plate[::-1]), frames)
+    assert len(fits) == 3
+
+
 def test_phase_shift_leaves_its_pictures_as_they_are():
     """OpenCV 4.14's phaseCorrelate multiplies its float inputs by the window in place: each frame of a chain was
     windowed twice (once as either end of a step), and a picture compared with many frames once per frame."""

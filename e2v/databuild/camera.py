@@ -129,6 +129,16 @@ def _best_offsets(frame: np.ndarray, plate: np.ndarray, edges: np.ndarray, centr
     return best
 
 
+RECENT_FITS = 3  # fits remembered: a build asks for the same one again (a plate estimated twice, a caption's motion)
+_recent_fits: list[tuple] = []  # (plate copied, frames, their fingerprint, reach, side, shifts), the newest first
+
+
+def _fingerprint(array: np.ndarray) -> int:
+    """A hash of ``array``'s values on a grid of about 16 per axis (no copy of the whole): remembered frames changed
+    in place since do not match."""
+    return hash(array[tuple(slice(None, None, max(1, n // 16)) for n in array.shape)].tobytes())
+
+
 def fitted_shifts(plate: np.ndarray, frames: np.ndarray, reach: float = 0.25, side: int = 96) -> np.ndarray:
     """``float [F, 2]`` shifts of each frame against ``plate`` (e.g. a shot's plate and a clip cut from it). At
     ``side`` px: the one offset of the middle frame that fits best within ``reach`` of the side; then per frame,
@@ -138,6 +148,19 @@ def fitted_shifts(plate: np.ndarray, frames: np.ndarray, reach: float = 0.25, si
     fit is a trimmed mean absolute difference on the plate's edges (:func:`_fit_cost`), so subjects hiding under 30%
     of them do not count, a still camera stays still when drifting subjects pull the chained shifts, and a periodic
     background (checks, bricks) cannot mislead it as it does a phase correlation against the plate."""
+    fingerprint = _fingerprint(frames)
+    for old_plate, old_frames, old_fingerprint, *settings, shifts in _recent_fits:
+        if (old_frames is frames and old_fingerprint == fingerprint and settings == [reach, side]
+                and old_plate.shape == plate.shape and np.array_equal(old_plate, plate)):
+            return shifts.copy()
+    shifts = _fit_shifts(plate, frames, reach, side)
+    _recent_fits.insert(0, (plate.copy(), frames, fingerprint, reach, side, shifts))
+    del _recent_fits[RECENT_FITS:]
+    return shifts.copy()
+
+
+def _fit_shifts(plate: np.ndarray, frames: np.ndarray, reach: float, side: int) -> np.ndarray:
+    """:func:`fitted_shifts` without its memory of the last fit."""
     if not len(frames):
         return np.zeros((0, 2))
     middle = len(frames) // 2

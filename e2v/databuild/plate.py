@@ -40,7 +40,6 @@ class MedianPlate:
             raise ValueError(f"plate_estimator median: hold must be >= 0 frames, got {hold!r}")
         self.fill, self.radius, self.grow, self.align, self.min_seen = fill, radius, grow, align, min_seen
         self.hold = hold
-        self._last: tuple[np.ndarray, np.ndarray] | None = None  # the frames last aligned and their shifts
 
     def _aligned(self, frames: np.ndarray, masks: np.ndarray | None, view: int | None
                  ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -48,9 +47,8 @@ class MedianPlate:
         saw are masked."""
         if not self.align or len(frames) < 2:
             return frames, masks
-        if self._last is None or self._last[0] is not frames:  # a clean plate estimates twice from the same frames
-            self._last = (frames, fitted_shifts(frames[len(frames) // 2], frames, reach=0.0))  # no offset to search
-        shifts = self._last[1]
+        # a clean plate estimates twice from the same frames: the second fit is remembered (no offset to search)
+        shifts = fitted_shifts(frames[len(frames) // 2], frames, reach=0.0)
         if not is_moving(shifts, max(frames.shape[1:3])):
             return frames, masks
         if view is not None:
