@@ -1,0 +1,100 @@
+"""How far the learning benchmark's colour and shape margins can go through the run's VAE (issue 23, items 2(c), 2(d)).
+
+A DiT only makes latents: the best it can hand the decoder is the truth's own latents. This script scores the truth
+clips of each split and their VAE reconstructions (the reference prefix and the clip, encoded and decoded as the
+run's layout trains on them) with the measures of ``bench_learning.py``:
+- (c) colour match of the moving foreground with the clip's subject references; against it, a donor clip's truth
+  and its reconstruction (other subjects, the same count) scored with the same references: what drawing another
+  clip's subjects perfectly gives, the level a perfect model's swapped-subjects video would reach (where a split's
+  subjects share a narrow palette, as the zero-shot split's two hue bands, that level is high);
+- (d) shape match with the clip's subject references minus with the donor's (as ``bench_learning`` computes the
+  truth's margin).
+The reconstruction's margins are what a DiT that gets every latent right would score, so a margin threshold above
+them cannot be met by training the DiT alone. Whole run on the main job's world: about a minute.
+
+    python benchmarks/bench_vae_ceiling.py --checkpoint runs/tiny/e2v/checkpoints/last.ckpt \
+      --split heldout=data/tiny_world/heldout.jsonl --split zeroshot=data/tiny_world/zeroshot.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_learning import held_out_items, parse_splits, partner, subject_names, subjects, swapped_references  # noqa: E402
+
+from e2v.bench.pixel_metrics import psnr, shape_match, subject_match  # noqa: E402
+from e2v.pipeline.pipeline import E2VPipeline  # noqa: E402
+
+
+def reconstructed(pipeline: E2VPipeline, video: torch.Tensor, refs: torch.Tensor) -> torch.Tensor:
+    """``[3, F - prefix, H, W]``: the clip ``video [3, F, H, W]`` after the VAE, as the layout's training target
+    (the references ``refs [N, 3, H, W]`` in front) is encoded and decoded, the prefix cut."""
+    target = pipeline.layout.target_video(video[None].float(), refs[None].float())
+    with torch.no_grad():
+        decoded = pipeline.vae.decode(pipeline.vae.encode(target))[0].clamp(-1, 1)
+    return decoded[:, pipeline.layout.prefix_frames(len(refs)):]
+
+
+def ceiling(split: str, manifest: str, pipeline: E2VPipeline, args: argparse.Namespace) -> dict[str, float]:
+    """Mean scores of a split's truth clips, their reconstructions and their donors' truths."""
+    items = held_out_items(manifest, args)
+    names = subject_names(manifest)
+    scores: dict[str, list[float]] = {}
+    for i, item in enumerate(items):
+        n = item["refs"].shape[1]
+        prefix = pipeline.layout.prefix_frames(n)
+        truth = item["video"][0, :, : args.frames - prefix].float()
+        refs = item["refs"][0]
+        own = refs[subjects(item)]
+        rec = reconstructed(pipeline, item["video"][0], refs)
+        donor = partner(items, i, lambda o: len(subjects(o)) == len(subjects(item)), names)
+        if donor is None:
+            continue
+        donated = swapped_references(item, donor)["refs"][subjects(item)]
+        donor_truth = donor["video"][0, :, : args.frames - pipeline.layout.prefix_frames(donor["refs"].shape[1])]
+        donor_rec = reconstructed(pipeline, donor["video"][0], donor["refs"][0])
+        for key, value in (("psnr_rec", psnr(rec, truth)),
+                           ("colour_truth", subject_match(truth, own)), ("colour_rec", subject_match(rec, own)),
+                           ("colour_donor", subject_match(donor_truth.float(), own)),
+                           ("colour_donor_rec", subject_match(donor_rec, own)),
+                           ("shape_truth", shape_match(truth, own) - shape_match(truth, donated)),
+                           ("shape_rec", shape_match(rec, own) - shape_match(rec, donated))):
+            scores.setdefault(key, []).append(value)
+    means = {k: sum(v) / len(v) for k, v in scores.items()}
+    print(f"{split}: {len(scores['psnr_rec'])} clips with a donor; VAE reconstruction {means['psnr_rec']:.2f} dB")
+    print(f"  colour match with own subject refs: truth {means['colour_truth']:.3f} | VAE reconstruction "
+          f"{means['colour_rec']:.3f} | donor's truth {means['colour_donor']:.3f}, its reconstruction "
+          f"{means['colour_donor_rec']:.3f}")
+    print(f"  (c) own - swapped for a perfect model: truth - donor's truth {means['colour_truth'] - means['colour_donor']:+.3f}"
+          f" | through the VAE {means['colour_rec'] - means['colour_donor_rec']:+.3f}")
+    print(f"  (d) shape margin own - swapped refs: truth {means['shape_truth']:+.3f} | VAE reconstruction "
+          f"{means['shape_rec']:+.3f}")
+    return means
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="a run whose VAE and layout are scored")
+    parser.add_argument("--split", action="append", default=[], metavar="NAME=MANIFEST", help="repeatable")
+    parser.add_argument("--manifest", action="append", default=[], help="a split named by the file's stem")
+    parser.add_argument("--clips", type=int, default=24, help="clips per split")
+    parser.add_argument("--frames", type=int, default=17)
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--max-references", type=int, default=3)
+    args = parser.parse_args()
+    if args.clips < 2:
+        parser.error("--clips must be >= 2 (each clip needs a donor)")
+    pipeline = E2VPipeline.from_checkpoint(args.checkpoint, device="cpu")
+    for split, manifest in parse_splits(args, parser).items():
+        ceiling(split, manifest, pipeline, args)
+
+
+if __name__ == "__main__":
+    main()
