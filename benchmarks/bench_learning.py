@@ -266,6 +266,19 @@ def evaluate_splits(splits: dict[str, str], trained: E2VPipeline, untrained: E2V
     return dict(zip(splits, means))
 
 
+def add_split_arguments(parser: argparse.ArgumentParser) -> None:
+    """The splits and how their clips are read (:func:`parse_splits`, :func:`held_out_items`)."""
+    parser.add_argument("--split", action="append", default=[], metavar="NAME=MANIFEST",
+                        help="a split to score (repeatable; bench_learning.py holds heldout and zeroshot to their own "
+                             "margins)")
+    parser.add_argument("--manifest", action="append", default=[], help="a split named by the file's stem")
+    parser.add_argument("--clips", type=int, default=24, help="clips per split")
+    parser.add_argument("--frames", type=int, default=17)
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--max-references", type=int, default=3)
+
+
 def parse_splits(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, str]:
     """``{split name: manifest}`` from ``--split NAME=PATH`` (and ``--manifest PATH``, named by its file stem)."""
     splits = {}
@@ -288,14 +301,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--split", action="append", default=[], metavar="NAME=MANIFEST",
-                        help="a split to evaluate (repeatable); heldout and zeroshot have their own margins")
-    parser.add_argument("--manifest", action="append", default=[], help="a split named by the file's stem")
-    parser.add_argument("--clips", type=int, default=24, help="clips per split")
-    parser.add_argument("--frames", type=int, default=17)
-    parser.add_argument("--size", type=int, default=32)
-    parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--max-references", type=int, default=3)
+    add_split_arguments(parser)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--solver", default=None, help="the sampler (default: the checkpoint's sample_solver)")
     parser.add_argument("--shift", type=float, default=None, help="its shift (default: the checkpoint's)")

@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_learning import held_out_items, parse_splits, partner, subject_names, subjects, swapped_references  # noqa: E402
+from bench_learning import (add_split_arguments, held_out_items, parse_splits, partner, subject_names,  # noqa: E402
+                            subjects, swapped_references)
 
 from e2v.bench.pixel_metrics import psnr, shape_match, subject_match  # noqa: E402
 from e2v.pipeline.pipeline import E2VPipeline  # noqa: E402
@@ -70,8 +71,9 @@ def ceiling(split: str, manifest: str, pipeline: E2VPipeline, args: argparse.Nam
     print(f"  colour match with own subject refs: truth {means['colour_truth']:.3f} | VAE reconstruction "
           f"{means['colour_rec']:.3f} | donor's truth {means['colour_donor']:.3f}, its reconstruction "
           f"{means['colour_donor_rec']:.3f}")
-    print(f"  (c) own - swapped for a perfect model: truth - donor's truth {means['colour_truth'] - means['colour_donor']:+.3f}"
-          f" | through the VAE {means['colour_rec'] - means['colour_donor_rec']:+.3f}")
+    print(f"  (c) own - swapped for a perfect model: truth - donor's truth "
+          f"{means['colour_truth'] - means['colour_donor']:+.3f} | through the VAE "
+          f"{means['colour_rec'] - means['colour_donor_rec']:+.3f}")
     print(f"  (d) shape margin own - swapped refs: truth {means['shape_truth']:+.3f} | VAE reconstruction "
           f"{means['shape_rec']:+.3f}")
     return means
@@ -81,13 +83,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="a run whose VAE and layout are scored")
-    parser.add_argument("--split", action="append", default=[], metavar="NAME=MANIFEST", help="repeatable")
-    parser.add_argument("--manifest", action="append", default=[], help="a split named by the file's stem")
-    parser.add_argument("--clips", type=int, default=24, help="clips per split")
-    parser.add_argument("--frames", type=int, default=17)
-    parser.add_argument("--size", type=int, default=32)
-    parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--max-references", type=int, default=3)
+    add_split_arguments(parser)
     args = parser.parse_args()
     if args.clips < 2:
         parser.error("--clips must be >= 2 (each clip needs a donor)")
