@@ -256,7 +256,7 @@ def evaluate_splits(splits: dict[str, str], trained: E2VPipeline, untrained: E2V
     """``{split: means}``; with ``args.workers`` > 1, splits run in that many forked processes at once, the cores
     shared among them (on 2 cores two single-threaded processes do about 1.6x the work of one two-threaded one)."""
     workers = min(args.workers, len(splits))
-    if workers <= 1:
+    if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():  # no fork (Windows): one by one
         return {split: evaluate(split, manifest, trained, untrained, args) for split, manifest in splits.items()}
     global _PIPELINES
     _PIPELINES = (trained, untrained)

@@ -147,7 +147,9 @@ def fitted_shifts(plate: np.ndarray, frames: np.ndarray, reach: float = 0.25, si
     moves little a frame, and along stripes the chain slips), each refined at up to 3x ``side``, the best kept. The
     fit is a trimmed mean absolute difference on the plate's edges (:func:`_fit_cost`), so subjects hiding under 30%
     of them do not count, a still camera stays still when drifting subjects pull the chained shifts, and a periodic
-    background (checks, bricks) cannot mislead it as it does a phase correlation against the plate."""
+    background (checks, bricks) cannot mislead it as it does a phase correlation against the plate. The last
+    ``RECENT_FITS`` fits are remembered: asked again for the same frames array, unchanged, and an equal plate (a build
+    asks twice for a clip's fit), it answers without fitting."""
     fingerprint = _fingerprint(frames)
     for old_plate, old_frames, old_fingerprint, *settings, shifts in _recent_fits:
         if (old_frames is frames and old_fingerprint == fingerprint and settings == [reach, side]
@@ -160,7 +162,7 @@ def fitted_shifts(plate: np.ndarray, frames: np.ndarray, reach: float = 0.25, si
 
 
 def _fit_shifts(plate: np.ndarray, frames: np.ndarray, reach: float, side: int) -> np.ndarray:
-    """:func:`fitted_shifts` without its memory of the last fit."""
+    """:func:`fitted_shifts` without its memory of recent fits."""
     if not len(frames):
         return np.zeros((0, 2))
     middle = len(frames) // 2
