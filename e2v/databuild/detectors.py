@@ -8,7 +8,8 @@
   its HOG people detector (walkers; those under half the frame's height, down to a tenth, where they move),
   moving regions against the plate (aligned to
   the camera's pan, :mod:`e2v.databuild.camera`) and, where nothing else is found, the most salient region
-  (spectral residual); linked through the clip, masked by GrabCut seeded with the box (a face's middle and the chest
+  (spectral residual); when no element is kept and much of the picture moves (a hand-held camera close to its
+  subject), the subject in the middle of the frame (:func:`central_object`); linked through the clip, masked by GrabCut seeded with the box (a face's middle and the chest
   below it, a walker's torso and the moving core as sure foreground, what is level with a face beside it as sure
   background), its whole parts kept, and carried to the frames between key frames by the box's motion.
 
@@ -231,6 +232,35 @@ def salient_box(frame: np.ndarray, side: int = 64, min_area: float = 0.01) -> Bo
     return (x / scale, y / scale, (x + w) / scale, (y + h) / scale)
 
 
+def central_object(frame: np.ndarray, margin: float = 0.1, iterations: int = 3, min_area: float = 0.01,
+                   max_area: float = 0.5, max_elongation: float = 4.0) -> list[tuple[Detection, Seeds]]:
+    """The subject a hand-held camera keeps in the middle of ``uint8 [h, w, 3]``: GrabCut from the frame without a
+    ``margin`` band (probable foreground) around it (background), its largest part with holes filled. Seeds for the
+    element's own GrabCut: pixels of its core (eroded by a twentieth of its size) on it. None (an empty list) when it covers
+    under ``min_area`` or over ``max_area`` of the frame or its box is over ``max_elongation`` times longer than wide
+    (a line of text, a strip of horizon)."""
+    height, width = frame.shape[:2]
+    labels = np.full((height, width), cv2.GC_BGD, np.uint8)
+    my, mx = round(margin * height), round(margin * width)
+    labels[my:height - my, mx:width - mx] = cv2.GC_PR_FGD
+    mask = _grabcut(frame, labels, iterations, np.zeros((height, width), bool))
+    if mask is None or not mask.any():
+        return []
+    count, parts, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8))
+    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    mask = whole_parts(parts == largest)
+    x0, y0, x1, y1 = mask_box(mask)
+    long, short = sorted((x1 - x0, y1 - y0), reverse=True)
+    if not min_area <= mask.mean() <= max_area or long > max_elongation * max(short, 1):
+        return []
+    grow = max(1, round(short / 20))
+    core = cv2.erode(mask.astype(np.uint8), np.ones((2 * grow + 1,) * 2, np.uint8))
+    ys, xs = np.nonzero(core)
+    every = max(1, len(ys) // 64)  # up to 64 one-pixel seeds spread over the core
+    on = [(float(x), float(y), float(x + 1), float(y + 1)) for y, x in zip(ys[::every], xs[::every])]
+    return [(Detection((x0, y0, x1, y1), None, "object", float(mask.mean())), (on, []))]
+
+
 def carry_track(track: Track, frames: np.ndarray) -> None:
     """Fill ``track``'s missing frames (of ``uint8 [F, h, w, 3]``), nearest found frames first, with the box where
     the nearest filled frame's box content matches best (normalised cross-correlation within one box size)."""
@@ -268,13 +298,16 @@ class PackagedDetector:
     faces and people are sought in; ``motion``: the moving-pixel threshold (0..255; None: off); ``grabcut``: GrabCut
     iterations (0: the box, or the moving pixels in it, is the mask); ``join``: moving fragments closer than this
     share of the frame side are one element; ``refine_side``: people up to this many full-frame pixels on their
-    longer side have their mask's edge found again at full resolution (masks are made at ``side``)."""
+    longer side have their mask's edge found again at full resolution (masks are made at ``side``); ``central``: when
+    nothing is kept and on average at least this share of the key frames' pixels move against the plate (a hand-held
+    camera close to its subject: parallax moves everything), the subject a camera keeps in the middle
+    (:func:`central_object`) is tracked instead (None: off)."""
 
     def __init__(self, faces: Any = "dlib", people: bool = True, motion: float | None = 30.0, saliency: bool = True,
                  grabcut: int = 3, side: int = 256, detect_side: int = 360, key_every: int = 4, max_elements: int = 3,
                  min_area: float = 0.01, min_person_area: float = 0.002, max_area: float = 0.8,
                  max_mask_area: float = 0.5, person_weight: float = 2.0, join: float = 0.03,
-                 refine_side: int = 192) -> None:
+                 refine_side: int = 192, central: float | None = 0.05) -> None:
         try:
             self.faces = registry.build("face_detector", faces) if faces is not None else None
         except ImportError as err:
@@ -291,7 +324,7 @@ class PackagedDetector:
         self.max_elements, self.min_area, self.max_area = max_elements, min_area, max_area
         self.min_person_area, self.max_mask_area = min_person_area, max_mask_area
         self.person_weight, self.join = person_weight, join
-        self.refine_side = refine_side
+        self.refine_side, self.central = refine_side, central
 
     def _moving(self, small: np.ndarray, plate: np.ndarray | None) -> np.ndarray | None:
         """``bool [F, h, w]`` moving pixels of the resized frames against the plate moved with the camera (the
@@ -451,6 +484,17 @@ class PackagedDetector:
         detail = {k: _shorter(frames[k], self.detect_side) for k in keys}
         proposals = {k: self._proposals(small[k], None if moving is None else moving[k], detail[k][0],
                                         detail[k][1] * width / small.shape[2]) for k in keys}
+        out = self._tracked(frames, small, keys, moving, proposals)
+        if self.central and not any(out) and moving is not None \
+                and np.mean([moving[k].mean() for k in keys]) >= self.central:
+            out = self._tracked(frames, small, keys, None, {k: central_object(small[k]) for k in keys})
+        return out
+
+    def _tracked(self, frames: np.ndarray, small: np.ndarray, keys: list[int], moving: np.ndarray | None,
+                 proposals: dict[int, list[tuple[Detection, Seeds]]]) -> list[list[Detection]]:
+        """Per frame of ``frames`` ``[F, H, W, 3]``, the tracked elements of the key frames' ``proposals`` (in
+        pixels of ``small``, the working-size frames), masked and carried to every frame."""
+        height, width = frames.shape[1:3]
         seeds = {id(d): found_seeds for found in proposals.values() for d, found_seeds in found}
         tracks = link_tracks([[d for d, _ in proposals[k]] for k in keys], max(small.shape[1:3]), min_coverage=0.25)
         tracks = sorted(tracks, key=lambda t: -t.mean_area)[: self.max_elements]
