@@ -9,9 +9,10 @@
   moving regions against the plate (aligned to
   the camera's pan, :mod:`e2v.databuild.camera`) and, where nothing else is found, the most salient region
   (spectral residual); when no element is kept and much of the picture moves (a hand-held camera close to its
-  subject), the subject in the middle of the frame (:func:`central_object`); linked through the clip, masked by GrabCut seeded with the box (a face's middle and the chest
-  below it, a walker's torso and the moving core as sure foreground, what is level with a face beside it as sure
-  background), its whole parts kept, and carried to the frames between key frames by the box's motion.
+  subject), the subject in the middle of the frame (:func:`central_object`); linked through the clip, masked by
+  GrabCut seeded with the box (a face's middle and the chest below it, a walker's torso and the moving core as sure
+  foreground, what is level with a face beside it as sure background), its whole parts kept, and carried to the
+  frames between key frames by the box's motion.
 
 The GroundingDINO/OWL-ViT + SAM plug-in (``grounded``, :mod:`e2v.databuild.plugins`) is the way for users with those
 weights.
@@ -234,11 +235,11 @@ def salient_box(frame: np.ndarray, side: int = 64, min_area: float = 0.01) -> Bo
 
 def central_object(frame: np.ndarray, margin: float = 0.1, iterations: int = 3, min_area: float = 0.01,
                    max_area: float = 0.5, max_elongation: float = 4.0) -> list[tuple[Detection, Seeds]]:
-    """The subject a hand-held camera keeps in the middle of ``uint8 [h, w, 3]``: GrabCut from the frame without a
-    ``margin`` band (probable foreground) around it (background), its largest part with holes filled. Seeds for the
-    element's own GrabCut: pixels of its core (eroded by a twentieth of its size) on it. None (an empty list) when it covers
-    under ``min_area`` or over ``max_area`` of the frame or its box is over ``max_elongation`` times longer than wide
-    (a line of text, a strip of horizon)."""
+    """The subject a hand-held camera keeps in the middle of ``uint8 [h, w, 3]``, as one proposal with its seeds:
+    GrabCut from the frame without a ``margin`` band (probable foreground) around it (background), its largest part
+    with holes filled; pixels of its core (eroded by a twentieth of its size) are the seeds on it for the element's
+    own GrabCut. Nothing (an empty list) when it covers under ``min_area`` or over ``max_area`` of the frame or its box
+    is over ``max_elongation`` times longer than wide (a line of text, a strip of horizon)."""
     height, width = frame.shape[:2]
     labels = np.full((height, width), cv2.GC_BGD, np.uint8)
     my, mx = round(margin * height), round(margin * width)
@@ -246,9 +247,8 @@ def central_object(frame: np.ndarray, margin: float = 0.1, iterations: int = 3, 
     mask = _grabcut(frame, labels, iterations, np.zeros((height, width), bool))
     if mask is None or not mask.any():
         return []
-    count, parts, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8))
-    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    mask = whole_parts(parts == largest)
+    _, parts, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8))
+    mask = whole_parts(parts == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA])))
     x0, y0, x1, y1 = mask_box(mask)
     long, short = sorted((x1 - x0, y1 - y0), reverse=True)
     if not min_area <= mask.mean() <= max_area or long > max_elongation * max(short, 1):
