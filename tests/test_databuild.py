@@ -298,6 +298,7 @@ def test_build_meets_the_truth(raw, built):
     assert scores["subject_recall"] >= 0.85
     assert scores["cross_clip_identity_accuracy"] >= 0.9 and scores["cross_clip_checked"] >= 10
     assert 0.4 <= scores["reference_colour_match"] <= 1
+    assert scores["caption_direction_accuracy"] >= 0.7 and scores["directions_checked"] >= 5
     outcomes = scores["outcomes"]
     for reason in ("corrupt", "too_short", "too_small", "odd_fps"):  # one bad video never stops a build
         assert outcomes[f"video:{reason}"] == {reason: 1}

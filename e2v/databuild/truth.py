@@ -7,6 +7,10 @@ reference identities and rejections.
   wrongly deduplicated clip misses all);
 - cross-clip identity accuracy: references taken from another clip whose element is the same true identity as the
   element it stands for (both matched to truth by the IoU rule);
+- caption direction accuracy: kept clips of shots whose subjects drift (not near-still) whose caption names the
+  drift's direction (the clip's ``direction``: against the background, the camera's motion taken out). Pans are
+  left out: their subjects drift in the frame while the camera pans, so against the background they also move with
+  the pan, often more than they drift;
 - reference colour match: histogram intersection (0..1) between each subject reference's non-white pixels, at the
   tiny recipe's 32 px, and its true identity's sprite (how faithfully the crops carry the colours a model learns
   to copy; the world's own rendered references reach 0.73 at 192 px);
@@ -88,6 +92,7 @@ def score_build(out: str | Path, raw: str | Path, tolerance: int = 2) -> dict:
     in_manifest = {r["id"] for r in records}
     cut_hits = cut_predicted = cut_true = 0
     recall_hits = recall_total = 0
+    directions: list[bool] = []
     outcomes: dict[str, Counter] = defaultdict(Counter)
     identity: dict[str, str | None] = {}  # clip id + element index -> true identity
     for truth_file in sorted((raw / "truth").glob("*.json")):
@@ -114,6 +119,8 @@ def score_build(out: str | Path, raw: str | Path, tolerance: int = 2) -> dict:
                     identity[f"{clip['id']}#{n}"] = _element_identity(clip, element, shot)
             if shot["expect"] != "keep":
                 continue
+            if not shot["near_still"] and shot["kind"] != "pan":
+                directions += [c.get("direction") == shot["direction"] for c in inside]
             for subject in shot["subjects"]:
                 recall_total += 1
                 recall_hits += any(_element_identity(c, e, {**shot, "subjects": [subject]}) for c in inside
@@ -144,6 +151,8 @@ def score_build(out: str | Path, raw: str | Path, tolerance: int = 2) -> dict:
         "subjects": recall_total,
         "cross_clip_identity_accuracy": round(correct / checked, 4) if checked else None,
         "cross_clip_checked": checked, "cross_clip_unmatched": unmatched,
+        "caption_direction_accuracy": round(float(np.mean(directions)), 4) if directions else None,
+        "directions_checked": len(directions),
         "reference_sources": dict(sources),
         "reference_colour_match": round(float(np.mean(colour_match)), 4) if colour_match else None,
         "outcomes": {kind: dict(counter) for kind, counter in sorted(outcomes.items())},
