@@ -28,8 +28,8 @@ import numpy as np
 
 from e2v import registry
 from e2v.databuild.camera import frame_shifts, translate
-from e2v.databuild.elements import (MotionSegmenter, Track, box_area, box_inside, box_iou, link_tracks,
-                                    mask_box, whole_parts)
+from e2v.databuild.elements import (MotionSegmenter, Track, box_area, box_inside, box_iou, fill_holes,
+                                    link_tracks, mask_box, whole_parts)
 from e2v.databuild.stages import Box, Detection
 from e2v.registry import register
 
@@ -248,7 +248,7 @@ def central_object(frame: np.ndarray, margin: float = 0.1, iterations: int = 3, 
     if mask is None or not mask.any():
         return []
     _, parts, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8))
-    mask = whole_parts(parts == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA])))
+    mask = fill_holes(parts == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA])))
     x0, y0, x1, y1 = mask_box(mask)
     long, short = sorted((x1 - x0, y1 - y0), reverse=True)
     if not min_area <= mask.mean() <= max_area or long > max_elongation * max(short, 1):
