@@ -20,7 +20,7 @@ import pytest
 from e2v import registry
 from e2v.databuild import raw_synth
 from e2v.databuild.build import BuildError, list_videos, merge, run_videos
-from e2v.databuild.captions import colour_name
+from e2v.databuild.captions import colour_name, with_article
 from e2v.databuild.config import BuildConfig, load_config
 from e2v.databuild.elements import box_iou, link_tracks
 from e2v.databuild.identity import group_identities
@@ -223,6 +223,9 @@ def test_captioners_template_and_sidecar(tmp_path):
                           "left", "a green background", str(tmp_path / "v.mp4"), shot=1)
     template = registry.build("captioner", "template")
     assert template.caption(context) == "a red object and a person move left across a green background"
+    context.elements[0]["colour"] = "orange"
+    assert template.caption(context) == "an orange object and a person move left across a green background"
+    assert with_article("orange background") == "an orange background"  # LivePortrait's d9.mp4 had "a orange"
     sidecar = registry.build("captioner", "sidecar")
     assert sidecar.caption(context) is None
     (tmp_path / "v.json").write_text(json.dumps({"shots": ["first shot", "second shot"]}))

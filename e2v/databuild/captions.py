@@ -63,12 +63,16 @@ def colour_name(pixels: np.ndarray, samples: int = 2048) -> str:
     return str(words[np.argmax(counts)])
 
 
+def with_article(words: str) -> str:
+    """``words`` after "a" or, before a vowel, "an": "an orange background"."""
+    return ("an " if words[0] in "aeiou" else "a ") + words
+
+
 def _phrase(element: dict) -> str:
     kind = element.get("kind", "object")
     noun = KIND_WORDS.get(kind, "object")
     colour = None if kind in UNCOLOURED else element.get("colour")
-    words = f"{colour} {noun}" if colour else noun
-    return ("an " if words[0] in "aeiou" else "a ") + words
+    return with_article(f"{colour} {noun}" if colour else noun)
 
 
 @register("captioner", "template")

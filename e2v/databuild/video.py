@@ -27,7 +27,7 @@ import numpy as np
 from e2v import registry
 from e2v.atomic import write_json_atomic
 from e2v.databuild.camera import fitted_shifts
-from e2v.databuild.captions import colour_name
+from e2v.databuild.captions import colour_name, with_article
 from e2v.databuild.config import BuildConfig
 from e2v.databuild.elements import Track, completeness, link_tracks, mask_box, merge_duplicates
 from e2v.databuild.holders import split_holder
@@ -349,7 +349,7 @@ def _process_clip(stages: Stages, config: BuildConfig, job: VideoJob, clip: np.n
         for i, vector in zip(faces, stages.face_embedder.embed([crops[i] for i in faces])):
             elements[i]["face_embedding"] = encode_vector(vector)
     direction = motion_direction(tracks, max(height, width), fitted_shifts(plate, clip))
-    background = f"a {colour_name(reference)} background"
+    background = with_article(f"{colour_name(reference)} background")
     context = ClipContext(clip, [dict(e) for e in elements], direction, background, job.path, shot, time_s)
     caption, source = None, None
     for spec, captioner in zip(config.captioners, stages.captioners):
