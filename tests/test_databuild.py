@@ -226,6 +226,10 @@ def test_captioners_template_and_sidecar(tmp_path):
     context.elements[0]["colour"] = "orange"
     assert template.caption(context) == "an orange object and a person move left across a green background"
     assert with_article("orange background") == "an orange background"  # LivePortrait's d9.mp4 had "a orange"
+    context.elements = [{"kind": "human"}, {"kind": "face"}, {"kind": "object", "colour": "grey"}]
+    assert template.caption(context) == "two people and a grey object move left across a green background"
+    context.elements = [{"kind": "object", "colour": "grey"}, {"kind": "object", "colour": "grey"}]
+    assert template.caption(context) == "two grey objects move left across a green background"
     sidecar = registry.build("captioner", "sidecar")
     assert sidecar.caption(context) is None
     (tmp_path / "v.json").write_text(json.dumps({"shots": ["first shot", "second shot"]}))

@@ -68,11 +68,24 @@ def with_article(words: str) -> str:
     return ("an " if words[0] in "aeiou" else "a ") + words
 
 
-def _phrase(element: dict) -> str:
-    kind = element.get("kind", "object")
-    noun = KIND_WORDS.get(kind, "object")
-    colour = None if kind in UNCOLOURED else element.get("colour")
-    return with_article(f"{colour} {noun}" if colour else noun)
+PLURALS = {"person": "people"}
+COUNTS = {2: "two", 3: "three", 4: "four", 5: "five"}
+
+
+def _phrases(elements: list[dict]) -> list[str]:
+    """One noun phrase per distinct (colour, kind) of ``elements`` in their order: "a red object", "two people"."""
+    words = []
+    for element in elements:
+        kind = element.get("kind", "object")
+        noun = KIND_WORDS.get(kind, "object")
+        colour = None if kind in UNCOLOURED else element.get("colour")
+        words.append((f"{colour} " if colour else "", noun))
+    phrases = []
+    for adjective, noun in dict.fromkeys(words):
+        count = words.count((adjective, noun))
+        phrases.append(with_article(adjective + noun) if count == 1 else
+                       f"{COUNTS.get(count, str(count))} {adjective}{PLURALS.get(noun, noun + 's')}")
+    return phrases
 
 
 @register("captioner", "template")
@@ -80,11 +93,11 @@ class TemplateCaptioner:
     """Caption from the detected elements (kind, colour), their motion and the background colour."""
 
     def caption(self, clip: ClipContext) -> str | None:
-        phrases = [_phrase(e) for e in clip.elements]
+        phrases = _phrases(clip.elements)
         if not phrases:
             return f"{clip.background} with nothing moving"
         subjects = phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
-        verb = "moves" if len(phrases) == 1 else "move"
+        verb = "moves" if len(clip.elements) == 1 else "move"
         if clip.direction == "still":
             return f"{subjects} in front of {clip.background}"
         return f"{subjects} {verb} {clip.direction} across {clip.background}"
