@@ -393,23 +393,29 @@ def test_a_face_with_the_background_below_it_is_a_head_not_a_torso_of_background
         assert any(d.kind == "object" and box_iou(d.box, disc_box) > 0.5 for d in found)
 
 
-def test_an_element_is_a_person_when_a_face_shows_in_any_of_a_few_frames_under_its_mask():
-    """A person who shows a face in one frame of nine (blurred in the others: turned away, moving) is named by it,
-    sought in five frames spread over the clip; in one frame only (the first) she is not; a face inside the element's
-    box but outside its mask (a track of legs whose box reaches the face) names nothing."""
+def test_an_element_is_a_person_when_a_face_shows_in_two_of_its_frames_under_its_mask():
+    """A person who shows a face in two frames of nine (blurred in the others: turned away, moving) is named by it;
+    one frame is not enough (dlib fired once, barely, on Big Buck Bunny's face); a face inside the element's box but
+    outside its mask (a track of legs whose box reaches the face) names nothing."""
     import skimage.data
 
     person = cv2.resize(skimage.data.astronaut()[20:340, 100:420], (160, 160), interpolation=cv2.INTER_AREA)
-    clip = np.full((9, 256, 256, 3), 90, np.uint8)
-    for f in range(9):
-        clip[f, 60:220, 50:210] = person if f == 6 else cv2.GaussianBlur(person, (0, 0), 6)
+    blurred = cv2.GaussianBlur(person, (0, 0), 6)
     whole, legs = np.zeros((2, 256, 256), bool)
     whole[60:220, 50:210], legs[170:220, 50:210] = True, True
     faces = registry.build("face_detector", "dlib")
-    assert [len(faces.detect(frame)) for frame in clip] == [0] * 6 + [1, 0, 0]
-    track = Track([Detection((50, 60, 210, 220), whole, "object", 0.4) for _ in clip])
-    assert holds_face(track, clip, faces) and not holds_face(track, clip, faces, looks=1)
-    assert not holds_face(Track([Detection((50, 60, 210, 220), legs, "object", 0.1) for _ in clip]), clip, faces)
+
+    def clip_showing(sharp: set[int]) -> np.ndarray:
+        clip = np.full((9, 256, 256, 3), 90, np.uint8)
+        for f in range(9):
+            clip[f, 60:220, 50:210] = person if f in sharp else blurred
+        return clip
+
+    twice, once = clip_showing({2, 6}), clip_showing({6})
+    assert [len(faces.detect(frame)) for frame in twice] == [0, 0, 1, 0, 0, 0, 1, 0, 0]
+    track = Track([Detection((50, 60, 210, 220), whole, "object", 0.4) for _ in range(9)])
+    assert holds_face(track, twice, faces) and not holds_face(track, once, faces)
+    assert not holds_face(Track([Detection((50, 60, 210, 220), legs, "object", 0.1) for _ in range(9)]), twice, faces)
 
 
 def test_template_caption_names_the_detected_kinds():

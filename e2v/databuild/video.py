@@ -169,15 +169,17 @@ def _best_frame(track: Track, height: int, width: int, away_from: int | None = N
     return max([f for f in frames if track.detections[f].score <= usual] or frames, key=lambda f: (whole(f), -f))
 
 
-def holds_face(track: Track, clip: np.ndarray, faces: Any, looks: int = 5, pad: float = 0.1,
+def holds_face(track: Track, clip: np.ndarray, faces: Any, looks: int = 9, hits: int = 2, pad: float = 0.1,
                covered: float = 0.25) -> bool:
-    """Whether a face (``faces``: a ``face_detector``) is found on the element of ``track`` in one of ``looks``
-    frames of ``clip`` ``uint8 [F, H, W, 3]`` spread over those it was seen in: sought in its box grown by ``pad`` of
-    its size, its centre inside the box and at least ``covered`` of its box under the element's mask. One frame was
-    too few: a person turns away, looks down, blurs (SAM2's demo clips: a woman walking her dog and a girl jumping on a
-    bed show their faces in 2 and 1 of 5 frames, and were named objects)."""
+    """Whether a face (``faces``: a ``face_detector``) is found on the element of ``track`` in ``hits`` of ``looks``
+    frames of ``clip`` ``uint8 [F, H, W, 3]`` spread over those it was seen in (all of them when fewer): sought in its
+    box grown by ``pad`` of its size, its centre inside the box and at least ``covered`` of its box under the
+    element's mask. The one best frame was too few: a person turns away, looks down, blurs (SAM2's demo clips: a
+    woman walking her dog and a girl jumping on a bed show their faces in 2 of 9 frames, and were named objects); one
+    frame of several was too many: dlib's detector fired once, barely, on Big Buck Bunny's face."""
     seen = [f for f in track.frames if track.detections[f].seen] or track.frames
     height, width = clip.shape[1:3]
+    hits = min(hits, len(seen))
     for f in dict.fromkeys(seen[i] for i in np.linspace(0, len(seen) - 1, min(looks, len(seen))).astype(int)):
         found = track.detections[f]
         x0, y0, x1, y1 = found.box
@@ -189,7 +191,10 @@ def holds_face(track: Track, clip: np.ndarray, faces: Any, looks: int = 5, pad: 
             if not (x0 <= (fx0 + fx1) / 2 <= x1 and y0 <= (fy0 + fy1) / 2 <= y1):
                 continue
             if found.mask is None or found.mask[fy0:fy1, fx0:fx1].mean() >= covered:
-                return True
+                hits -= 1
+                break
+        if hits <= 0:
+            return True
     return False
 
 
