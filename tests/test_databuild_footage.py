@@ -396,7 +396,8 @@ def test_a_face_with_the_background_below_it_is_a_head_not_a_torso_of_background
 def test_an_element_is_a_person_when_a_face_shows_in_two_of_its_frames_under_its_mask():
     """A person who shows a face in two frames of nine (blurred in the others: turned away, moving) is named by it;
     one frame is not enough (dlib fired once, barely, on Big Buck Bunny's face); a face inside the element's box but
-    outside its mask (a track of legs whose box reaches the face) names nothing."""
+    outside its mask (a track of legs whose box reaches the face) names nothing; a small video's person is found in
+    her box enlarged (the harder world's 128 px face discs were "grey objects")."""
     import skimage.data
 
     person = cv2.resize(skimage.data.astronaut()[20:340, 100:420], (160, 160), interpolation=cv2.INTER_AREA)
@@ -416,6 +417,13 @@ def test_an_element_is_a_person_when_a_face_shows_in_two_of_its_frames_under_its
     track = Track([Detection((50, 60, 210, 220), whole, "object", 0.4) for _ in range(9)])
     assert holds_face(track, twice, faces) and not holds_face(track, once, faces)
     assert not holds_face(Track([Detection((50, 60, 210, 220), legs, "object", 0.1) for _ in range(9)]), twice, faces)
+    small = np.full((9, 96, 96, 3), 90, np.uint8)  # a small video's 54 px person: her face under dlib's size
+    small[:, 20:74, 20:74] = cv2.resize(person, (54, 54), interpolation=cv2.INTER_AREA)
+    seen = np.zeros((96, 96), bool)
+    seen[20:74, 20:74] = True
+    assert not any(faces.detect(frame) for frame in small)
+    small_track = Track([Detection((20, 20, 74, 74), seen, "object", 0.3) for _ in range(9)])
+    assert holds_face(small_track, small, faces) and not holds_face(small_track, small, faces, min_side=1)
 
 
 def test_template_caption_names_the_detected_kinds():

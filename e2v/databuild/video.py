@@ -170,11 +170,12 @@ def _best_frame(track: Track, height: int, width: int, away_from: int | None = N
 
 
 def holds_face(track: Track, clip: np.ndarray, faces: Any, looks: int = 9, hits: int = 2, pad: float = 0.1,
-               covered: float = 0.25) -> bool:
+               covered: float = 0.25, min_side: int = 160) -> bool:
     """Whether a face (``faces``: a ``face_detector``) is found on the element of ``track`` in ``hits`` of ``looks``
     frames of ``clip`` ``uint8 [F, H, W, 3]`` spread over those it was seen in (all of them when fewer): sought in its
-    box grown by ``pad`` of its size, its centre inside the box and at least ``covered`` of its box under the
-    element's mask. The one best frame was too few: a person turns away, looks down, blurs (SAM2's demo clips: a
+    box grown by ``pad`` of its size (enlarged up to 4x to ``min_side`` px on its shorter side: dlib sees no face under
+    about 40 px, and a face filling a 50 px element of a small video is one), its centre inside the box and at least
+    ``covered`` of its box under the element's mask. The one best frame was too few: a person turns away, looks down, blurs (SAM2's demo clips: a
     woman walking her dog and a girl jumping on a bed show their faces in 2 of 9 frames, and were named objects); one
     frame of several was too many: dlib's detector fired once, barely, on Big Buck Bunny's face."""
     seen = [f for f in track.frames if track.detections[f].seen] or track.frames
@@ -186,8 +187,12 @@ def holds_face(track: Track, clip: np.ndarray, faces: Any, looks: int = 9, hits:
         gx, gy = pad * (x1 - x0), pad * (y1 - y0)
         cx0, cy0 = int(max(0, x0 - gx)), int(max(0, y0 - gy))
         cx1, cy1 = int(min(width, x1 + gx + 1)), int(min(height, y1 + gy + 1))
-        for fx0, fy0, fx1, fy1 in faces.detect(clip[f, cy0:cy1, cx0:cx1]):
-            fx0, fy0, fx1, fy1 = int(fx0) + cx0, int(fy0) + cy0, int(fx1) + cx0, int(fy1) + cy0
+        crop = clip[f, cy0:cy1, cx0:cx1]
+        zoom = int(np.clip(np.ceil(min_side / min(crop.shape[:2])), 1, 4))
+        if zoom > 1:
+            crop = cv2.resize(crop, (crop.shape[1] * zoom, crop.shape[0] * zoom), interpolation=cv2.INTER_CUBIC)
+        for box in faces.detect(crop):
+            fx0, fy0, fx1, fy1 = (int(v / zoom) + offset for v, offset in zip(box, (cx0, cy0, cx0, cy0)))
             if not (x0 <= (fx0 + fx1) / 2 <= x1 and y0 <= (fy0 + fy1) / 2 <= y1):
                 continue
             if found.mask is None or found.mask[fy0:fy1, fx0:fx1].mean() >= covered:
