@@ -175,9 +175,10 @@ def holds_face(track: Track, clip: np.ndarray, faces: Any, looks: int = 9, hits:
     frames of ``clip`` ``uint8 [F, H, W, 3]`` spread over those it was seen in (all of them when fewer): sought in its
     box grown by ``pad`` of its size (enlarged up to 4x to ``min_side`` px on its shorter side: dlib sees no face under
     about 40 px, and a face filling a 50 px element of a small video is one), its centre inside the box and at least
-    ``covered`` of its box under the element's mask. The one best frame was too few: a person turns away, looks down, blurs (SAM2's demo clips: a
-    woman walking her dog and a girl jumping on a bed show their faces in 2 of 9 frames, and were named objects); one
-    frame of several was too many: dlib's detector fired once, barely, on Big Buck Bunny's face."""
+    ``covered`` of its box under the element's mask. The one best frame was too few: a person turns away, looks down,
+    blurs (SAM2's demo clips: a woman walking her dog and a girl jumping on a bed show their faces in 2 of 9 frames,
+    and were named objects); one frame of several was too many: dlib's detector fired once, barely, on Big Buck
+    Bunny's face."""
     seen = [f for f in track.frames if track.detections[f].seen] or track.frames
     height, width = clip.shape[1:3]
     hits = min(hits, len(seen))
