@@ -37,8 +37,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_learning import (held_out_items, partner, preview_row, references, subject_names, subjects,  # noqa: E402
-                            swapped_references)
+from bench_learning import (background_of, held_out_items, partner, preview_row, references,  # noqa: E402
+                            subject_names, subjects, swapped_references)
 
 from e2v.bench.pixel_metrics import flat_video, psnr, subject_match  # noqa: E402
 from e2v.callbacks.samples import enlarged  # noqa: E402
@@ -70,7 +70,8 @@ class Row:
         try:
             video = self.pipe(list(refs["refs"]), item["caption"][0], kinds=refs["kinds"],
                               height=self.settings.height, width=self.settings.width, frames=frames,
-                              steps=self.settings.steps, guidance=self.settings.guidance, seed=seed, progress=False)
+                              steps=self.settings.steps, guidance=self.settings.guidance,
+                              image_guidance=self.settings.image_guidance, seed=seed, progress=False)
         finally:
             hook.remove()
         if timed:
@@ -96,10 +97,12 @@ def pipeline(checkpoint: str, settings: SamplingSettings, preset=None, step_cach
 def build_rows(args: argparse.Namespace) -> list[Row]:
     overrides = {**json.loads(args.teacher_settings), "height": args.size, "width": args.size}
     teacher = resolve(read_saved(args.checkpoint), overrides).settings
-    official = dataclasses.replace(teacher, solver="unipc", shift=8.0, steps=50, guidance=5.0, timesteps=None)
+    official = dataclasses.replace(teacher, solver="unipc", shift=8.0, steps=50, guidance=5.0, image_guidance=None,
+                                   timesteps=None)
     naive = dataclasses.replace(teacher, steps=4, timesteps=None)
     rows = [Row("baseline: official loop, 50 steps, CFG 5", pipeline(args.checkpoint, official, OFFICIAL), official),
-            Row(f"teacher, {teacher.steps} steps {teacher.solver}, guidance {teacher.guidance:g}",
+            Row(f"teacher, {teacher.steps} steps {teacher.solver}, guidance {teacher.guidance:g}"
+                + (f", reference guidance {teacher.image_guidance:g}" if teacher.image_guidance else ""),
                 pipeline(args.checkpoint, teacher), teacher),
             Row("teacher, 4 steps", pipeline(args.checkpoint, naive), naive),
             Row(f"teacher, step cache {args.step_cache:g}", pipeline(args.checkpoint, teacher,
@@ -123,6 +126,7 @@ def evaluate(rows: list[Row], items: list[dict], args: argparse.Namespace, manif
         truth = item["video"][0, :, : args.frames - rows[0].pipe.layout.prefix_frames(n)].float()
         own_refs = references(item, [(item, j) for j in range(n)])
         subject_refs = own_refs["refs"][subjects(item)]
+        background = background_of(own_refs)
         other = partner(items, i, lambda o: o["refs"].shape[1] == n, names)
         donor = partner(items, i, lambda o: len(subjects(o)) == len(subjects(item)), names)
         videos = []
@@ -132,13 +136,13 @@ def evaluate(rows: list[Row], items: list[dict], args: argparse.Namespace, manif
             videos.append(own)
             row.metrics["own"].append(psnr(own, truth))
             row.metrics["flat"].append(psnr(flat_video(truth), truth))
-            row.metrics["subj_own"].append(subject_match(own, subject_refs))
+            row.metrics["subj_own"].append(subject_match(own, subject_refs, background))
             if other is not None:
                 shuffled = row.generate(item, references(other, [(other, j) for j in range(n)]), args.frames, seed)
                 row.metrics["shuffled"].append(psnr(shuffled, truth))
             if donor is not None:
                 swap = row.generate(item, swapped_references(item, donor), args.frames, seed)
-                row.metrics["subj_swapped"].append(subject_match(swap, subject_refs))
+                row.metrics["subj_swapped"].append(subject_match(swap, subject_refs, background))
         for row, video in zip(rows, videos):  # fidelity to the teacher's own video (same seed and references)
             row.metrics["vs_teacher"].append(psnr(video, videos[1]))
         print(f"  clip {i + 1}/{len(items)} {item['id'][0]}: " + ", ".join(

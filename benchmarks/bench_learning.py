@@ -16,8 +16,9 @@ the video (reference frames cut) is compared with the ground-truth clip. Baselin
 Margins (means over a split's clips; ``MARGINS`` per split, a split named otherwise uses the zero-shot ones):
   (a) PSNR own - PSNR flat >= 3 dB;  (a') PSNR own - PSNR plate >= 1 dB on zero-shot clips (the subjects count)
   (b) PSNR own - PSNR shuffled >= 1 dB held-out, >= 3 dB zero-shot
-  (c) subject colour match own - swapped >= 0.08 held-out, >= 0.10 zero-shot (colour histogram of the moving
-      foreground vs the clip's own subject references; position-free, ``e2v.bench.pixel_metrics.subject_match``)
+  (c) subject colour match own - swapped >= 0.08 held-out, >= 0.10 zero-shot (colour histogram of the foreground,
+      the pixels unlike the clip's background plate, vs the clip's own subject references; position-free,
+      ``e2v.bench.pixel_metrics.subject_match``)
   (d) subject shape match own - swapped (``e2v.bench.pixel_metrics.shape_match``: silhouettes, not colours; the
       margin is calibrated on truth clips by ``benchmarks/bench_shape_measure.py``)
 Reported without a margin: where own's error lies, and how far own's subjects move against the truth's
@@ -86,6 +87,13 @@ def references(item: dict, order: list[tuple[dict, int]]) -> dict:
         "refs": torch.stack([src["refs"][0, i] for src, i in order]),
         "kinds": [src["ref_kinds"][0][i] for src, i in order],
     }
+
+
+def background_of(refs: dict) -> torch.Tensor | None:
+    """The background reference ``[3, H, W]`` of a reference set (:func:`references`): in the synthetic worlds the
+    clip's clean plate; None when the set has none."""
+    found = [ref for ref, kind in zip(refs["refs"], refs["kinds"]) if kind == "background"]
+    return found[0].float() if found else None
 
 
 def swapped_references(item: dict, donor: dict) -> dict:
@@ -157,20 +165,21 @@ def evaluate(split: str, manifest: str, trained: E2VPipeline, untrained: E2VPipe
         own = generate(trained, item, own_refs, args, seed)
         metrics["own"].append(psnr(own, truth))
         metrics["flat"].append(psnr(flat_video(truth), truth))
-        for j in (j for j, kind in enumerate(own_refs["kinds"]) if kind == "background"):
-            plate = own_refs["refs"][j][:, None].expand_as(truth).float()
+        background = background_of(own_refs)
+        if background is not None:
+            plate = background[:, None].expand_as(truth)
             metrics["plate"].append(psnr(plate, truth))
             metrics["plate_own"].append(metrics["own"][-1])  # own PSNR of the clips that have a plate
             for key, value in error_split(own, truth, plate).items():
                 metrics[f"err_{key}"].append(value)
             metrics["plate_err_subjects"].append(error_split(plate, truth, plate)["subjects"])
-            moved, drifted = subject_travel(own, plate[:, 0]), subject_travel(truth, plate[:, 0])
+            moved, drifted = subject_travel(own, background), subject_travel(truth, background)
             if not (moved.isnan().any() or drifted.isnan().any()):
                 metrics["travel_own"].append(moved.norm().item())
                 metrics["travel_truth"].append(drifted.norm().item())
                 metrics["travel_agrees"].append(float(F.cosine_similarity(moved, drifted, dim=0) > 0.5))
-        metrics["subj_own"].append(subject_match(own, subject_refs))
-        metrics["subj_truth"].append(subject_match(truth, subject_refs))
+        metrics["subj_own"].append(subject_match(own, subject_refs, background))
+        metrics["subj_truth"].append(subject_match(truth, subject_refs, background))
         metrics["shape_own"].append(shape_match(own, subject_refs))
         metrics["shape_truth"].append(shape_match(truth, subject_refs))
         if untrained is not None:
@@ -184,7 +193,7 @@ def evaluate(split: str, manifest: str, trained: E2VPipeline, untrained: E2VPipe
         if donor is not None:
             swap = swapped_references(item, donor)
             swapped = generate(trained, item, swap, args, seed)
-            metrics["subj_swapped"].append(subject_match(swapped, subject_refs))
+            metrics["subj_swapped"].append(subject_match(swapped, subject_refs, background))
             metrics["shape_swapped"].append(shape_match(swapped, subject_refs))
             metrics["shape_truth_swapped"].append(shape_match(truth, swap["refs"][subjects(item)]))
         if args.per_clip:
@@ -302,12 +311,13 @@ def main() -> None:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--checkpoint", required=True)
     add_split_arguments(parser)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the checkpoint's)")
     parser.add_argument("--solver", default=None, help="the sampler (default: the checkpoint's sample_solver)")
     parser.add_argument("--shift", type=float, default=None, help="its shift (default: the checkpoint's)")
-    parser.add_argument("--guidance", type=float, default=1.0, help="text guidance (1 = off)")
+    parser.add_argument("--guidance", type=float, default=None, help="text guidance (1 = off; default: the checkpoint's)")
     parser.add_argument("--image-guidance", type=float, default=None,
-                        help="reference guidance of dual guidance (None = off; every arm uses the same sampler)")
+                        help="reference scale of dual guidance (0 = off; default: the checkpoint's; every arm uses "
+                             "the same sampler)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/tiny/learning", help="folder for the preview PNGs ('' = none)")
     parser.add_argument("--preview", type=int, default=8, help="clips in each preview PNG")
@@ -324,8 +334,12 @@ def main() -> None:
     if args.workers < 1:
         parser.error("--workers must be >= 1")
     splits = parse_splits(args, parser)
-    # the run's saved sampling settings (as `e2v generate` samples it), --solver / --shift over them
-    sampling = resolve(read_saved(args.checkpoint), {"solver": args.solver, "shift": args.shift}, where=args.checkpoint)
+    # the run's saved sampling settings (as `e2v generate` samples it), the flags over them
+    flags = {key: getattr(args, key) for key in ("solver", "shift", "steps", "guidance", "image_guidance")}
+    sampling = resolve(read_saved(args.checkpoint), flags, where=args.checkpoint)
+    for key in ("steps", "guidance", "image_guidance"):
+        setattr(args, key, getattr(sampling.settings, key))
+    print(sampling.describe(), flush=True)
     solver = sampling.settings.solver_spec()
     trained = E2VPipeline.from_checkpoint(args.checkpoint, solver=solver, device="cpu")
     untrained = None

@@ -22,7 +22,8 @@ from typing import Iterator
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_learning import held_out_items, partner, references, subject_names, subjects, swapped_references  # noqa: E402
+from bench_learning import (background_of, held_out_items, partner, references, subject_names, subjects,  # noqa: E402
+                            swapped_references)
 
 from e2v.bench.pixel_metrics import psnr, shape_match, subject_match  # noqa: E402
 from e2v.pipeline.pipeline import E2VPipeline  # noqa: E402
@@ -54,11 +55,10 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--image-size", type=int, default=32, help="the image encoder's square")
     parser.add_argument("--max-references", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    sampling = resolve(read_saved(args.checkpoint), {}, where=args.checkpoint)
-    pipeline = E2VPipeline.from_checkpoint(args.checkpoint, solver=sampling.settings.solver_spec(), device="cpu")
+    settings = resolve(read_saved(args.checkpoint), {}, where=args.checkpoint).settings  # as the run samples
+    pipeline = E2VPipeline.from_checkpoint(args.checkpoint, solver=settings.solver_spec(), device="cpu")
     items = held_out_items(args.manifest, args)
     names = subject_names(args.manifest)
     scores: dict[str, list[tuple[float, float, float]]] = {arm: [] for arm in ARMS}
@@ -75,9 +75,10 @@ def main() -> None:
             layout_refs = swapped if layout_swap else own
             with image_tokens_from(pipeline, swapped if tokens_swap else own):
                 video = pipeline(list(layout_refs["refs"]), item["caption"][0], kinds=layout_refs["kinds"],
-                                 height=args.size, width=args.size, frames=args.frames, steps=args.steps,
-                                 guidance=1.0, seed=args.seed + i, progress=False)
-            scores[arm].append((subject_match(video, own_subjects), shape_match(video, own_subjects),
+                                 height=args.size, width=args.size, frames=args.frames, steps=settings.steps,
+                                 guidance=settings.guidance, image_guidance=settings.image_guidance,
+                                 seed=args.seed + i, progress=False)
+            scores[arm].append((subject_match(video, own_subjects, background_of(own)), shape_match(video, own_subjects),
                                 psnr(video, truth)))
     means = {arm: np.mean(rows, axis=0) for arm, rows in scores.items() if rows}
     if "own" not in means:

@@ -3,10 +3,11 @@
 A DiT only makes latents: the best it can hand the decoder is the truth's own latents. This script scores the truth
 clips of each split and their VAE reconstructions (the reference prefix and the clip, encoded and decoded as the
 run's layout trains on them) with the measures of ``bench_learning.py``:
-- (c) colour match of the moving foreground with the clip's subject references; against it, a donor clip's truth
-  and its reconstruction (other subjects, the same count) scored with the same references: what drawing another
-  clip's subjects perfectly gives, the level a perfect model's swapped-subjects video would reach (where a split's
-  subjects share a narrow palette, as the zero-shot split's two hue bands, that level is high);
+- (c) colour match of the foreground (unlike the clip's plate) with the clip's subject references; against it, a
+  donor clip's truth (its foreground against its own plate) and its reconstruction (other subjects, the same
+  count) scored with the same references: what drawing another clip's subjects perfectly gives, the level a
+  perfect model's swapped-subjects video would reach (where a split's subjects share a narrow palette, as the
+  zero-shot split's two hue bands, that level is high);
 - (d) shape match with the clip's subject references minus with the donor's (as ``bench_learning`` computes the
   truth's margin).
 The reconstruction's margins are what a DiT that gets every latent right would score, so a margin threshold above
@@ -25,8 +26,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_learning import (add_split_arguments, held_out_items, parse_splits, partner, subject_names,  # noqa: E402
-                            subjects, swapped_references)
+from bench_learning import (add_split_arguments, background_of, held_out_items, parse_splits, partner,  # noqa: E402
+                            references, subject_names, subjects, swapped_references)
 
 from e2v.bench.pixel_metrics import psnr, shape_match, subject_match  # noqa: E402
 from e2v.pipeline.pipeline import E2VPipeline  # noqa: E402
@@ -59,10 +60,13 @@ def ceiling(split: str, manifest: str, pipeline: E2VPipeline, args: argparse.Nam
         donated = swapped_references(item, donor)["refs"][subjects(item)]
         donor_truth = donor["video"][0, :, : args.frames - pipeline.layout.prefix_frames(donor["refs"].shape[1])]
         donor_rec = reconstructed(pipeline, donor["video"][0], donor["refs"][0])
+        plate = background_of(references(item, [(item, j) for j in range(n)]))
+        donor_plate = background_of(references(donor, [(donor, j) for j in range(donor["refs"].shape[1])]))
         for key, value in (("psnr_rec", psnr(rec, truth)),
-                           ("colour_truth", subject_match(truth, own)), ("colour_rec", subject_match(rec, own)),
-                           ("colour_donor", subject_match(donor_truth.float(), own)),
-                           ("colour_donor_rec", subject_match(donor_rec, own)),
+                           ("colour_truth", subject_match(truth, own, plate)),
+                           ("colour_rec", subject_match(rec, own, plate)),
+                           ("colour_donor", subject_match(donor_truth.float(), own, donor_plate)),
+                           ("colour_donor_rec", subject_match(donor_rec, own, donor_plate)),
                            ("shape_truth", shape_match(truth, own) - shape_match(truth, donated)),
                            ("shape_rec", shape_match(rec, own) - shape_match(rec, donated))):
             scores.setdefault(key, []).append(value)

@@ -67,6 +67,22 @@ def test_subject_match_prefers_the_referenced_subject():
     assert subject_match(red_video[:, :1].expand_as(red_video), red_ref) == 0.0  # nothing moves: 0
 
 
+def test_against_the_plate_a_slow_subject_counts_whole_and_a_still_one_too():
+    """The temporal median keeps the inside of a subject that drifts less than its width: only its rims move. The
+    plate (the clean background) sees all of it, still or moving."""
+    plate = torch.tensor(GREY).view(3, 1, 1).expand(3, 32, 32)
+    slow = disc_video(RED, step=1)  # a radius-5 disc, 7 px in 8 frames
+    disc_pixels = (slow - plate[:, None]).abs().amax(0) > 0
+    assert moving_foreground(slow, plate=plate).eq(disc_pixels).all()
+    assert moving_foreground(slow).sum() < 0.6 * disc_pixels.sum()  # the median: the rims only
+    still = disc_video(RED, step=0)
+    still_pixels = (still - plate[:, None]).abs().amax(0) > 0
+    assert not moving_foreground(still).any() and moving_foreground(still, plate=plate).eq(still_pixels).all()
+    red_ref, blue_ref = disc_reference(RED), disc_reference(BLUE)
+    assert subject_match(still, red_ref, plate) > 0.95 and subject_match(still, blue_ref, plate) < 0.05
+    assert subject_match(plate[:, None].expand_as(still), red_ref, plate) == 0.0  # the plate alone: no foreground
+
+
 def test_histograms_and_subject_pixels():
     pixels = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.99, 0.0, 0.0]])
     hist = colour_histogram(pixels)

@@ -121,3 +121,20 @@ def test_without_validation_data_training_goes_on_with_one_warning(tmp_path):
     assert trainer.global_step == 2 and model.calls == []
     assert sum("no validation data" in str(w.message) for w in caught) == 1
     assert not list(tmp_path.rglob("samples"))
+
+
+def test_image_guidance_reaches_the_module_only_when_set(tmp_path):
+    """A run that samples with reference guidance passes it on; one without keeps calling modules whose
+    ``generate_samples`` takes no ``image_guidance``."""
+    class Guided(TinyGenerator):
+        def generate_samples(self, batch, steps, guidance, seed, image_guidance=None):
+            out = super().generate_samples(batch, steps, guidance, seed)
+            self.calls[-1]["image_guidance"] = image_guidance
+            return out
+
+    model = Guided()
+    trainer = pl.Trainer(accelerator="cpu", max_steps=1, logger=False, limit_val_batches=0,
+                         callbacks=[SampleVideos(every_n_steps=1, num_samples=1, image_guidance=1.3)],
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(model, datamodule=TripletData())
+    assert model.calls and all(c["image_guidance"] == 1.3 for c in model.calls)

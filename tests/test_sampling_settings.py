@@ -14,13 +14,14 @@ def test_a_run_saves_its_solver_callback_and_data_settings(tmp_path):
     module = E2VDiffusion(text_encoder={"name": "umt5", "preset": "tiny", "max_length": 8},
                           sample_solver={"name": "euler", "shift": 3.0})
     data = types.SimpleNamespace(buckets=[(17, 32, 48)], max_references=3)
-    module._trainer = types.SimpleNamespace(callbacks=[SampleVideos(steps=20, guidance=1.0, fps=8)],
+    module._trainer = types.SimpleNamespace(callbacks=[SampleVideos(steps=20, guidance=1.0, image_guidance=1.3, fps=8)],
                                             datamodule=data)
     checkpoint = {"state_dict": {}, "hyper_parameters": dict(module.hparams)}
     module.on_save_checkpoint(checkpoint)
     module._trainer = None
-    assert checkpoint["sampling"] == {"solver": "euler", "shift": 3.0, "steps": 20, "guidance": 1.0, "fps": 8.0,
-                                      "frames": 8, "height": 32, "width": 48, "timesteps": None}  # 17 - 9 ref frames
+    assert checkpoint["sampling"] == {"solver": "euler", "shift": 3.0, "steps": 20, "guidance": 1.0,
+                                      "image_guidance": 1.3, "fps": 8.0, "frames": 8, "height": 32, "width": 48,
+                                      "timesteps": None}  # 17 - 9 ref frames
     torch.save(checkpoint, tmp_path / "run.ckpt")
     assert read_saved(tmp_path / "run.ckpt") == checkpoint["sampling"]
 
@@ -39,6 +40,11 @@ def test_flags_override_and_the_line_says_where_each_value_came_from():
     assert resolved.settings.steps == 8 and resolved.settings.guidance == 1.0 and not resolved.warnings
     line = resolved.describe()
     assert "steps 8 (flag)" in line and "guidance 1 (model)" in line and "size 32x32 (model)" in line
+    assert "image guidance off (model)" in line
+    guided = resolve({**saved, "image_guidance": 1.3}, {})
+    assert guided.settings.image_guidance == 1.3 and "image guidance 1.3 (model)" in guided.describe()
+    off = resolve({**saved, "image_guidance": 1.3}, {"image_guidance": 0.0})  # --image-guidance 0 turns it off
+    assert off.settings.image_guidance is None and "image guidance off (flag)" in off.describe()
     assert resolve(None, {}).settings == DEFAULTS and "solver unipc (default)" in resolve(None, {}).describe()
 
 
@@ -47,5 +53,7 @@ def test_bad_saved_settings_are_refused_naming_the_key():
         resolve({"stepz": 4}, {}, where="x.ckpt")
     with pytest.raises(ValueError, match="x.ckpt.*solver must be one of"):
         resolve({"solver": "ddim"}, {}, where="x.ckpt")
+    with pytest.raises(ValueError, match="x.ckpt.*image_guidance must be >= 0"):
+        resolve({"image_guidance": -1.0}, {}, where="x.ckpt")
     with pytest.raises(ValueError, match="timesteps .* are not 2 steps"):
         SamplingSettings(steps=2, timesteps=(1000.0, 750.0, 500.0))

@@ -38,12 +38,21 @@ def flat_video(truth: torch.Tensor) -> torch.Tensor:
     return truth.float().mean(dim=(1, 2, 3), keepdim=True).expand_as(truth)
 
 
-def moving_foreground(video: torch.Tensor, distance: float = FOREGROUND_DISTANCE) -> torch.Tensor:
+def moving_foreground(video: torch.Tensor, distance: float = FOREGROUND_DISTANCE,
+                      plate: torch.Tensor | None = None) -> torch.Tensor:
     """``bool [F, H, W]``: pixels whose colour is more than ``distance`` (max over channels, [0, 1] units) away
-    from the video's own temporal median at that position."""
+    from the background: the clean ``plate`` ``[3, H, W]`` (in [-1, 1]) when one is known, else the video's own
+    temporal median at that position.
+
+    The median sees only what a subject uncovers: one drifting less than its own width (the tiny world's subjects
+    move 3 px in a clip) keeps its inside at the median, so only its leading and trailing rims, half background,
+    count. Against the plate the whole subject counts, still or moving."""
     unit = (video.float() + 1) / 2
-    median = unit.median(dim=1, keepdim=True).values
-    return (unit - median).abs().amax(dim=0) > distance
+    if plate is not None:
+        background = ((plate.float() + 1) / 2)[:, None]
+    else:
+        background = unit.median(dim=1, keepdim=True).values
+    return (unit - background).abs().amax(dim=0) > distance
 
 
 def colour_histogram(pixels: torch.Tensor, bins: int = HISTOGRAM_BINS) -> torch.Tensor:
@@ -61,10 +70,16 @@ def subject_pixels(refs: torch.Tensor, white: float = WHITE) -> torch.Tensor:
     return pixels[(pixels <= white).any(dim=1)]
 
 
-def subject_match(video: torch.Tensor, subject_refs: torch.Tensor) -> float:
-    """Histogram intersection (0..1) between the colours of ``video``'s moving foreground and the subject
-    references' non-white pixels; 0 when nothing moves."""
-    mask = moving_foreground(video)
+def subject_match(video: torch.Tensor, subject_refs: torch.Tensor, plate: torch.Tensor | None = None) -> float:
+    """Histogram intersection (0..1) between the colours of ``video``'s foreground (:func:`moving_foreground`,
+    against ``plate`` ``[3, H, W]`` when the clean background is known) and the subject references' non-white
+    pixels; 0 when there is no foreground.
+
+    With the plate the truth clips score far above another clip's subjects drawn perfectly: the open world's
+    zero-shot clips (main-job world, seeds 0 / 1 / 2) truth - donor truth +0.237 / +0.254 / +0.226, held-out
+    +0.355 / +0.382 / +0.406; against the temporal median, zero-shot +0.103 on seed 0 (its 0.10 margin was out of
+    reach of the truth itself)."""
+    mask = moving_foreground(video, plate=plate)
     if not mask.any():
         return 0.0
     moving = ((video.float() + 1) / 2).permute(1, 2, 3, 0)[mask]  # [n, 3]

@@ -8,7 +8,7 @@ frames, with the ground-truth frames in a second row when the batch has a ``"vid
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Any
+from typing import Any, Optional
 
 import lightning.pytorch as pl
 import torch
@@ -68,7 +68,8 @@ def enlarged(image: torch.Tensor, min_height: int = 256) -> torch.Tensor:
 
 class SampleVideos(Callback):
     """Every ``every_n_steps`` optimizer steps (and at the end of fit) generate videos for fixed validation
-    triplets with ``pl_module.generate_samples(batch, steps=, guidance=, seed=)``, write them and log them.
+    triplets with ``pl_module.generate_samples(batch, steps=, guidance=, seed=)`` (and ``image_guidance=``, the
+    reference scale of dual guidance, when it is set), write them and log them.
 
     The triplets are the first ``num_samples`` items of the datamodule's validation dataloader, taken once at fit
     start; without validation data (e.g. ``val_manifest: null``) the callback warns once and writes no samples. Generation runs on every rank (a sharded model needs all ranks for a forward pass), in eval mode
@@ -82,6 +83,7 @@ class SampleVideos(Callback):
         num_samples: int = 2,
         steps: int = 30,
         guidance: float = 5.0,
+        image_guidance: Optional[float] = None,
         seed: int = 0,
         fps: float = 8,
         at_fit_end: bool = True,
@@ -94,6 +96,7 @@ class SampleVideos(Callback):
         self.num_samples = num_samples
         self.steps = steps
         self.guidance = guidance
+        self.image_guidance = image_guidance
         self.seed = seed
         self.fps = fps
         self.at_fit_end = at_fit_end
@@ -103,7 +106,8 @@ class SampleVideos(Callback):
 
     def sampling_options(self) -> dict[str, Any]:
         """The sampling settings these samples use (saved with the run's checkpoints as generate's defaults)."""
-        return {"steps": self.steps, "guidance": float(self.guidance), "fps": float(self.fps)}
+        return {"steps": self.steps, "guidance": float(self.guidance), "fps": float(self.fps),
+                "image_guidance": None if self.image_guidance is None else float(self.image_guidance)}
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.batches = self._fixed_batches(trainer)
@@ -147,13 +151,15 @@ class SampleVideos(Callback):
         ema = EMA.find(trainer)
         was_training = pl_module.training
         pl_module.eval()
+        # a module whose generate_samples takes no image_guidance still works while it is off
+        guided = {} if self.image_guidance is None else {"image_guidance": self.image_guidance}
         try:
             results = []
             for batch in self.batches:
                 device_batch = move_data_to_device(batch, pl_module.device)
                 with ema.swapped(pl_module) if ema is not None else nullcontext():
                     out = pl_module.generate_samples(device_batch, steps=self.steps, guidance=self.guidance,
-                                                     seed=self.seed)
+                                                     seed=self.seed, **guided)
                 results.append((batch, out))
         finally:
             pl_module.train(was_training)

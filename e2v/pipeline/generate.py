@@ -78,7 +78,7 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guidance", type=nonnegative_float, default=None,
                         help=f"text CFG scale (1 = off); {saved}{DEFAULTS.guidance:g}")
     parser.add_argument("--image-guidance", type=nonnegative_float, default=None,
-                        help="reference scale (dual guidance)")
+                        help="reference scale of dual guidance (0: off); " + saved + "off")
     parser.add_argument("--solver", choices=list(SOLVERS), default=None, help=saved + DEFAULTS.solver)
     parser.add_argument("--shift", type=positive_float, default=None, help=saved + f"{DEFAULTS.shift:g}")
     parser.add_argument("--step-cache", type=nonnegative_float, default=None, metavar="THRESH",
@@ -233,7 +233,7 @@ def apply_sampling(args: argparse.Namespace, prog: str) -> Resolved:
     return resolved
 
 
-FLAG_KEYS = ("solver", "shift", "steps", "guidance", "fps", "frames", "height", "width")
+FLAG_KEYS = ("solver", "shift", "steps", "guidance", "image_guidance", "fps", "frames", "height", "width")
 SETTINGS = ("negative_prompt", "seed", "height", "width", "frames", "steps", "guidance", "image_guidance", "fps")
 
 

@@ -1,7 +1,8 @@
 """The sampling settings a run was trained for: saved in its checkpoint (``checkpoint["sampling"]``) and its export
 (``sampling.json``), and the defaults of ``e2v generate`` / ``e2v bench run`` for that model.
 
-Fields: ``solver`` (``euler`` / ``unipc``), ``shift``, ``steps``, ``guidance`` (text CFG scale, 1 = off), ``fps``,
+Fields: ``solver`` (``euler`` / ``unipc``), ``shift``, ``steps``, ``guidance`` (text CFG scale, 1 = off),
+``image_guidance`` (the reference scale of dual guidance; None or 0: off), ``fps``,
 ``frames`` (frames of the written video, reference frames excluded), ``height``, ``width`` and, for a distilled
 student, ``timesteps``: the fixed DiT timesteps (``1000 * sigma``, shift applied) it was trained to sample at.
 Command-line flags override them; :func:`resolve` says where each value came from and warns when a flag leaves a
@@ -29,6 +30,7 @@ class SamplingSettings:
     shift: float = 8.0
     steps: int = 50
     guidance: float = 5.0
+    image_guidance: Optional[float] = None
     fps: float = 16.0
     frames: int = 69
     height: int = 480
@@ -47,6 +49,10 @@ class SamplingSettings:
                 raise ValueError(f"sampling {key} must be an integer >= 1, got {value!r}")
         if not self.guidance >= 0:
             raise ValueError(f"sampling guidance must be >= 0, got {self.guidance}")
+        if self.image_guidance is not None and not self.image_guidance >= 0:
+            raise ValueError(f"sampling image_guidance must be >= 0 or null (off), got {self.image_guidance}")
+        if self.image_guidance == 0:  # 0 turns it off, as in the app's form
+            object.__setattr__(self, "image_guidance", None)
         if self.timesteps is not None and len(self.timesteps) != self.steps:
             raise ValueError(f"sampling timesteps {list(self.timesteps)} are not {self.steps} steps")
 
@@ -122,8 +128,9 @@ class Resolved:
         """One line: every value and its source, e.g. ``sampling: solver euler (model), steps 8 (flag), ...``."""
         s = self.settings
         values = {"solver": s.solver, "shift": f"{s.shift:g}", "steps": s.steps, "guidance": f"{s.guidance:g}",
+                  "image guidance": "off" if s.image_guidance is None else f"{s.image_guidance:g}",
                   "fps": f"{s.fps:g}", "frames": s.frames, "size": f"{s.height}x{s.width}"}
-        source = {**self.sources, "size": self.sources["height"]}
+        source = {**self.sources, "size": self.sources["height"], "image guidance": self.sources["image_guidance"]}
         parts = [f"{key} {value} ({source[key]})" for key, value in values.items()]
         if s.timesteps is not None:
             parts.append(f"timesteps {[round(t, 1) for t in s.timesteps]} ({self.sources['timesteps']})")

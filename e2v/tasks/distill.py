@@ -21,7 +21,7 @@ adapters on the teacher's weights and the teacher is that same base with the ada
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -188,13 +188,15 @@ class Distillation(E2VDiffusion):
 
     # -------------------------------------------------------------------------------------------------- sampling
     def sampling_settings(self) -> SamplingSettings:
-        """The run's settings with the student's schedule: Euler at its fixed timesteps, guidance 1."""
+        """The run's settings with the student's schedule: Euler at its fixed timesteps, guidance 1, no image
+        guidance."""
         timesteps = tuple((self.student_sigmas[:-1] * TIMESTEP_SCALE).tolist())
         return SamplingSettings(**{**super().sampling_settings().to_dict(), "solver": "euler",
-                                   "steps": len(timesteps), "guidance": 1.0, "timesteps": timesteps})
+                                   "steps": len(timesteps), "guidance": 1.0, "image_guidance": None,
+                                   "timesteps": timesteps})
 
     def generate_samples(self, batch: dict[str, Any], steps: int = 0, guidance: float = 1.0,
-                         seed: int = 0) -> dict[str, Any]:
+                         seed: int = 0, image_guidance: Optional[float] = None) -> dict[str, Any]:
         """Sample videos the way the student is used: its own steps, no guidance (the callback's are ignored)."""
         return super().generate_samples(batch, steps=len(self.student_sigmas) - 1, guidance=1.0, seed=seed)
 

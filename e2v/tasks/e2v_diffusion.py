@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from lightning.pytorch import LightningModule
@@ -485,7 +485,8 @@ class E2VDiffusion(LightningModule):
 
     @torch.no_grad()
     def generate_samples(
-        self, batch: dict[str, Any], steps: int = 20, guidance: float = 1.0, seed: int = 0
+        self, batch: dict[str, Any], steps: int = 20, guidance: float = 1.0, seed: int = 0,
+        image_guidance: Optional[float] = None,
     ) -> dict[str, Any]:
         """Generate a video for each triplet of an online batch (used by the SampleVideos callback).
 
@@ -496,8 +497,8 @@ class E2VDiffusion(LightningModule):
         pipeline = self.make_pipeline()  # borrows the modules: train flags and requires_grad are left as they are
         videos = [
             pipeline(list(refs[i]), captions[i], kinds=list(batch["ref_kinds"][i]) if "ref_kinds" in batch else None,
-                     height=height, width=width, frames=frames, steps=steps, guidance=guidance, seed=seed + i,
-                     progress=False)
+                     height=height, width=width, frames=frames, steps=steps, guidance=guidance,
+                     image_guidance=image_guidance, seed=seed + i, progress=False)
             for i in range(refs.shape[0])
         ]
         return {"video": torch.stack(videos), "refs": refs, "caption": captions}
