@@ -22,10 +22,9 @@ Margins (means over a split's clips; ``MARGINS`` per split, a split named otherw
   (d) subject shape match own - swapped (``e2v.bench.pixel_metrics.shape_match``: silhouettes, not colours; the
       margin is calibrated on truth clips by ``benchmarks/bench_shape_measure.py``)
 Reported without a margin: where own's error lies, and how far own's subjects move against the truth's
-(``e2v.bench.pixel_metrics.subject_travel``). PSNR favours a still blur over a sharp subject a little off: sampling
-the main job's recipe fine-tuned for 2400 steps with fewer Euler steps (blurrier videos) raises (a) and lowers (c)
-(zero-shot, 20 -> 10 -> 5 steps: (a) +2.99 -> +3.29 -> +3.70 dB, (c) +0.038 -> +0.042 -> +0.008), so read (a) beside
-(c), (d) and the motion.
+(``e2v.bench.pixel_metrics.subject_travel``). PSNR favours a still blur over a sharp subject a little off: the main
+job's model sampled with 10 Euler steps instead of 20 (blurrier videos) gains 0.3 dB of zero-shot (a) and no (c) or
+(d), so read (a) beside (c), (d) and the motion.
 ``--check`` exits 1 when a margin is missed. A preview PNG per split (per clip: references | own | truth |
 shuffled frames) is written to ``--out``. Run after the main job:
 
