@@ -126,7 +126,7 @@ def evaluate(rows: list[Row], items: list[dict], args: argparse.Namespace, manif
         truth = item["video"][0, :, : args.frames - rows[0].pipe.layout.prefix_frames(n)].float()
         own_refs = references(item, [(item, j) for j in range(n)])
         subject_refs = own_refs["refs"][subjects(item)]
-        background = background_of(own_refs)
+        background = background_of(own_refs, truth)
         other = partner(items, i, lambda o: o["refs"].shape[1] == n, names)
         donor = partner(items, i, lambda o: len(subjects(o)) == len(subjects(item)), names)
         videos = []

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from e2v import registry
-from e2v.bench.pixel_metrics import flat_video, psnr, shape_match, subject_match, subject_travel
+from e2v.bench.pixel_metrics import flat_video, is_plate_of, psnr, shape_match, subject_match, subject_travel
 from e2v.callbacks.samples import enlarged, evenly_spaced_frames
 from e2v.datamodules.triplets import TripletDataModule
 from e2v.datamodules.video_io import save_image
@@ -88,11 +88,12 @@ def references(item: dict, order: list[tuple[dict, int]]) -> dict:
     }
 
 
-def background_of(refs: dict) -> torch.Tensor | None:
-    """The background reference ``[3, H, W]`` of a reference set (:func:`references`): in the synthetic worlds the
-    clip's clean plate; None when the set has none."""
-    found = [ref for ref, kind in zip(refs["refs"], refs["kinds"]) if kind == "background"]
-    return found[0].float() if found else None
+def background_of(refs: dict, truth: torch.Tensor) -> torch.Tensor | None:
+    """The background reference ``[3, H, W]`` of a reference set (:func:`references`) when it is the clean plate of
+    the clip ``truth`` ``[3, F, H, W]``, as the synthetic worlds make it (:func:`e2v.bench.pixel_metrics.is_plate_of`);
+    None when the set has none or it shows another view."""
+    found = [ref.float() for ref, kind in zip(refs["refs"], refs["kinds"]) if kind == "background"]
+    return found[0] if found and is_plate_of(truth, found[0]) else None
 
 
 def swapped_references(item: dict, donor: dict) -> dict:
@@ -164,19 +165,19 @@ def evaluate(split: str, manifest: str, trained: E2VPipeline, untrained: E2VPipe
         own = generate(trained, item, own_refs, args, seed)
         metrics["own"].append(psnr(own, truth))
         metrics["flat"].append(psnr(flat_video(truth), truth))
-        background = background_of(own_refs)
-        if background is not None:
-            plate = background[:, None].expand_as(truth)
+        for j in (j for j, kind in enumerate(own_refs["kinds"]) if kind == "background"):
+            plate = own_refs["refs"][j][:, None].expand_as(truth).float()
             metrics["plate"].append(psnr(plate, truth))
             metrics["plate_own"].append(metrics["own"][-1])  # own PSNR of the clips that have a plate
             for key, value in error_split(own, truth, plate).items():
                 metrics[f"err_{key}"].append(value)
             metrics["plate_err_subjects"].append(error_split(plate, truth, plate)["subjects"])
-            moved, drifted = subject_travel(own, background), subject_travel(truth, background)
+            moved, drifted = subject_travel(own, plate[:, 0]), subject_travel(truth, plate[:, 0])
             if not (moved.isnan().any() or drifted.isnan().any()):
                 metrics["travel_own"].append(moved.norm().item())
                 metrics["travel_truth"].append(drifted.norm().item())
                 metrics["travel_agrees"].append(float(F.cosine_similarity(moved, drifted, dim=0) > 0.5))
+        background = background_of(own_refs, truth)  # (c)'s foreground: what differs from the clip's plate
         metrics["subj_own"].append(subject_match(own, subject_refs, background))
         metrics["subj_truth"].append(subject_match(truth, subject_refs, background))
         metrics["shape_own"].append(shape_match(own, subject_refs))

@@ -78,7 +78,7 @@ def main() -> None:
                                  height=args.size, width=args.size, frames=args.frames, steps=settings.steps,
                                  guidance=settings.guidance, image_guidance=settings.image_guidance,
                                  seed=args.seed + i, progress=False)
-            scores[arm].append((subject_match(video, own_subjects, background_of(own)), shape_match(video, own_subjects),
+            scores[arm].append((subject_match(video, own_subjects, background_of(own, truth)), shape_match(video, own_subjects),
                                 psnr(video, truth)))
     means = {arm: np.mean(rows, axis=0) for arm, rows in scores.items() if rows}
     if "own" not in means:

@@ -60,8 +60,9 @@ def ceiling(split: str, manifest: str, pipeline: E2VPipeline, args: argparse.Nam
         donated = swapped_references(item, donor)["refs"][subjects(item)]
         donor_truth = donor["video"][0, :, : args.frames - pipeline.layout.prefix_frames(donor["refs"].shape[1])]
         donor_rec = reconstructed(pipeline, donor["video"][0], donor["refs"][0])
-        plate = background_of(references(item, [(item, j) for j in range(n)]))
-        donor_plate = background_of(references(donor, [(donor, j) for j in range(donor["refs"].shape[1])]))
+        plate = background_of(references(item, [(item, j) for j in range(n)]), truth)
+        donor_plate = background_of(references(donor, [(donor, j) for j in range(donor["refs"].shape[1])]),
+                                    donor_truth.float())
         for key, value in (("psnr_rec", psnr(rec, truth)),
                            ("colour_truth", subject_match(truth, own, plate)),
                            ("colour_rec", subject_match(rec, own, plate)),

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from e2v.bench.pixel_metrics import (colour_histogram, flat_video, moving_foreground, psnr, subject_match,
+from e2v.bench.pixel_metrics import (colour_histogram, flat_video, is_plate_of, moving_foreground, psnr, subject_match,
                                      subject_pixels, subject_travel)
 
 RED, BLUE, GREY = (0.9, -0.8, -0.8), (-0.8, -0.6, 0.9), (0.0, 0.0, 0.0)
@@ -81,6 +81,8 @@ def test_against_the_plate_a_slow_subject_counts_whole_and_a_still_one_too():
     red_ref, blue_ref = disc_reference(RED), disc_reference(BLUE)
     assert subject_match(still, red_ref, plate) > 0.95 and subject_match(still, blue_ref, plate) < 0.05
     assert subject_match(plate[:, None].expand_as(still), red_ref, plate) == 0.0  # the plate alone: no foreground
+    elsewhere = torch.tensor(BLUE).view(3, 1, 1).expand(3, 32, 32)  # a background reference of another picture
+    assert is_plate_of(slow, plate) and not is_plate_of(slow, elsewhere)
 
 
 def test_histograms_and_subject_pixels():

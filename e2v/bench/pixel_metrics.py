@@ -55,6 +55,14 @@ def moving_foreground(video: torch.Tensor, distance: float = FOREGROUND_DISTANCE
     return (unit - background).abs().amax(dim=0) > distance
 
 
+def is_plate_of(video: torch.Tensor, plate: torch.Tensor, distance: float = FOREGROUND_DISTANCE) -> bool:
+    """Whether ``plate`` ``[3, H, W]`` is the clean background of ``video`` ``[3, F, H, W]`` (both in [-1, 1]): at
+    least half of the video's median frame within ``distance`` of it. A background reference of another view or
+    framing is not, and measuring a foreground against it would take the whole picture."""
+    median = (video.float().median(dim=1).values + 1) / 2
+    return bool(((median - (plate.float() + 1) / 2).abs().amax(dim=0) <= distance).float().mean() >= 0.5)
+
+
 def colour_histogram(pixels: torch.Tensor, bins: int = HISTOGRAM_BINS) -> torch.Tensor:
     """Normalised joint colour histogram ``[bins**3]`` of ``pixels [n, 3]`` in [0, 1] (zeros when n = 0)."""
     index = (pixels.float().clamp(0, 1) * bins).long().clamp_max(bins - 1)
