@@ -812,6 +812,34 @@ def test_identities_are_grouped_within_each_video_unless_cross_video():
     assert identity_labels(elements, dataclasses.replace(BuildConfig(), cross_video=True), videos).tolist() == [0] * 4
 
 
+def test_people_seen_in_grey_are_not_grouped_by_the_appearance_proxy():
+    """Greyscale talking heads all look alike to a luma histogram and a face-shaped layout: grey compilations of
+    LivePortrait's clips gave 7 cross-clip references of 7 from another person. Grey objects and people in colour
+    are still grouped; a face descriptor or a learned embedder still groups grey people."""
+    import dataclasses
+
+    import skimage.data
+
+    from e2v.databuild.build import identity_labels
+    from e2v.databuild.identity import greyscale
+    from e2v.databuild.video import encode_vector
+
+    look = encode_vector(np.eye(8)[0])
+    grey_person = {"embedding": look, "kind": "face", "grey": True}
+    colour_person = {**grey_person, "grey": False, "embedding": encode_vector(np.eye(8)[1])}
+    elements = [grey_person, {**grey_person, "kind": "human"}, {**grey_person, "kind": "object"},
+                {**grey_person, "kind": "object"}, colour_person, colour_person]
+    assert identity_labels(elements, BuildConfig()).tolist() == [0, 1, 2, 2, 3, 3]
+    learned = dataclasses.replace(BuildConfig(), embedder={"name": "image_encoder", "path": "clip"})
+    assert identity_labels(elements[:2], learned).tolist() == [0, 0]
+    described = [{**grey_person, "face_embedding": look}] * 2
+    assert identity_labels(described, BuildConfig()).tolist() == [0, 0]
+
+    photo = skimage.data.astronaut()[::4, ::4]
+    grey = np.repeat(cv2.cvtColor(photo, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2)
+    assert greyscale(grey) and not greyscale(photo) and not greyscale(np.full((8, 8, 3), 255, np.uint8))
+
+
 def _held_clip(frames: int = 17) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A dark blue textured cup held by a forearm that enters from the right border, both rising 2 px a frame
     over a light grey wall: ``(frames uint8 [F, 120, 160, 3], cup masks bool [F, 120, 160], arm masks)``."""

@@ -34,9 +34,10 @@ from typing import Callable, Iterable
 import numpy as np
 from tqdm import tqdm
 
+from e2v import registry
 from e2v.atomic import TEMP_SUFFIX, write_text_atomic
 from e2v.databuild.config import BuildConfig
-from e2v.databuild.identity import group_identities
+from e2v.databuild.identity import PEOPLE, group_identities
 from e2v.databuild.video import WORK, VideoJob, decode_vector, job_config, process_video, result_path, video_key
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
@@ -269,16 +270,22 @@ def remove_near_duplicates(clips: list[dict], distance: int, tolerance: float) -
 def identity_labels(elements: list[dict], config: BuildConfig, videos: list[str] | None = None,
                     clips: list[str] | None = None) -> np.ndarray:
     """Identity label per element: faces with a face embedding are grouped among themselves by it (at
-    ``face_identity_threshold``), every other element by its image embedding (at ``identity_threshold``); with
-    ``videos`` (each element's source video) and ``config.cross_video`` off, only within each video; with
-    ``clips`` (each element's clip), two elements of one clip are never one identity."""
+    ``face_identity_threshold``), every other element by its image embedding (at ``identity_threshold``), except
+    people seen in greyscale when that embedding is the ``appearance`` proxy, which cannot tell them apart: each is
+    an identity of its own; with ``videos`` (each element's source video) and ``config.cross_video`` off, only
+    within each video; with ``clips`` (each element's clip), two elements of one clip are never one identity."""
     labels = np.zeros(len(elements), np.int64)
     scopes = [None] if videos is None or config.cross_video else sorted(set(videos))
+    proxy = registry.split_spec("element_embedder", config.embedder)[0] == "appearance"
     offset = 0
     for scope in scopes:
         inside = [i for i in range(len(elements)) if scope is None or videos[i] == scope]
         faces = [i for i in inside if "face_embedding" in elements[i]]
-        others = [i for i in inside if "face_embedding" not in elements[i]]
+        alone = [i for i in inside if proxy and "face_embedding" not in elements[i]
+                 and elements[i].get("kind") in PEOPLE and elements[i].get("grey")]
+        others = [i for i in inside if "face_embedding" not in elements[i] and i not in alone]
+        labels[alone] = offset + np.arange(len(alone))
+        offset += len(alone)
         for members, key, threshold in ((others, "embedding", config.identity_threshold),
                                         (faces, "face_embedding", config.face_identity_threshold)):
             if members:

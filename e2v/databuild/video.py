@@ -31,6 +31,7 @@ from e2v.databuild.captions import colour_name, with_article
 from e2v.databuild.config import BuildConfig
 from e2v.databuild.elements import Track, completeness, link_tracks, mask_box, merge_duplicates
 from e2v.databuild.holders import split_holder
+from e2v.databuild.identity import greyscale
 from e2v.databuild.shots import iter_frames
 from e2v.databuild.stages import ClipContext
 from e2v.datamodules.video_io import VideoDecodeError, frame_times, probe_video, save_image, write_video
@@ -322,8 +323,8 @@ def _element(track: Track, clip: np.ndarray, plate: np.ndarray, clip_id: str, in
     boxes = [None if d is None else [round(v, 1) for v in d.box] for d in track.detections]
     # the crop's pixels: its mask inside its box (a detection without a mask has the whole frame as mask here)
     colour = element_colour(clip[best], mask & _box_mask(box, mask.shape), plate) or colour_name(crop)
-    element = {"kind": track.kind, "colour": colour, "area": round(track.mean_area, 5), "best_frame": best,
-               "boxes": boxes, **names}
+    element = {"kind": track.kind, "colour": colour, "grey": greyscale(crop), "area": round(track.mean_area, 5),
+               "best_frame": best, "boxes": boxes, **names}
     return element, crop
 
 
