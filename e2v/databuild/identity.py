@@ -5,8 +5,9 @@ square root of the joint RGB histogram of non-white pixels) joined with a mirror
 the crop, so two elements of one palette but different shapes, or one element seen mirrored, are told apart and
 matched. It is a proxy for learned embeddings: the plug-ins are ``image_encoder`` (CLIP/DINOv2 folders) and
 ``dlib_face`` for faces. In greyscale it cannot tell one person from another (a luma histogram and a face-shaped
-layout: on grey compilations of LivePortrait's talking heads, one person's crops lay up to 0.49 apart and two people's
-down to 0.03), so people it sees in grey are never grouped by it. Grouping is average-linkage clustering of cosine distances (scipy) cut at ``threshold``.
+layout: on grey compilations of LivePortrait's talking heads, one person's crops lay up to 0.49 apart and two
+people's down to 0.03), so people it sees in grey are never grouped by it. Grouping is average-linkage clustering of
+cosine distances (scipy) cut at ``threshold``.
 """
 
 from __future__ import annotations
