@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_learning import (background_of, held_out_items, partner, preview_row, references,  # noqa: E402
+from bench_learning import (background_of, held_out_items, own_references, partner, preview_row,  # noqa: E402
                             subject_names, subjects, swapped_references)
 
 from e2v.bench.pixel_metrics import flat_video, psnr, subject_match  # noqa: E402
@@ -124,7 +124,7 @@ def evaluate(rows: list[Row], items: list[dict], args: argparse.Namespace, manif
     for i, item in enumerate(items):
         n = item["refs"].shape[1]
         truth = item["video"][0, :, : args.frames - rows[0].pipe.layout.prefix_frames(n)].float()
-        own_refs = references(item, [(item, j) for j in range(n)])
+        own_refs = own_references(item)
         subject_refs = own_refs["refs"][subjects(item)]
         background = background_of(own_refs, truth)
         other = partner(items, i, lambda o: o["refs"].shape[1] == n, names)
@@ -138,7 +138,7 @@ def evaluate(rows: list[Row], items: list[dict], args: argparse.Namespace, manif
             row.metrics["flat"].append(psnr(flat_video(truth), truth))
             row.metrics["subj_own"].append(subject_match(own, subject_refs, background))
             if other is not None:
-                shuffled = row.generate(item, references(other, [(other, j) for j in range(n)]), args.frames, seed)
+                shuffled = row.generate(item, own_references(other), args.frames, seed)
                 row.metrics["shuffled"].append(psnr(shuffled, truth))
             if donor is not None:
                 swap = row.generate(item, swapped_references(item, donor), args.frames, seed)

@@ -88,12 +88,22 @@ def references(item: dict, order: list[tuple[dict, int]]) -> dict:
     }
 
 
+def own_references(item: dict) -> dict:
+    """The clip's own reference set (:func:`references`), in manifest order."""
+    return references(item, [(item, j) for j in range(item["refs"].shape[1])])
+
+
+def background_reference(refs: dict) -> torch.Tensor | None:
+    """The background reference ``[3, H, W]`` (float) of a reference set (:func:`references`); None without one."""
+    return next((ref.float() for ref, kind in zip(refs["refs"], refs["kinds"]) if kind == "background"), None)
+
+
 def background_of(refs: dict, truth: torch.Tensor) -> torch.Tensor | None:
     """The background reference ``[3, H, W]`` of a reference set (:func:`references`) when it is the clean plate of
     the clip ``truth`` ``[3, F, H, W]``, as the synthetic worlds make it (:func:`e2v.bench.pixel_metrics.is_plate_of`);
     None when the set has none or it shows another view."""
-    found = [ref.float() for ref, kind in zip(refs["refs"], refs["kinds"]) if kind == "background"]
-    return found[0] if found and is_plate_of(truth, found[0]) else None
+    reference = background_reference(refs)
+    return reference if reference is not None and is_plate_of(truth, reference) else None
 
 
 def swapped_references(item: dict, donor: dict) -> dict:
@@ -159,14 +169,15 @@ def evaluate(split: str, manifest: str, trained: E2VPipeline, untrained: E2VPipe
         n = item["refs"].shape[1]
         prefix = trained.layout.prefix_frames(n)
         truth = item["video"][0, :, : args.frames - prefix].float()
-        own_refs = references(item, [(item, j) for j in range(n)])
+        own_refs = own_references(item)
         subject_refs = own_refs["refs"][subjects(item)]
         seed = args.seed + i
         own = generate(trained, item, own_refs, args, seed)
         metrics["own"].append(psnr(own, truth))
         metrics["flat"].append(psnr(flat_video(truth), truth))
-        for j in (j for j, kind in enumerate(own_refs["kinds"]) if kind == "background"):
-            plate = own_refs["refs"][j][:, None].expand_as(truth).float()
+        reference = background_reference(own_refs)
+        if reference is not None:
+            plate = reference[:, None].expand_as(truth)
             metrics["plate"].append(psnr(plate, truth))
             metrics["plate_own"].append(metrics["own"][-1])  # own PSNR of the clips that have a plate
             for key, value in error_split(own, truth, plate).items():
@@ -177,7 +188,8 @@ def evaluate(split: str, manifest: str, trained: E2VPipeline, untrained: E2VPipe
                 metrics["travel_own"].append(moved.norm().item())
                 metrics["travel_truth"].append(drifted.norm().item())
                 metrics["travel_agrees"].append(float(F.cosine_similarity(moved, drifted, dim=0) > 0.5))
-        background = background_of(own_refs, truth)  # (c)'s foreground: what differs from the clip's plate
+        # (c)'s foreground: what differs from the clip's plate
+        background = reference if reference is not None and is_plate_of(truth, reference) else None
         metrics["subj_own"].append(subject_match(own, subject_refs, background))
         metrics["subj_truth"].append(subject_match(truth, subject_refs, background))
         metrics["shape_own"].append(shape_match(own, subject_refs))
@@ -187,7 +199,7 @@ def evaluate(split: str, manifest: str, trained: E2VPipeline, untrained: E2VPipe
         other = partner(items, i, lambda o: o["refs"].shape[1] == n, names)
         shuffled = None
         if other is not None:
-            shuffled = generate(trained, item, references(other, [(other, j) for j in range(n)]), args, seed)
+            shuffled = generate(trained, item, own_references(other), args, seed)
             metrics["shuffled"].append(psnr(shuffled, truth))
         donor = partner(items, i, lambda o: len(subjects(o)) == len(subjects(item)), names)
         if donor is not None:

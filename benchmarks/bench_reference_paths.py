@@ -22,8 +22,8 @@ from typing import Iterator
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_learning import (background_of, held_out_items, partner, references, subject_names, subjects,  # noqa: E402
-                            swapped_references)
+from bench_learning import (background_of, held_out_items, own_references, partner, subject_names,  # noqa: E402
+                            subjects, swapped_references)
 
 from e2v.bench.pixel_metrics import psnr, shape_match, subject_match  # noqa: E402
 from e2v.pipeline.pipeline import E2VPipeline  # noqa: E402
@@ -68,9 +68,10 @@ def main() -> None:
             continue
         n = item["refs"].shape[1]
         truth = item["video"][0, :, : args.frames - pipeline.layout.prefix_frames(n)].float()
-        own = references(item, [(item, j) for j in range(n)])
+        own = own_references(item)
         swapped = swapped_references(item, donor)
         own_subjects = own["refs"][subjects(item)]
+        plate = background_of(own, truth)
         for arm, (layout_swap, tokens_swap) in ARMS.items():
             layout_refs = swapped if layout_swap else own
             with image_tokens_from(pipeline, swapped if tokens_swap else own):
@@ -78,7 +79,7 @@ def main() -> None:
                                  height=args.size, width=args.size, frames=args.frames, steps=settings.steps,
                                  guidance=settings.guidance, image_guidance=settings.image_guidance,
                                  seed=args.seed + i, progress=False)
-            scores[arm].append((subject_match(video, own_subjects, background_of(own, truth)), shape_match(video, own_subjects),
+            scores[arm].append((subject_match(video, own_subjects, plate), shape_match(video, own_subjects),
                                 psnr(video, truth)))
     means = {arm: np.mean(rows, axis=0) for arm, rows in scores.items() if rows}
     if "own" not in means:

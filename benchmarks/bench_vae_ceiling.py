@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_learning import (add_split_arguments, background_of, held_out_items, parse_splits, partner,  # noqa: E402
-                            references, subject_names, subjects, swapped_references)
+from bench_learning import (add_split_arguments, background_of, held_out_items, own_references,  # noqa: E402
+                            parse_splits, partner, subject_names, subjects, swapped_references)
 
 from e2v.bench.pixel_metrics import psnr, shape_match, subject_match  # noqa: E402
 from e2v.pipeline.pipeline import E2VPipeline  # noqa: E402
@@ -60,9 +60,8 @@ def ceiling(split: str, manifest: str, pipeline: E2VPipeline, args: argparse.Nam
         donated = swapped_references(item, donor)["refs"][subjects(item)]
         donor_truth = donor["video"][0, :, : args.frames - pipeline.layout.prefix_frames(donor["refs"].shape[1])]
         donor_rec = reconstructed(pipeline, donor["video"][0], donor["refs"][0])
-        plate = background_of(references(item, [(item, j) for j in range(n)]), truth)
-        donor_plate = background_of(references(donor, [(donor, j) for j in range(donor["refs"].shape[1])]),
-                                    donor_truth.float())
+        plate = background_of(own_references(item), truth)
+        donor_plate = background_of(own_references(donor), donor_truth.float())
         for key, value in (("psnr_rec", psnr(rec, truth)),
                            ("colour_truth", subject_match(truth, own, plate)),
                            ("colour_rec", subject_match(rec, own, plate)),

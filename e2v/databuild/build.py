@@ -283,7 +283,8 @@ def identity_labels(elements: list[dict], config: BuildConfig, videos: list[str]
         faces = [i for i in inside if "face_embedding" in elements[i]]
         alone = [i for i in inside if proxy and "face_embedding" not in elements[i]
                  and elements[i].get("kind") in PEOPLE and elements[i].get("grey")]
-        others = [i for i in inside if "face_embedding" not in elements[i] and i not in alone]
+        single = set(alone)
+        others = [i for i in inside if "face_embedding" not in elements[i] and i not in single]
         labels[alone] = offset + np.arange(len(alone))
         offset += len(alone)
         for members, key, threshold in ((others, "embedding", config.identity_threshold),
