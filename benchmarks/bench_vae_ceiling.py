@@ -11,7 +11,10 @@ run's layout trains on them) with the measures of ``bench_learning.py``:
 - (d) shape match with the clip's subject references minus with the donor's (as ``bench_learning`` computes the
   truth's margin).
 The reconstruction's margins are what a DiT that gets every latent right would score, so a margin threshold above
-them cannot be met by training the DiT alone. Whole run on the main job's world: about a minute.
+them cannot be met by training the DiT alone. Two kinds of latent error are scored as controls, each at a PSNR a
+model reaches: Gaussian noise added to the truth's latents (normalised space, ``--noise`` sigmas) and the truth's
+latents averaged over 3x3 latent pixels (smoothing), each decoded; their PSNR and (d) tell which kind of error a
+shape survives. Whole run on the main job's world: about a minute.
 
     python benchmarks/bench_vae_ceiling.py --checkpoint runs/tiny/e2v/checkpoints/last.ckpt \
       --split heldout=data/tiny_world/heldout.jsonl --split zeroshot=data/tiny_world/zeroshot.jsonl
@@ -22,8 +25,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_learning import (add_split_arguments, background_of, held_out_items, own_references,  # noqa: E402
@@ -33,13 +38,30 @@ from e2v.bench.pixel_metrics import psnr, shape_match, subject_match  # noqa: E4
 from e2v.pipeline.pipeline import E2VPipeline  # noqa: E402
 
 
-def reconstructed(pipeline: E2VPipeline, video: torch.Tensor, refs: torch.Tensor) -> torch.Tensor:
+def reconstructed(pipeline: E2VPipeline, video: torch.Tensor, refs: torch.Tensor,
+                  spoil: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """``[3, F - prefix, H, W]``: the clip ``video [3, F, H, W]`` after the VAE, as the layout's training target
-    (the references ``refs [N, 3, H, W]`` in front) is encoded and decoded, the prefix cut."""
+    (the references ``refs [N, 3, H, W]`` in front) is encoded and decoded, the prefix cut; ``spoil`` changes the
+    normalised latents ``[1, 16, T, h, w]`` before decoding."""
     target = pipeline.layout.target_video(video[None].float(), refs[None].float())
     with torch.no_grad():
-        decoded = pipeline.vae.decode(pipeline.vae.encode(target))[0].clamp(-1, 1)
+        latents = pipeline.vae.encode(target)
+        if spoil is not None:
+            latents = pipeline.vae.denormalize(spoil(pipeline.vae.normalize(latents)))
+        decoded = pipeline.vae.decode(latents)[0].clamp(-1, 1)
     return decoded[:, pipeline.layout.prefix_frames(len(refs)):]
+
+
+def latent_controls(noise: list[float], seed: int) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """``{name: spoil}``: Gaussian noise of each sigma (drawn from ``seed``), and a 3x3 spatial average."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def noisy(sigma: float) -> Callable[[torch.Tensor], torch.Tensor]:
+        return lambda z: z + sigma * torch.randn(z.shape, generator=generator)
+
+    controls = {f"noise {sigma:g}": noisy(sigma) for sigma in noise}
+    controls["3x3 average"] = lambda z: F.avg_pool3d(z, (1, 3, 3), 1, (0, 1, 1), count_include_pad=False)
+    return controls
 
 
 def ceiling(split: str, manifest: str, pipeline: E2VPipeline, args: argparse.Namespace) -> dict[str, float]:
@@ -58,6 +80,10 @@ def ceiling(split: str, manifest: str, pipeline: E2VPipeline, args: argparse.Nam
         if donor is None:
             continue
         donated = swapped_references(item, donor)["refs"][subjects(item)]
+        for name, spoil in latent_controls(args.noise, args.seed + i).items():
+            spoilt = reconstructed(pipeline, item["video"][0], refs, spoil)
+            scores.setdefault(f"psnr {name}", []).append(psnr(spoilt, truth))
+            scores.setdefault(f"shape {name}", []).append(shape_match(spoilt, own) - shape_match(spoilt, donated))
         donor_truth = donor["video"][0, :, : args.frames - pipeline.layout.prefix_frames(donor["refs"].shape[1])]
         donor_rec = reconstructed(pipeline, donor["video"][0], donor["refs"][0])
         plate = background_of(own_references(item), truth)
@@ -80,6 +106,9 @@ def ceiling(split: str, manifest: str, pipeline: E2VPipeline, args: argparse.Nam
           f"{means['colour_rec'] - means['colour_donor_rec']:+.3f}")
     print(f"  (d) shape margin own - swapped refs: truth {means['shape_truth']:+.3f} | VAE reconstruction "
           f"{means['shape_rec']:+.3f}")
+    controls = [key[len("psnr "):] for key in means if key.startswith("psnr ") and key != "psnr_rec"]
+    print("  truth latents spoilt, then decoded: " + " | ".join(
+        f"{name} {means['psnr ' + name]:.2f} dB, (d) {means['shape ' + name]:+.3f}" for name in controls))
     return means
 
 
@@ -88,6 +117,9 @@ def main() -> None:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="a run whose VAE and layout are scored")
     add_split_arguments(parser)
+    parser.add_argument("--noise", type=float, nargs="*", default=[0.2, 0.5],
+                        help="sigmas of the Gaussian-noise controls (normalised latents)")
+    parser.add_argument("--seed", type=int, default=0, help="the noise of clip i is drawn from seed + i")
     args = parser.parse_args()
     if args.clips < 2:
         parser.error("--clips must be >= 2 (each clip needs a donor)")

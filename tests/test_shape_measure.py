@@ -111,3 +111,24 @@ def test_bad_input_is_named(truth):
         shape_match(truth[0], reference(LETTER_F))
     with pytest.raises(ValueError, match="subject_refs"):
         shape_match(truth, reference(LETTER_F)[0])
+
+
+def test_vae_ceiling_controls_add_noise_of_their_sigma_and_average_over_3x3_latent_pixels():
+    """``benchmarks/bench_vae_ceiling.py``'s latent controls: the noise has the sigma asked for and the same draw for
+    the same seed; the smoothing is the mean of each latent pixel's 3x3 neighbourhood (frames left apart)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_vae_ceiling.py"
+    spec = importlib.util.spec_from_file_location("bench_vae_ceiling", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    z = torch.randn(1, 16, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    controls = bench.latent_controls([0.5], seed=7)
+    assert list(controls) == ["noise 0.5", "3x3 average"]
+    noise = controls["noise 0.5"](z) - z
+    assert abs(noise.std().item() - 0.5) < 0.03
+    assert torch.equal(bench.latent_controls([0.5], seed=7)["noise 0.5"](z) - z, noise)
+    smooth = controls["3x3 average"](z)
+    assert torch.allclose(smooth[0, :, 1, 3, 4], z[0, :, 1, 2:5, 3:6].mean(dim=(1, 2)), atol=1e-6)
+    assert torch.allclose(smooth[0, :, 2, 0, 0], z[0, :, 2, :2, :2].mean(dim=(1, 2)), atol=1e-6)  # a corner: 4
