@@ -29,8 +29,9 @@ class MedianPlate:
     Buck Bunny's body, standing in his burrow, stayed in the plate), and fills the pixels its held element masks
     cover in over ``held_max_cover`` of the frames (pixels a moving camera did not show are no element's): where
     masks cover a subject that sits still in over half the frames, the frames that show the spot are more often
-    frames whose masks missed the still part than frames of the background uncovered (Big Buck Bunny's masks took his body in 28 of 48 frames, 20 in a row only his moving arms:
-    the hold reached 8 of those, and the median of the other 12 was his body). Detectors keep the plate without the
+    frames whose masks missed the still part than frames of the background uncovered (Big Buck Bunny's masks took
+    his body in 28 of 48 frames, 20 in a row only his moving arms: the hold reached 8 of those, and the median of the
+    other 12 was his body). Detectors keep the plate without the
     hold: where a subject lingered it is inpainted there, and masks found against the inpainted patch stray into the
     photo around it."""
 
