@@ -188,8 +188,7 @@ def evaluate(split: str, manifest: str, trained: E2VPipeline, untrained: E2VPipe
                 metrics["travel_own"].append(moved.norm().item())
                 metrics["travel_truth"].append(drifted.norm().item())
                 metrics["travel_agrees"].append(float(F.cosine_similarity(moved, drifted, dim=0) > 0.5))
-        # (c)'s foreground: what differs from the clip's plate
-        background = reference if reference is not None and is_plate_of(truth, reference) else None
+        background = background_of(own_refs, truth)  # (c)'s foreground: what differs from the clip's plate
         metrics["subj_own"].append(subject_match(own, subject_refs, background))
         metrics["subj_truth"].append(subject_match(truth, subject_refs, background))
         metrics["shape_own"].append(shape_match(own, subject_refs))

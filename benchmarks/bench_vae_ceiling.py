@@ -38,18 +38,28 @@ from e2v.bench.pixel_metrics import psnr, shape_match, subject_match  # noqa: E4
 from e2v.pipeline.pipeline import E2VPipeline  # noqa: E402
 
 
-def reconstructed(pipeline: E2VPipeline, video: torch.Tensor, refs: torch.Tensor,
-                  spoil: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
-    """``[3, F - prefix, H, W]``: the clip ``video [3, F, H, W]`` after the VAE, as the layout's training target
-    (the references ``refs [N, 3, H, W]`` in front) is encoded and decoded, the prefix cut; ``spoil`` changes the
-    normalised latents ``[1, 16, T, h, w]`` before decoding."""
-    target = pipeline.layout.target_video(video[None].float(), refs[None].float())
+def target_latents(pipeline: E2VPipeline, video: torch.Tensor, refs: torch.Tensor) -> torch.Tensor:
+    """Raw latents ``[1, 16, T, h, w]`` of the clip ``video [3, F, H, W]`` as the layout's training target (the
+    references ``refs [N, 3, H, W]`` in front)."""
     with torch.no_grad():
-        latents = pipeline.vae.encode(target)
+        return pipeline.vae.encode(pipeline.layout.target_video(video[None].float(), refs[None].float()))
+
+
+def decoded(pipeline: E2VPipeline, latents: torch.Tensor, num_refs: int,
+            spoil: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """``[3, F - prefix, H, W]``: raw ``latents`` decoded, the reference prefix cut; ``spoil`` changes them in the
+    normalised space first."""
+    with torch.no_grad():
         if spoil is not None:
             latents = pipeline.vae.denormalize(spoil(pipeline.vae.normalize(latents)))
-        decoded = pipeline.vae.decode(latents)[0].clamp(-1, 1)
-    return decoded[:, pipeline.layout.prefix_frames(len(refs)):]
+        video = pipeline.vae.decode(latents)[0].clamp(-1, 1)
+    return video[:, pipeline.layout.prefix_frames(num_refs):]
+
+
+def reconstructed(pipeline: E2VPipeline, video: torch.Tensor, refs: torch.Tensor) -> torch.Tensor:
+    """``[3, F - prefix, H, W]``: the clip ``video [3, F, H, W]`` after the VAE, as the layout's training target
+    (the references ``refs [N, 3, H, W]`` in front) is encoded and decoded, the prefix cut."""
+    return decoded(pipeline, target_latents(pipeline, video, refs), len(refs))
 
 
 def latent_controls(noise: list[float], seed: int) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
@@ -75,13 +85,14 @@ def ceiling(split: str, manifest: str, pipeline: E2VPipeline, args: argparse.Nam
         truth = item["video"][0, :, : args.frames - prefix].float()
         refs = item["refs"][0]
         own = refs[subjects(item)]
-        rec = reconstructed(pipeline, item["video"][0], refs)
+        latents = target_latents(pipeline, item["video"][0], refs)
+        rec = decoded(pipeline, latents, n)
         donor = partner(items, i, lambda o: len(subjects(o)) == len(subjects(item)), names)
         if donor is None:
             continue
         donated = swapped_references(item, donor)["refs"][subjects(item)]
         for name, spoil in latent_controls(args.noise, args.seed + i).items():
-            spoilt = reconstructed(pipeline, item["video"][0], refs, spoil)
+            spoilt = decoded(pipeline, latents, n, spoil)
             scores.setdefault(f"psnr {name}", []).append(psnr(spoilt, truth))
             scores.setdefault(f"shape {name}", []).append(shape_match(spoilt, own) - shape_match(spoilt, donated))
         donor_truth = donor["video"][0, :, : args.frames - pipeline.layout.prefix_frames(donor["refs"].shape[1])]
