@@ -325,7 +325,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the checkpoint's)")
     parser.add_argument("--solver", default=None, help="the sampler (default: the checkpoint's sample_solver)")
     parser.add_argument("--shift", type=float, default=None, help="its shift (default: the checkpoint's)")
-    parser.add_argument("--guidance", type=float, default=None, help="text guidance (1 = off; default: the checkpoint's)")
+    parser.add_argument("--guidance", type=float, default=None,
+                        help="text guidance (1 = off; default: the checkpoint's)")
     parser.add_argument("--image-guidance", type=float, default=None,
                         help="reference scale of dual guidance (0 = off; default: the checkpoint's; every arm uses "
                              "the same sampler)")
